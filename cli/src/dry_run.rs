@@ -1,0 +1,108 @@
+//! `rulestream dry-run --flow FILE --input FILE|JSON [--catalog DIR] [--now RFC3339] [--json]`.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use rulestream_core::{DryRun, ExecutionMeta, validate_str};
+use serde_json::{Value, json};
+
+use crate::Outcome;
+use crate::output;
+
+/// The command's arguments.
+pub struct Args {
+    pub flow: PathBuf,
+    pub input: String,
+    pub catalog: PathBuf,
+    pub now: Option<String>,
+    pub rules: Option<String>,
+    pub execution_id: String,
+    pub json: bool,
+}
+
+/// Reads `--input`: inline JSON, `-` for stdin, or a file.
+pub fn read_input(arg: &str) -> anyhow::Result<Value> {
+    let trimmed = arg.trim_start();
+    let (text, from) = if trimmed.starts_with('{') || trimmed.starts_with('[') {
+        (arg.to_string(), "inline --input".to_string())
+    } else if arg == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("cannot read the input from stdin")?;
+        (s, "stdin".to_string())
+    } else {
+        let s = std::fs::read_to_string(arg)
+            .with_context(|| format!("--input {arg}: not JSON and not a readable file"))?;
+        (s, arg.to_string())
+    };
+    let v: Value = serde_json::from_str(&text).with_context(|| format!("{from} is not valid JSON"))?;
+    if !v.is_object() {
+        bail!("{from} must be a JSON object");
+    }
+    Ok(v)
+}
+
+/// Runs the command.
+pub fn run(a: &Args) -> anyhow::Result<Outcome> {
+    let text = std::fs::read_to_string(&a.flow)
+        .with_context(|| format!("cannot read flow {}", a.flow.display()))?;
+    let input = read_input(&a.input)?;
+    let now: DateTime<Utc> = match &a.now {
+        Some(s) => DateTime::parse_from_rfc3339(s)
+            .with_context(|| format!("--now {s} is not an RFC 3339 time"))?
+            .with_timezone(&Utc),
+        None => Utc::now(),
+    };
+    let catalog = match crate::validate::load_catalog(&a.catalog)? {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("catalog: error: {e}");
+            return Ok(Outcome::UserFix);
+        }
+    };
+    let v = validate_str(&text, &catalog);
+    let Some(flow) = v.flow.as_ref().filter(|_| v.is_valid()) else {
+        if a.json {
+            let errors: Vec<_> = v.errors().collect();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({"status": "INVALID", "errors": errors}))?
+            );
+        } else {
+            eprintln!("{} is not a valid flow:", a.flow.display());
+            for e in v.errors() {
+                eprintln!("  {e}");
+            }
+        }
+        return Ok(Outcome::UserFix);
+    };
+    let meta = ExecutionMeta {
+        execution_id: a.execution_id.clone(),
+        client_id: flow.flow().client_id.clone(),
+        flow_id: flow.flow().flow_id.clone(),
+        flow_version: flow.flow().version,
+    };
+    let subset = a
+        .rules
+        .as_ref()
+        .map(|r| r.split('|').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect());
+    let report = pollster::block_on(rulestream_core::run(
+        flow, meta, &input, None, now, subset, &DryRun,
+    ));
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&output::dry_run_json(&report))?);
+    } else {
+        for w in v.warnings() {
+            eprintln!("{w}");
+        }
+        print!("{}", output::dry_run_table(flow.flow(), &report));
+    }
+    Ok(if report.status == rulestream_core::model::FAILED {
+        Outcome::UserFix
+    } else {
+        Outcome::Ok
+    })
+}

@@ -1,0 +1,120 @@
+//! `rulestream`: the command line for citizen developers (validate, dry-run) and support.
+//!
+//! Exit codes (SPEC section 6): 0 success, 1 a rule or validation failure the user must fix,
+//! 2 bad usage or an unreachable backend, always with a one-line reason on stderr.
+
+mod dry_run;
+mod output;
+mod validate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Business rules that change without a deployment.
+#[derive(Debug, Parser)]
+#[command(name = "rulestream", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check flow files (and directories of them) against the schema, the catalog and the SPEC rules.
+    Validate {
+        /// Flow files or directories (searched for *.json; `catalog/`, `schema/` and `examples/` are skipped).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Directory of master rules.
+        #[arg(long, default_value = "client-configs/catalog")]
+        catalog: PathBuf,
+        /// Print one JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a flow on an input locally, with no side effects, and show every step.
+    DryRun {
+        /// The flow file.
+        #[arg(long)]
+        flow: PathBuf,
+        /// The input: a JSON file, inline JSON, or `-` for stdin.
+        #[arg(long)]
+        input: String,
+        /// Directory of master rules.
+        #[arg(long, default_value = "client-configs/catalog")]
+        catalog: PathBuf,
+        /// The time rules see as `now` (RFC 3339; default: the current time).
+        #[arg(long)]
+        now: Option<String>,
+        /// Only these rule ids run (pipe-delimited, as in a trigger row); the others are skipped.
+        #[arg(long)]
+        rules: Option<String>,
+        /// Execution id used for gray buckets and idempotency keys.
+        #[arg(long, default_value = "dry-run")]
+        execution_id: String,
+        /// Print one JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// How a command ended, mapped to the exit code.
+pub enum Outcome {
+    /// Exit 0.
+    Ok,
+    /// Exit 1: the user must fix a rule or a flow.
+    UserFix,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let result = match cli.command {
+        Command::Validate {
+            paths,
+            catalog,
+            json,
+        } => validate::run(&paths, &catalog, json),
+        Command::DryRun {
+            flow,
+            input,
+            catalog,
+            now,
+            rules,
+            execution_id,
+            json,
+        } => dry_run::run(&dry_run::Args {
+            flow,
+            input,
+            catalog,
+            now,
+            rules,
+            execution_id,
+            json,
+        }),
+    };
+    match result {
+        Ok(Outcome::Ok) => ExitCode::SUCCESS,
+        Ok(Outcome::UserFix) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("rulestream: {}", one_line(&e));
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn one_line(e: &anyhow::Error) -> String {
+    e.chain()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
+        .replace('\n', " ")
+}

@@ -1,0 +1,39 @@
+# Sourced by every localstack/ script (and by a developer's shell: `source localstack/env.sh`).
+# Only sets variables; every value can be overridden from the environment beforehand.
+# Everything points at 127.0.0.1; nothing here contacts the network.
+
+RULESTREAM_LOCALSTACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+export RULESTREAM_LOCALSTACK_DIR
+
+# Tools live outside the repo so fresh clones and repeated runs reuse them.
+export RULESTREAM_TOOLS="${RULESTREAM_TOOLS:-$HOME/.cache/rulestream-tools}"
+export RULESTREAM_VENV="${RULESTREAM_VENV:-$RULESTREAM_TOOLS/venv}"
+export RULESTREAM_PY="$RULESTREAM_VENV/bin/python"        # python with boto3, kafka-python, localstack
+export RULESTREAM_STATE="${RULESTREAM_STATE:-$RULESTREAM_LOCALSTACK_DIR/.state}"  # pidfiles, logs
+# LocalStack's own install folder (DynamoDB Local, Java); host mode uses /var/lib/localstack.
+export RULESTREAM_LS_VAR="${RULESTREAM_LS_VAR:-/var/lib/localstack}"
+
+# $RULESTREAM_TOOLS/bin holds tansu, cargo-lambda and zig (for `cargo lambda build`).
+case ":$PATH:" in
+  *":$RULESTREAM_TOOLS/bin:"*) ;;
+  *) export PATH="$RULESTREAM_TOOLS/bin:$PATH" ;;
+esac
+
+# Ports (all on 127.0.0.1).
+export RULESTREAM_AWS_PORT="${RULESTREAM_AWS_PORT:-4566}"      # LocalStack gateway
+export RULESTREAM_REDIS_PORT="${RULESTREAM_REDIS_PORT:-6390}"  # redis-server
+export RULESTREAM_KAFKA_PORT="${RULESTREAM_KAFKA_PORT:-19092}" # tansu broker
+export RULESTREAM_LAMBDA_PORT="${RULESTREAM_LAMBDA_PORT:-9000}" # cargo lambda watch (Invoke API)
+
+# The contract the code, tests and demos read.
+export RULESTREAM_PREFIX="${RULESTREAM_PREFIX:-rulestream}"
+# Always the dummy credentials: LocalStack maps key "test" to account 000000000000.
+export AWS_ACCESS_KEY_ID=test
+export AWS_SECRET_ACCESS_KEY=test
+unset AWS_SESSION_TOKEN AWS_PROFILE
+export AWS_REGION="${AWS_REGION:-us-east-1}"
+export AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-$AWS_REGION}"
+export AWS_EC2_METADATA_DISABLED=true
+export AWS_ENDPOINT_URL="${AWS_ENDPOINT_URL:-http://127.0.0.1:$RULESTREAM_AWS_PORT}"
+export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:$RULESTREAM_REDIS_PORT}"
+export KAFKA_BROKERS="${KAFKA_BROKERS:-127.0.0.1:$RULESTREAM_KAFKA_PORT}"

@@ -1,0 +1,499 @@
+//! CEL: compiling expressions once, checking what they reference, and moving values between JSON
+//! and CEL.
+//!
+//! The CEL environment is built once per process ([`env`]); a flow version compiles each of its
+//! expressions once ([`Expr::compile`]). Each compiled expression knows the member paths it reads
+//! (`input.user.country`), so a run converts only those parts of its JSON input into CEL values
+//! ([`PathTrie`], [`json_to_cel_pruned`]) — that conversion, not the evaluation, is what dominates
+//! a small decision.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, OnceLock};
+
+use cel::common::ast::{EntryExpr, Expr as Ast, IdedExpr};
+use cel::objects::{Key, Map};
+use cel::common::types::DYN_TYPE;
+use cel::common::value::{CowVal, Val};
+use cel::{Env, ExecutionError, Value as CelValue};
+use serde_json::Value;
+
+/// The variables a rule's CEL may read.
+pub const ROOTS: [&str; 7] = ["input", "ctx", "client", "params", "steps", "execution", "now"];
+
+/// The process-wide CEL environment (standard library plus the string extensions).
+pub fn env() -> &'static Arc<Env> {
+    static ENV: OnceLock<Arc<Env>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let mut env = Env::stdlib();
+        // The string extension only adds functions; if it ever failed to load, the standard
+        // library alone still serves every flow that does not call them.
+        let _ = env.add_extension(cel::extensions::strings);
+        for (name, f) in ARITH {
+            let _ = env.add_overload(name, name, vec![DYN_TYPE, DYN_TYPE], f);
+        }
+        Arc::new(env)
+    })
+}
+
+/// Why an expression did not compile.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CompileError {
+    /// The text is not CEL.
+    #[error("CEL syntax error at {line}:{column}: {message}")]
+    Syntax {
+        /// 1-based line within the expression.
+        line: u32,
+        /// 1-based column within the expression.
+        column: u32,
+        /// The parser's explanation.
+        message: String,
+    },
+    /// The expression reads a variable that no rule can see.
+    #[error("unknown variable `{name}` (known: input, ctx, client, params, steps, execution, now)")]
+    UnknownVariable {
+        /// The variable.
+        name: String,
+    },
+}
+
+/// Arithmetic operators, rewritten to functions that promote a mix of `int`/`uint` and `double`
+/// to `double`. JSON has one number type, so `input.amount * 0.05` must work whether the amount
+/// was written `2000000` or `2000000.0`; standard CEL would refuse `int * double`.
+const ARITH: [(&str, cel::common::functions::Function); 4] = [
+    ("__rs_add__", rs_add),
+    ("__rs_sub__", rs_sub),
+    ("__rs_mul__", rs_mul),
+    ("__rs_div__", rs_div),
+];
+
+fn arith_name(op: &str) -> Option<&'static str> {
+    Some(match op {
+        "_+_" => "__rs_add__",
+        "_-_" => "__rs_sub__",
+        "_*_" => "__rs_mul__",
+        "_/_" => "__rs_div__",
+        _ => return None,
+    })
+}
+
+fn promote(a: CelValue, b: CelValue) -> (CelValue, CelValue) {
+    match (&a, &b) {
+        (CelValue::Int(x), CelValue::Float(_)) => (CelValue::Float(*x as f64), b),
+        (CelValue::UInt(x), CelValue::Float(_)) => (CelValue::Float(*x as f64), b),
+        (CelValue::Float(_), CelValue::Int(y)) => (a, CelValue::Float(*y as f64)),
+        (CelValue::Float(_), CelValue::UInt(y)) => (a, CelValue::Float(*y as f64)),
+        _ => (a, b),
+    }
+}
+
+fn binary<'b, 'v>(
+    args: Vec<CowVal<'b, 'v>>,
+    f: fn(CelValue, CelValue) -> cel::ResolveResult,
+) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    let n = args.len();
+    let mut it = args.into_iter();
+    let (Some(a), Some(b), None) = (it.next(), it.next(), it.next()) else {
+        return Err(ExecutionError::invalid_argument_count(2, n));
+    };
+    let a = CelValue::try_from(a.as_ref())?;
+    let b = CelValue::try_from(b.as_ref())?;
+    let (a, b) = promote(a, b);
+    let boxed: Box<dyn Val> = f(a, b)?.try_into()?;
+    Ok(CowVal::Owned(boxed))
+}
+
+fn rs_add<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    binary(args, |a, b| a + b)
+}
+fn rs_sub<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    binary(args, |a, b| a - b)
+}
+fn rs_mul<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    binary(args, |a, b| a * b)
+}
+fn rs_div<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    binary(args, |a, b| a / b)
+}
+
+fn rewrite_arith(e: &mut IdedExpr) {
+    match &mut e.expr {
+        Ast::Call(call) => {
+            if call.target.is_none()
+                && call.args.len() == 2
+                && let Some(name) = arith_name(&call.func_name)
+            {
+                call.func_name = name.to_string();
+            }
+            if let Some(t) = &mut call.target {
+                rewrite_arith(t);
+            }
+            call.args.iter_mut().for_each(rewrite_arith);
+        }
+        Ast::Comprehension(c) => {
+            rewrite_arith(&mut c.iter_range);
+            rewrite_arith(&mut c.accu_init);
+            rewrite_arith(&mut c.loop_cond);
+            rewrite_arith(&mut c.loop_step);
+            rewrite_arith(&mut c.result);
+        }
+        Ast::List(l) => l.elements.iter_mut().for_each(rewrite_arith),
+        Ast::Map(m) => m.entries.iter_mut().for_each(rewrite_entry),
+        Ast::Struct(s) => s.entries.iter_mut().for_each(rewrite_entry),
+        Ast::Select(s) => rewrite_arith(&mut s.operand),
+        Ast::Ident(_) | Ast::Literal(_) | Ast::Unspecified => {}
+    }
+}
+
+fn rewrite_entry(entry: &mut cel::common::ast::IdedEntryExpr) {
+    match &mut entry.expr {
+        EntryExpr::StructField(f) => rewrite_arith(&mut f.value),
+        EntryExpr::MapEntry(me) => {
+            rewrite_arith(&mut me.key);
+            rewrite_arith(&mut me.value);
+        }
+    }
+}
+
+/// A compiled CEL expression with the member paths it reads.
+#[derive(Debug)]
+pub struct Expr {
+    source: String,
+    ast: IdedExpr,
+    paths: Vec<Vec<String>>,
+}
+
+impl Expr {
+    /// Parses `source`, rejecting syntax errors (with their position) and unknown variables.
+    pub fn compile(source: &str) -> Result<Expr, Vec<CompileError>> {
+        let program = env().compile(source).map_err(|errs| {
+            errs.errors
+                .iter()
+                .map(|e| CompileError::Syntax {
+                    line: u32::try_from(e.pos.0.max(1)).unwrap_or(1),
+                    column: u32::try_from(e.pos.1 + 1).unwrap_or(1).max(1),
+                    message: e.msg.clone(),
+                })
+                .collect::<Vec<_>>()
+        })?;
+        let mut paths = Vec::new();
+        let mut unknown = Vec::new();
+        collect_paths(program.expression(), &mut Vec::new(), &mut paths, &mut unknown);
+        if !unknown.is_empty() {
+            unknown.sort();
+            unknown.dedup();
+            return Err(unknown
+                .into_iter()
+                .map(|name| CompileError::UnknownVariable { name })
+                .collect());
+        }
+        let mut ast = program.expression().clone();
+        rewrite_arith(&mut ast);
+        Ok(Expr {
+            source: source.to_string(),
+            ast,
+            paths,
+        })
+    }
+
+    /// The CEL text.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Member paths read, rooted at one of [`ROOTS`] (e.g. `["input", "user", "country"]`).
+    pub fn paths(&self) -> &[Vec<String>] {
+        &self.paths
+    }
+
+    /// Evaluates against `ctx`.
+    pub fn eval(&self, ctx: &cel::Context<'_, '_>) -> Result<CelValue, String> {
+        CelValue::resolve(&self.ast, ctx).map_err(|e| e.to_string())
+    }
+}
+
+/// Walks the AST, recording the select chain rooted at each free variable.
+fn collect_paths(
+    e: &IdedExpr,
+    bound: &mut Vec<String>,
+    paths: &mut Vec<Vec<String>>,
+    unknown: &mut Vec<String>,
+) {
+    if let Some(path) = select_chain(e) {
+        let root = &path[0];
+        if !bound.iter().any(|b| b == root) && !root.starts_with('@') {
+            if ROOTS.contains(&root.as_str()) {
+                paths.push(path);
+            } else {
+                unknown.push(root.clone());
+            }
+        }
+        return;
+    }
+    match &e.expr {
+        Ast::Call(call) => {
+            if let Some(t) = &call.target {
+                collect_paths(t, bound, paths, unknown);
+            }
+            for a in &call.args {
+                collect_paths(a, bound, paths, unknown);
+            }
+        }
+        Ast::Comprehension(c) => {
+            collect_paths(&c.iter_range, bound, paths, unknown);
+            let depth = bound.len();
+            bound.push(c.iter_var.clone());
+            if let Some(v2) = &c.iter_var2 {
+                bound.push(v2.clone());
+            }
+            bound.push(c.accu_var.clone());
+            collect_paths(&c.accu_init, bound, paths, unknown);
+            collect_paths(&c.loop_cond, bound, paths, unknown);
+            collect_paths(&c.loop_step, bound, paths, unknown);
+            collect_paths(&c.result, bound, paths, unknown);
+            bound.truncate(depth);
+        }
+        Ast::List(l) => l
+            .elements
+            .iter()
+            .for_each(|x| collect_paths(x, bound, paths, unknown)),
+        Ast::Map(m) => {
+            for entry in &m.entries {
+                match &entry.expr {
+                    EntryExpr::StructField(f) => collect_paths(&f.value, bound, paths, unknown),
+                    EntryExpr::MapEntry(me) => {
+                        collect_paths(&me.key, bound, paths, unknown);
+                        collect_paths(&me.value, bound, paths, unknown);
+                    }
+                }
+            }
+        }
+        Ast::Struct(s) => {
+            for entry in &s.entries {
+                match &entry.expr {
+                    EntryExpr::StructField(f) => collect_paths(&f.value, bound, paths, unknown),
+                    EntryExpr::MapEntry(me) => {
+                        collect_paths(&me.key, bound, paths, unknown);
+                        collect_paths(&me.value, bound, paths, unknown);
+                    }
+                }
+            }
+        }
+        // A `has()` test or a select on something that is not a plain chain: walk its operand.
+        Ast::Select(s) => collect_paths(&s.operand, bound, paths, unknown),
+        Ast::Ident(_) | Ast::Literal(_) | Ast::Unspecified => {}
+    }
+}
+
+/// `a.b.c` -> `["a", "b", "c"]`; `has(a.b.c)` -> `["a", "b", "c"]` too (the test needs `a.b` as
+/// a map holding `c` when present). Anything else -> `None`.
+fn select_chain(e: &IdedExpr) -> Option<Vec<String>> {
+    match &e.expr {
+        Ast::Ident(name) => Some(vec![name.clone()]),
+        Ast::Select(s) => {
+            let mut p = select_chain(&s.operand)?;
+            p.push(s.field.clone());
+            Some(p)
+        }
+        _ => None,
+    }
+}
+
+/// The set of member paths a flow reads below one root, as a trie. A leaf means "the whole value
+/// from here down".
+#[derive(Debug, Default, Clone)]
+pub struct PathTrie {
+    whole: bool,
+    children: BTreeMap<String, PathTrie>,
+}
+
+impl PathTrie {
+    /// A trie that keeps everything.
+    pub fn whole() -> PathTrie {
+        PathTrie {
+            whole: true,
+            children: BTreeMap::new(),
+        }
+    }
+
+    /// Adds a path (without its root).
+    pub fn insert(&mut self, path: &[String]) {
+        if self.whole {
+            return;
+        }
+        match path.split_first() {
+            None => {
+                self.whole = true;
+                self.children.clear();
+            }
+            Some((head, rest)) => self.children.entry(head.clone()).or_default().insert(rest),
+        }
+    }
+
+    /// Whether nothing below this root is read.
+    pub fn is_empty(&self) -> bool {
+        !self.whole && self.children.is_empty()
+    }
+}
+
+/// Converts the parts of `v` that `trie` names into a CEL value.
+pub fn json_to_cel_pruned(v: &Value, trie: &PathTrie) -> CelValue {
+    match v {
+        Value::Object(obj) if !trie.whole => {
+            let mut map = HashMap::with_capacity(trie.children.len());
+            for (k, sub) in &trie.children {
+                if let Some(child) = obj.get(k) {
+                    map.insert(
+                        Key::String(Arc::new(k.clone())),
+                        json_to_cel_pruned(child, sub),
+                    );
+                }
+            }
+            CelValue::Map(Map { map: Arc::new(map) })
+        }
+        _ => json_to_cel(v),
+    }
+}
+
+/// Converts JSON to CEL: integers that fit become `int`, larger ones `uint`, others `double`.
+pub fn json_to_cel(v: &Value) -> CelValue {
+    match v {
+        Value::Null => CelValue::Null,
+        Value::Bool(b) => CelValue::Bool(*b),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                CelValue::Int(i)
+            } else if let Some(u) = n.as_u64() {
+                CelValue::UInt(u)
+            } else {
+                CelValue::Float(n.as_f64().unwrap_or(f64::NAN))
+            }
+        }
+        Value::String(s) => CelValue::String(Arc::new(s.clone())),
+        Value::Array(a) => CelValue::List(Arc::new(a.iter().map(json_to_cel).collect())),
+        Value::Object(o) => {
+            let map: HashMap<Key, CelValue> = o
+                .iter()
+                .map(|(k, v)| (Key::String(Arc::new(k.clone())), json_to_cel(v)))
+                .collect();
+            CelValue::Map(Map { map: Arc::new(map) })
+        }
+    }
+}
+
+/// Converts a CEL result back to JSON (`set` values, outcomes). Timestamps become RFC 3339
+/// strings, durations seconds; bytes and functions cannot leave CEL.
+pub fn cel_to_json(v: &CelValue) -> Result<Value, String> {
+    Ok(match v {
+        CelValue::Null => Value::Null,
+        CelValue::Bool(b) => Value::Bool(*b),
+        CelValue::Int(i) => Value::from(*i),
+        CelValue::UInt(u) => Value::from(*u),
+        CelValue::Float(f) => serde_json::Number::from_f64(*f)
+            .map(Value::Number)
+            .ok_or_else(|| format!("{f} cannot be written as JSON"))?,
+        CelValue::String(s) => Value::String(s.as_str().to_string()),
+        CelValue::List(l) => Value::Array(l.iter().map(cel_to_json).collect::<Result<_, _>>()?),
+        CelValue::Map(m) => {
+            let mut out = serde_json::Map::new();
+            let mut entries: Vec<_> = m.map.iter().collect();
+            entries.sort_by_key(|(k, _)| key_string(k));
+            for (k, v) in entries {
+                out.insert(key_string(k), cel_to_json(v)?);
+            }
+            Value::Object(out)
+        }
+        CelValue::Timestamp(t) => Value::String(t.to_rfc3339()),
+        CelValue::Duration(d) => {
+            let secs = d.num_milliseconds() as f64 / 1000.0;
+            serde_json::Number::from_f64(secs)
+                .map(Value::Number)
+                .unwrap_or(Value::Null)
+        }
+        other => return Err(format!("a {} value cannot be stored", other.type_of())),
+    })
+}
+
+fn key_string(k: &Key) -> String {
+    match k {
+        Key::String(s) => s.as_str().to_string(),
+        Key::Int(i) => i.to_string(),
+        Key::Uint(u) => u.to_string(),
+        Key::Bool(b) => b.to_string(),
+    }
+}
+
+/// A short description of a CEL value's type, for error messages.
+pub fn type_name(v: &CelValue) -> String {
+    v.type_of().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn paths_are_collected_and_comprehension_vars_are_bound() {
+        let e = Expr::compile(
+            "input.user.tags.exists(t, t == 'vip') && has(ctx.points) && size(client) > steps.a.size()",
+        )
+        .expect("compiles");
+        let mut got: Vec<String> = e.paths().iter().map(|p| p.join(".")).collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec!["client", "ctx.points", "input.user.tags", "steps.a"]
+        );
+    }
+
+    #[test]
+    fn unknown_roots_are_rejected() {
+        let err = Expr::compile("inputs.x > 1 && foo").expect_err("unknown");
+        assert_eq!(
+            err,
+            vec![
+                CompileError::UnknownVariable { name: "foo".into() },
+                CompileError::UnknownVariable {
+                    name: "inputs".into()
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn syntax_errors_carry_a_position() {
+        let err = Expr::compile("a &&").expect_err("syntax");
+        assert!(matches!(err[0], CompileError::Syntax { line: 1, .. }), "{err:?}");
+    }
+
+    #[test]
+    fn arithmetic_promotes_int_and_double() {
+        let ctx = cel::Context::with_env(Arc::clone(env()));
+        let cases = [
+            ("2000000 * 0.05", CelValue::Float(100000.0)),
+            ("1 + 1", CelValue::Int(2)),
+            ("7 / 2", CelValue::Int(3)),
+            ("7.0 / 2", CelValue::Float(3.5)),
+            ("10 - 0.5", CelValue::Float(9.5)),
+            ("'a' + 'b'", CelValue::String(Arc::new("ab".into()))),
+            ("[1] + [2.0] == [1, 2]", CelValue::Bool(true)),
+        ];
+        for (src, want) in cases {
+            let e = Expr::compile(src).expect("compiles");
+            assert_eq!(e.eval(&ctx), Ok(want), "{src}");
+        }
+        let e = Expr::compile("'a' + 1").expect("compiles");
+        assert!(e.eval(&ctx).is_err());
+    }
+
+    #[test]
+    fn pruned_conversion_keeps_only_read_paths() {
+        let mut trie = PathTrie::default();
+        trie.insert(&["user".to_string(), "country".to_string()]);
+        trie.insert(&["order".to_string()]);
+        let v = json!({"user": {"country": "HK", "secret": 1}, "order": {"amount": 5}, "x": 1});
+        let c = json_to_cel_pruned(&v, &trie);
+        let back = cel_to_json(&c).expect("json");
+        assert_eq!(back, json!({"user": {"country": "HK"}, "order": {"amount": 5}}));
+    }
+}

@@ -1,0 +1,568 @@
+//! Flow validation (SPEC section 1): every problem in one pass, each with its JSON path.
+//!
+//! Three layers, each reporting everything it finds:
+//! 1. JSON syntax, with line and column;
+//! 2. structure against the JSON Schema derived from [`crate::model`] (unknown fields, types,
+//!    required fields);
+//! 3. meaning: duplicate ids, `start`/`goto` targets, `complete` statuses, CEL that does not
+//!    compile or reads unknown variables, op/value mismatches, master rules missing from the
+//!    catalog, percents outside 0–100, rules from which no terminal status can be reached.
+//!
+//! Warnings (a rule no path reaches, a gray percent of 0 or 100) do not make a flow invalid.
+//! Rules that fail layer 2 are left out of layer 3, so one bad rule does not hide the others.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::fmt;
+use std::sync::OnceLock;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::catalog::Catalog;
+use crate::engine::CompiledFlow;
+use crate::model::{Action, ActionType, Condition, Flow, MasterKind, MasterRule, Op, Rule, Transition};
+
+/// Severity of a finding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// The flow cannot be activated.
+    Error,
+    /// Worth a look; the flow is still valid.
+    Warning,
+}
+
+/// One finding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// Error or warning.
+    pub severity: Severity,
+    /// JSON path, e.g. `$.rules[2].on.true.goto` (`$` for the document).
+    pub path: String,
+    /// 1-based line, for syntax errors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    /// 1-based column, for syntax errors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<usize>,
+    /// What is wrong and, where it helps, how to fix it.
+    pub message: String,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sev = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        match (self.line, self.column) {
+            (Some(l), Some(c)) => write!(f, "{sev}: {}:{l}:{c}: {}", self.path, self.message),
+            _ => write!(f, "{sev}: {}: {}", self.path, self.message),
+        }
+    }
+}
+
+/// The result of validating one flow document.
+#[derive(Debug)]
+pub struct Validation {
+    /// Errors then warnings, each group in document order.
+    pub findings: Vec<Finding>,
+    /// The compiled flow, when there is no error.
+    pub flow: Option<CompiledFlow>,
+}
+
+impl Validation {
+    /// Whether the flow may be activated.
+    pub fn is_valid(&self) -> bool {
+        self.flow.is_some() && !self.findings.iter().any(|f| f.severity == Severity::Error)
+    }
+
+    /// The errors.
+    pub fn errors(&self) -> impl Iterator<Item = &Finding> {
+        self.findings.iter().filter(|f| f.severity == Severity::Error)
+    }
+
+    /// The warnings.
+    pub fn warnings(&self) -> impl Iterator<Item = &Finding> {
+        self.findings
+            .iter()
+            .filter(|f| f.severity == Severity::Warning)
+    }
+}
+
+fn error(path: impl Into<String>, message: impl Into<String>) -> Finding {
+    Finding {
+        severity: Severity::Error,
+        path: path.into(),
+        line: None,
+        column: None,
+        message: message.into(),
+    }
+}
+
+fn warning(path: impl Into<String>, message: impl Into<String>) -> Finding {
+    Finding {
+        severity: Severity::Warning,
+        path: path.into(),
+        line: None,
+        column: None,
+        message: message.into(),
+    }
+}
+
+/// `.key` for identifier-like keys, `["key"]` otherwise.
+pub fn key_path(k: &str) -> String {
+    let ident = !k.is_empty()
+        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        && !k.starts_with(|c: char| c.is_ascii_digit());
+    if ident {
+        format!(".{k}")
+    } else {
+        format!("[{}]", Value::String(k.to_string()))
+    }
+}
+
+fn schema_validator() -> Option<&'static jsonschema::Validator> {
+    static V: OnceLock<Option<jsonschema::Validator>> = OnceLock::new();
+    V.get_or_init(|| {
+        jsonschema::options()
+            .with_draft(jsonschema::Draft::Draft7)
+            .build(&crate::model::flow_schema())
+            .ok()
+    })
+    .as_ref()
+}
+
+/// Validates a flow document against `catalog`.
+pub fn validate_str(text: &str, catalog: &Catalog) -> Validation {
+    match serde_json::from_str::<Value>(text) {
+        Ok(v) => validate_value(&v, catalog),
+        Err(e) => Validation {
+            findings: vec![Finding {
+                severity: Severity::Error,
+                path: "$".into(),
+                line: Some(e.line()),
+                column: Some(e.column()),
+                message: format!("invalid JSON: {}", strip_position(&e.to_string())),
+            }],
+            flow: None,
+        },
+    }
+}
+
+fn strip_position(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+/// Validates a parsed flow document against `catalog`.
+pub fn validate_value(doc: &Value, catalog: &Catalog) -> Validation {
+    let mut findings = structural(doc);
+    let (flow, bad_rules) = best_effort_flow(doc);
+    let mut compiled = None;
+    if let Some(flow) = flow {
+        let mut semantic = Vec::new();
+        check_flow(&flow, &mut semantic);
+        match CompiledFlow::compile(&flow, catalog) {
+            Ok(c) => compiled = Some(c),
+            Err(issues) => semantic.extend(issues.into_iter().map(|i| error(i.path, i.message))),
+        }
+        // Rules that failed the structural layer stand in as placeholders: drop what they caused.
+        semantic.retain(|f| {
+            !bad_rules
+                .iter()
+                .any(|i| f.path == format!("$.rules[{i}]") || f.path.starts_with(&format!("$.rules[{i}].")))
+        });
+        findings.extend(semantic);
+    }
+    dedup(&mut findings);
+    findings.sort_by_key(|f| f.severity == Severity::Warning);
+    let has_error = findings.iter().any(|f| f.severity == Severity::Error);
+    Validation {
+        findings,
+        flow: if has_error { None } else { compiled },
+    }
+}
+
+fn dedup(findings: &mut Vec<Finding>) {
+    let mut seen = BTreeSet::new();
+    findings.retain(|f| seen.insert((f.path.clone(), f.message.clone())));
+}
+
+/// Layer 2: the JSON Schema, with messages rewritten for people.
+fn structural(doc: &Value) -> Vec<Finding> {
+    let Some(validator) = schema_validator() else {
+        return vec![error("$", "internal: the flow schema did not compile")];
+    };
+    let mut out = Vec::new();
+    for e in validator.iter_errors(doc) {
+        let pointer = e.instance_path().to_string();
+        let path = pointer_to_path(doc, &pointer);
+        use jsonschema::error::ValidationErrorKind as K;
+        match e.kind() {
+            K::AdditionalProperties { unexpected } => {
+                for u in unexpected {
+                    out.push(error(
+                        format!("{path}{}", key_path(u)),
+                        format!("unknown field `{u}`"),
+                    ));
+                }
+            }
+            K::Required { property } => {
+                let p = property.as_str().map_or_else(|| property.to_string(), str::to_string);
+                out.push(error(path, format!("missing required field `{p}`")));
+            }
+            _ => {
+                let instance = value_at(doc, &pointer);
+                out.push(error(path, friendly(&e.to_string(), instance)));
+            }
+        }
+    }
+    out
+}
+
+fn friendly(msg: &str, instance: Option<&Value>) -> String {
+    let got = instance.map(json_type).unwrap_or("nothing");
+    if let Some(rest) = msg.split(" is not of type ").nth(1) {
+        return format!("expected {}, got {got}", rest.replace('"', ""));
+    }
+    if msg.contains("is not one of") {
+        return msg.replace(" is not one of ", " is not one of: ");
+    }
+    msg.to_string()
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "an integer",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn unescape(seg: &str) -> String {
+    seg.replace("~1", "/").replace("~0", "~")
+}
+
+fn value_at<'a>(doc: &'a Value, pointer: &str) -> Option<&'a Value> {
+    doc.pointer(pointer)
+}
+
+/// `/rules/2/on/true` -> `$.rules[2].on.true`.
+pub fn pointer_to_path(doc: &Value, pointer: &str) -> String {
+    let mut out = String::from("$");
+    let mut cur = Some(doc);
+    for seg in pointer.split('/').skip(1) {
+        let seg = unescape(seg);
+        match cur {
+            Some(Value::Array(items)) => {
+                out.push_str(&format!("[{seg}]"));
+                cur = seg.parse::<usize>().ok().and_then(|i| items.get(i));
+            }
+            Some(Value::Object(map)) => {
+                out.push_str(&key_path(&seg));
+                cur = map.get(&seg);
+            }
+            _ => {
+                out.push_str(&key_path(&seg));
+                cur = None;
+            }
+        }
+    }
+    out
+}
+
+/// A flow for the semantic layer even when some rules are malformed: each rule that does not
+/// deserialize is replaced by a placeholder keeping its id; the indexes of those rules are
+/// returned so their findings can be dropped. `None` when the document's top level is unusable.
+fn best_effort_flow(doc: &Value) -> (Option<Flow>, Vec<usize>) {
+    let Value::Object(top) = doc else {
+        return (None, vec![]);
+    };
+    let mut cleaned = top.clone();
+    let mut bad = Vec::new();
+    if let Some(Value::Array(rules)) = top.get("rules") {
+        let fixed: Vec<Value> = rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                if serde_json::from_value::<Rule>(r.clone()).is_ok() {
+                    r.clone()
+                } else {
+                    bad.push(i);
+                    let id = r
+                        .get("id")
+                        .and_then(Value::as_str)
+                        .map_or_else(|| format!("#{i}"), str::to_string);
+                    serde_json::json!({"id": id, "when": "true"})
+                }
+            })
+            .collect();
+        cleaned.insert("rules".into(), Value::Array(fixed));
+    }
+    (serde_json::from_value(Value::Object(cleaned)).ok(), bad)
+}
+
+/// Layer 3 checks that need the whole flow (the compiler checks each rule).
+fn check_flow(flow: &Flow, out: &mut Vec<Finding>) {
+    if flow.version == 0 {
+        out.push(error("$.version", "version must be 1 or more"));
+    }
+    if flow.max_steps == Some(0) {
+        out.push(error("$.max_steps", "max_steps must be 1 or more"));
+    }
+    for (field, v) in [("client_id", &flow.client_id), ("flow_id", &flow.flow_id)] {
+        if v.is_empty() || v.contains('/') || v.chars().any(char::is_whitespace) {
+            out.push(error(
+                format!("$.{field}"),
+                format!("{field} must be non-empty, without `/` or spaces"),
+            ));
+        }
+    }
+    let mut first: HashMap<&str, usize> = HashMap::new();
+    for (i, r) in flow.rules.iter().enumerate() {
+        if r.id.is_empty() {
+            out.push(error(format!("$.rules[{i}].id"), "rule id must not be empty"));
+        }
+        if let Some(j) = first.get(r.id.as_str()) {
+            out.push(error(
+                format!("$.rules[{i}].id"),
+                format!("duplicate rule id `{}` (first used by $.rules[{j}])", r.id),
+            ));
+        } else {
+            first.insert(&r.id, i);
+        }
+        if let Some(g) = &r.gray {
+            let p = format!("$.rules[{i}].gray.percent");
+            if !(0.0..=100.0).contains(&g.percent) || g.percent.is_nan() {
+                out.push(error(p, format!("percent {} is outside 0–100", g.percent)));
+            } else if g.percent == 0.0 {
+                out.push(warning(p, "gray percent 0: the rule is always skipped"));
+            } else if g.percent == 100.0 {
+                out.push(warning(p, "gray percent 100: the gate has no effect"));
+            }
+        }
+        if let Some(rl) = &r.rate_limit {
+            if rl.per_second.is_nan() || rl.per_second <= 0.0 {
+                out.push(error(
+                    format!("$.rules[{i}].rate_limit.per_second"),
+                    "per_second must be greater than 0",
+                ));
+            }
+            if rl.burst.is_some_and(|b| b.is_nan() || b < 1.0) {
+                out.push(error(format!("$.rules[{i}].rate_limit.burst"), "burst must be at least 1"));
+            }
+        }
+    }
+    if let Some(pct) = flow.default_status.as_deref()
+        && pct.is_empty()
+    {
+        out.push(error("$.default_status", "default_status must not be empty"));
+    }
+    for (i, s) in flow.terminal_statuses.iter().enumerate() {
+        if s == crate::model::FAILED || s == "RUNNING" {
+            out.push(error(
+                format!("$.terminal_statuses[{i}]"),
+                format!("`{s}` is reserved by rulestream"),
+            ));
+        }
+    }
+    check_graph(flow, out);
+}
+
+/// Successors of each rule in the flow graph; `n` (one past the last rule) is "ended".
+fn successors(flow: &Flow, index: &HashMap<&str, usize>) -> Vec<Vec<usize>> {
+    let n = flow.rules.len();
+    let target = |i: usize, t: &Transition| -> Option<usize> {
+        if let Some(g) = &t.goto {
+            index.get(g.as_str()).copied()
+        } else if t.complete.is_some() {
+            Some(n)
+        } else {
+            Some(i + 1)
+        }
+    };
+    flow.rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let mut s: Vec<usize> = r.on.values().filter_map(|t| target(i, t)).collect();
+            if let Some(d) = &r.default {
+                s.extend(target(i, d));
+            }
+            if let Some(e) = &r.on_error {
+                s.extend(target(i, e));
+            }
+            let bool_covered = r.on.contains_key("true") && r.on.contains_key("false");
+            let implicit_next = (r.default.is_none() && !bool_covered)
+                || (r.gray.is_some() && !r.on.contains_key(crate::engine::SKIPPED))
+                || (r.rate_limit.is_some() && !r.on.contains_key(crate::engine::LIMITED));
+            if implicit_next {
+                s.push(i + 1);
+            }
+            s
+        })
+        .collect()
+}
+
+fn check_graph(flow: &Flow, out: &mut Vec<Finding>) {
+    let n = flow.rules.len();
+    if n == 0 {
+        return;
+    }
+    let mut index = HashMap::new();
+    for (i, r) in flow.rules.iter().enumerate() {
+        index.entry(r.id.as_str()).or_insert(i);
+    }
+    let succ = successors(flow, &index);
+    // Which rules can reach the end: reverse search from `n`.
+    let mut preds = vec![Vec::new(); n + 1];
+    for (i, s) in succ.iter().enumerate() {
+        for &j in s {
+            preds[j.min(n)].push(i);
+        }
+    }
+    let mut ends = vec![false; n + 1];
+    ends[n] = true;
+    let mut q = VecDeque::from([n]);
+    while let Some(j) = q.pop_front() {
+        for &i in &preds[j] {
+            if !ends[i] {
+                ends[i] = true;
+                q.push_back(i);
+            }
+        }
+    }
+    // Which rules the start reaches.
+    let start = flow
+        .start
+        .as_deref()
+        .and_then(|s| index.get(s).copied())
+        .unwrap_or(0);
+    let mut seen = vec![false; n + 1];
+    seen[start] = true;
+    let mut q = VecDeque::from([start]);
+    while let Some(i) = q.pop_front() {
+        if i >= n {
+            continue;
+        }
+        for &j in &succ[i] {
+            let j = j.min(n);
+            if !seen[j] {
+                seen[j] = true;
+                q.push_back(j);
+            }
+        }
+    }
+    for (i, r) in flow.rules.iter().enumerate() {
+        if !ends[i] {
+            out.push(error(
+                format!("$.rules[{i}]"),
+                format!(
+                    "no terminal status can be reached from rule `{}` (every path loops back: add a `complete` or a way out)",
+                    r.id
+                ),
+            ));
+        }
+        if !seen[i] {
+            out.push(warning(
+                format!("$.rules[{i}]"),
+                format!("rule `{}` is never reached from the start rule", r.id),
+            ));
+        }
+    }
+}
+
+/// Checks that a condition's `value` suits its `op`.
+pub fn check_op_value(c: &Condition) -> Result<(), String> {
+    let op = c.op.as_str();
+    match (c.op, &c.value) {
+        (Op::IsNull, Some(Value::Bool(_))) => Ok(()),
+        (Op::IsNull, _) => Err("`is_null` takes `value: true` or `value: false`".into()),
+        (_, None) => Err(format!("`{op}` needs a `value`")),
+        (Op::Eq | Op::Neq, Some(_)) => Ok(()),
+        (Op::Gt | Op::Gte | Op::Lt | Op::Lte, Some(Value::Number(_) | Value::String(_))) => Ok(()),
+        (Op::Gt | Op::Gte | Op::Lt | Op::Lte, Some(v)) => Err(format!(
+            "`{op}` compares with a number or a string, not {}",
+            json_type(v)
+        )),
+        (Op::In | Op::NotIn, Some(Value::Array(_))) => Ok(()),
+        (Op::In | Op::NotIn, Some(v)) => Err(format!("`{op}` needs a list value, not {}", json_type(v))),
+        (Op::Contains, Some(Value::Array(_) | Value::Object(_) | Value::Null)) => Err(
+            "`contains` needs a single value (a substring, or an item to find in a list)".into(),
+        ),
+        (Op::Contains, Some(_)) => Ok(()),
+        (Op::StartsWith | Op::Matches, Some(Value::String(_))) => Ok(()),
+        (Op::StartsWith | Op::Matches, Some(v)) => {
+            Err(format!("`{op}` needs a string value, not {}", json_type(v)))
+        }
+    }
+}
+
+/// Checks that an action has the fields its type needs and no others.
+pub fn check_action(a: &Action) -> Result<(), String> {
+    let (required, optional) = a.kind.fields();
+    let present = a.present_fields();
+    let kind = a.kind.as_str();
+    let missing: Vec<_> = required.iter().filter(|f| !present.contains(f)).collect();
+    if !missing.is_empty() {
+        let list: Vec<String> = missing.iter().map(|f| format!("`{f}`")).collect();
+        return Err(format!("`{kind}` needs {}", list.join(" and ")));
+    }
+    let extra: Vec<_> = present
+        .iter()
+        .filter(|f| !required.contains(f) && !optional.contains(f))
+        .collect();
+    if !extra.is_empty() {
+        let list: Vec<String> = extra.iter().map(|f| format!("`{f}`")).collect();
+        return Err(format!("{} is not a field of `{kind}`", list.join(", ")));
+    }
+    if a.kind == ActionType::CallWebhook
+        && let Some(url) = &a.url
+        && !(url.starts_with("https://") || url.starts_with("http://"))
+    {
+        return Err(format!("`url` must be an http(s) URL, got `{url}`"));
+    }
+    if a.kind == ActionType::SetField
+        && let Some(f) = &a.field
+        && f.is_empty()
+    {
+        return Err("`field` must not be empty".into());
+    }
+    Ok(())
+}
+
+/// Checks a catalog rule: the field its kind needs, and CEL that compiles.
+pub fn check_master_rule(r: &MasterRule) -> Result<(), String> {
+    if r.version == 0 {
+        return Err("version must be 1 or more".into());
+    }
+    match r.kind {
+        MasterKind::Cel => {
+            let src = r
+                .expression
+                .as_deref()
+                .ok_or("a `cel` rule needs `expression`")?;
+            crate::expr::Expr::compile(src).map_err(|errs| {
+                errs.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })?;
+        }
+        MasterKind::Lambda if r.function.as_deref().is_none_or(str::is_empty) => {
+            return Err("a `lambda` rule needs `function`".into());
+        }
+        MasterKind::Http if r.url.as_deref().is_none_or(str::is_empty) => {
+            return Err("an `http` rule needs `url`".into());
+        }
+        _ => {}
+    }
+    Ok(())
+}
