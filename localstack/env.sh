@@ -6,7 +6,7 @@ RULESTREAM_LOCALSTACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 export RULESTREAM_LOCALSTACK_DIR
 
 # Tools live outside the repo so fresh clones and repeated runs reuse them.
-export RULESTREAM_TOOLS="${RULESTREAM_TOOLS:-$HOME/.cache/rulestream-tools}"
+export RULESTREAM_TOOLS="${RULESTREAM_TOOLS:-${HOME:-/root}/.cache/rulestream-tools}"
 export RULESTREAM_VENV="${RULESTREAM_VENV:-$RULESTREAM_TOOLS/venv}"
 export RULESTREAM_PY="$RULESTREAM_VENV/bin/python"        # python with boto3, kafka-python, localstack
 export RULESTREAM_STATE="${RULESTREAM_STATE:-$RULESTREAM_LOCALSTACK_DIR/.state}"  # pidfiles, logs

@@ -6,11 +6,12 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 
 T="$RULESTREAM_TOOLS"
+CONSTRAINTS="$RULESTREAM_LOCALSTACK_DIR/constraints.txt"  # pip freeze of a venv verified working
 mkdir -p "$T/bin" "$T/cache"
 say() { echo "install: $*"; }
 die() { echo "install: ERROR: $*" >&2; exit 1; }
 
-# Python packages of the main venv. Changing this list re-runs the pip step.
+# Python packages of the main venv. Changing this list or constraints.txt re-runs the pip step.
 PY_PKGS=(
   'localstack-core[runtime]==2026.3.0' 'cbor2<6' 'pyopenssl<26' 'cryptography<47' service-identity
   boto3 'kafka-python==3.0.12' redis
@@ -34,7 +35,7 @@ else
 fi
 
 # --- (b) Python venv with LocalStack, boto3, kafka-python, redis -----------------------------------
-stamp="$(printf '%s\n' "${PY_PKGS[@]}")"
+stamp="$(printf '%s\n' "${PY_PKGS[@]}"; cat "$CONSTRAINTS")"
 # localstack-core 2026.3.0 needs Python 3.13 (it imports warnings.deprecated; 3.11/3.12 fail).
 py_ok() { [[ -x "$RULESTREAM_PY" ]] && "$RULESTREAM_PY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 13))'; }
 if py_ok && [[ -f "$RULESTREAM_VENV/.rulestream-pkgs" && "$(cat "$RULESTREAM_VENV/.rulestream-pkgs")" == "$stamp" ]]; then
@@ -50,7 +51,7 @@ else
     "$RULESTREAM_PY" -m pip install -q --upgrade pip
   fi
   say "pip install ${PY_PKGS[*]} (cold: 1-5 min)"
-  "$RULESTREAM_PY" -m pip install -q "${PY_PKGS[@]}"
+  "$RULESTREAM_PY" -m pip install -q -c "$CONSTRAINTS" "${PY_PKGS[@]}"
   printf '%s' "$stamp" >"$RULESTREAM_VENV/.rulestream-pkgs"
 fi
 
@@ -63,7 +64,7 @@ else
   tgz="$(ls "$T"/cache/amplify-dynamodb-simulator-*.tgz 2>/dev/null | head -n1 || true)"
   if [[ -z "$tgz" ]]; then
     say "npm pack $DDB_NPM_PKG"
-    (cd "$T/cache" && npm pack -q "$DDB_NPM_PKG" >/dev/null 2>&1)
+    (cd "$T/cache" && npm pack --silent "$DDB_NPM_PKG" >/dev/null)
     tgz="$(ls "$T"/cache/amplify-dynamodb-simulator-*.tgz | head -n1)"
   fi
   tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' EXIT
@@ -98,7 +99,7 @@ fi
 # --- (d) cargo-lambda (brings zig) in the same venv --------------------------------------------------
 if [[ ! -x "$RULESTREAM_VENV/bin/cargo-lambda" ]]; then
   say "pip install $CARGO_LAMBDA_PKG"
-  "$RULESTREAM_PY" -m pip install -q "$CARGO_LAMBDA_PKG"
+  "$RULESTREAM_PY" -m pip install -q -c "$CONSTRAINTS" "$CARGO_LAMBDA_PKG"
 fi
 ln -sf "$RULESTREAM_VENV/bin/cargo-lambda" "$T/bin/cargo-lambda"
 zig="$("$RULESTREAM_PY" -c 'import ziglang, os; print(os.path.join(os.path.dirname(ziglang.__file__), "zig"))')"

@@ -15,6 +15,7 @@ say() { echo "up: $*"; }
 fail() { # fail NAME LOG MESSAGE: print the log's tail and exit
   echo "up: ERROR: $1: $3" >&2
   [[ -f "$2" ]] && { echo "---- tail of $2 ----" >&2; tail -n 40 "$2" >&2; }
+  echo "up: (what did start keeps running: localstack/down.sh stops it)" >&2
   exit 1
 }
 # running NAME: true if $S/NAME.pid names a live process whose command line mentions it

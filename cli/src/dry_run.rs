@@ -38,7 +38,8 @@ pub fn read_input(arg: &str) -> anyhow::Result<Value> {
             .with_context(|| format!("--input {arg}: not JSON and not a readable file"))?;
         (s, arg.to_string())
     };
-    let v: Value = serde_json::from_str(&text).with_context(|| format!("{from} is not valid JSON"))?;
+    let v: Value =
+        serde_json::from_str(&text).with_context(|| format!("{from} is not valid JSON"))?;
     if !v.is_object() {
         bail!("{from} must be a JSON object");
     }
@@ -85,15 +86,20 @@ pub fn run(a: &Args) -> anyhow::Result<Outcome> {
         flow_id: flow.flow().flow_id.clone(),
         flow_version: flow.flow().version,
     };
-    let subset = a
-        .rules
-        .as_ref()
-        .map(|r| r.split('|').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect());
+    let subset = a.rules.as_ref().map(|r| {
+        r.split('|')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    });
     let report = pollster::block_on(rulestream_core::run(
         flow, meta, &input, None, now, subset, &DryRun,
     ));
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&output::dry_run_json(&report))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&output::dry_run_json(&report))?
+        );
     } else {
         for w in v.warnings() {
             eprintln!("{w}");

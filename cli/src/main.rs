@@ -58,6 +58,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the JSON Schema of flow files (what client-configs/schema/flow.schema.json holds).
+    Schema {
+        /// Print the schema of catalog rules instead.
+        #[arg(long)]
+        catalog: bool,
+        /// Accepted for symmetry with the other commands: the output is always JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// How a command ended, mapped to the exit code.
@@ -100,6 +109,19 @@ fn main() -> ExitCode {
             execution_id,
             json,
         }),
+        Command::Schema { catalog, json: _ } => {
+            let schema = if catalog {
+                rulestream_core::model::master_rule_schema()
+            } else {
+                rulestream_core::model::flow_schema()
+            };
+            serde_json::to_string_pretty(&schema)
+                .map(|s| {
+                    println!("{s}");
+                    Outcome::Ok
+                })
+                .map_err(anyhow::Error::from)
+        }
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

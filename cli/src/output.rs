@@ -80,7 +80,10 @@ fn explain_text(e: &Explain) -> Vec<String> {
             version,
             result,
             ..
-        } => vec![format!("master rule {rule_id} v{version}  =>  {}", compact(result))],
+        } => vec![format!(
+            "master rule {rule_id} v{version}  =>  {}",
+            compact(result)
+        )],
         Explain::Skipped { reason } | Explain::Limited { reason } => vec![reason.clone()],
         Explain::Error { message } => vec![format!("error: {message}")],
     }
@@ -98,7 +101,11 @@ pub fn dry_run_table(flow: &Flow, r: &RunReport) -> String {
     let mut extra: Vec<Vec<String>> = vec![vec![]];
     for s in &r.steps {
         let mut why = explain_text(&s.explain);
-        let first = if why.is_empty() { String::new() } else { why.remove(0) };
+        let first = if why.is_empty() {
+            String::new()
+        } else {
+            why.remove(0)
+        };
         rows.push([
             s.seq.to_string(),
             s.rule.clone(),
@@ -111,10 +118,7 @@ pub fn dry_run_table(flow: &Flow, r: &RunReport) -> String {
     let widths: Vec<usize> = (0..4)
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
-    let mut out = format!(
-        "{}/{} v{}\n",
-        flow.client_id, flow.flow_id, flow.version
-    );
+    let mut out = format!("{}/{} v{}\n", flow.client_id, flow.flow_id, flow.version);
     for (row, more) in rows.iter().zip(&extra) {
         let mut line = String::new();
         for (i, w) in widths.iter().enumerate() {

@@ -77,7 +77,8 @@ pub fn run(paths: &[PathBuf], catalog_dir: &Path, json: bool) -> anyhow::Result<
     let mut all_valid = true;
     let mut reports = Vec::new();
     for f in &files {
-        let text = std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
         let v = validate_str(&text, &catalog);
         let valid = v.is_valid();
         all_valid &= valid;
@@ -126,7 +127,11 @@ pub fn run(paths: &[PathBuf], catalog_dir: &Path, json: bool) -> anyhow::Result<
             bad
         );
     }
-    Ok(if all_valid { Outcome::Ok } else { Outcome::UserFix })
+    Ok(if all_valid {
+        Outcome::Ok
+    } else {
+        Outcome::UserFix
+    })
 }
 
 fn reports_count(files: &[PathBuf], all_valid: bool) -> &'static str {

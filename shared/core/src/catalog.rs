@@ -77,20 +77,15 @@ impl Catalog {
             path: path.to_string(),
             message,
         };
-        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
-            invalid(format!(
-                "line {}:{}: {e}",
-                e.line(),
-                e.column()
-            ))
-        })?;
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| invalid(format!("line {}:{}: {e}", e.line(), e.column())))?;
         let items = match value {
             serde_json::Value::Array(items) => items,
             other => vec![other],
         };
         for (i, item) in items.into_iter().enumerate() {
-            let rule: MasterRule = serde_json::from_value(item)
-                .map_err(|e| invalid(format!("rule #{i}: {e}")))?;
+            let rule: MasterRule =
+                serde_json::from_value(item).map_err(|e| invalid(format!("rule #{i}: {e}")))?;
             crate::validate::check_master_rule(&rule)
                 .map_err(|m| invalid(format!("rule `{}` v{}: {m}", rule.rule_id, rule.version)))?;
             self.insert(rule);

@@ -209,7 +209,12 @@ mod tests {
             (Op::NotIn, json!(["a", "b"]), Some(json!("c")), true),
             (Op::NotIn, json!(["a"]), None, true),
             (Op::Contains, json!("ell"), Some(json!("hello")), true),
-            (Op::Contains, json!("vip"), Some(json!(["new", "vip"])), true),
+            (
+                Op::Contains,
+                json!("vip"),
+                Some(json!(["new", "vip"])),
+                true,
+            ),
             (Op::Contains, json!("x"), Some(json!(["new"])), false),
             (Op::Contains, json!("x"), Some(json!(5)), false),
             (Op::StartsWith, json!("AB"), Some(json!("ABC")), true),
@@ -251,10 +256,7 @@ mod tests {
     #[test]
     fn walk_indexes_lists() {
         let v = json!({"a": [{"b": 1}]});
-        assert_eq!(
-            walk(&v, &split_path("a.0.b")),
-            Some(&json!(1))
-        );
+        assert_eq!(walk(&v, &split_path("a.0.b")), Some(&json!(1)));
         assert_eq!(walk(&v, &split_path("a.1.b")), None);
     }
 }

@@ -16,7 +16,7 @@ use crate::catalog::Catalog;
 use crate::conditions::{self, CompiledCondition, ConditionResult};
 use crate::expr::{self, Expr, PathTrie};
 use crate::gray;
-use crate::model::{ActionType, Flow, MasterKind, Rule, Transition, FAILED};
+use crate::model::{ActionType, FAILED, Flow, MasterKind, Rule, Transition};
 use crate::ports::Effects;
 
 /// Outcome of a rule outside its gray share or outside the execution's `rules` subset.
@@ -208,7 +208,9 @@ fn compile_rule(
 ) -> Option<CompiledRule> {
     let before = issues.len();
     let decide = match (&rule.when, &rule.conditions, &rule.use_rule) {
-        (Some(w), None, None) => compile_expr(w, &format!("{base}.when"), tries, issues).map(Decide::When),
+        (Some(w), None, None) => {
+            compile_expr(w, &format!("{base}.when"), tries, issues).map(Decide::When)
+        }
         (None, Some(groups), None) => {
             let mut out = Vec::with_capacity(groups.len());
             if groups.is_empty() || groups.iter().any(Vec::is_empty) {
@@ -250,7 +252,10 @@ fn compile_rule(
         (None, None, None) => {
             issues.push(issue(
                 base,
-                format!("rule `{}` needs one of `when`, `conditions` or `use`", rule.id),
+                format!(
+                    "rule `{}` needs one of `when`, `conditions` or `use`",
+                    rule.id
+                ),
             ));
             None
         }
@@ -266,7 +271,10 @@ fn compile_rule(
         }
     };
     if rule.use_rule.is_none() && rule.params.is_some() {
-        issues.push(issue(&format!("{base}.params"), "`params` is only for `use` rules".into()));
+        issues.push(issue(
+            &format!("{base}.params"),
+            "`params` is only for `use` rules".into(),
+        ));
     }
     if rule.use_rule.is_none() && rule.use_version.is_some() {
         issues.push(issue(
@@ -281,14 +289,12 @@ fn compile_rule(
             on.insert(outcome.clone(), ct);
         }
     }
-    let default = rule
-        .default
-        .as_ref()
-        .and_then(|t| compile_transition(flow, t, &format!("{base}.default"), index, tries, issues));
-    let on_error = rule
-        .on_error
-        .as_ref()
-        .and_then(|t| compile_transition(flow, t, &format!("{base}.on_error"), index, tries, issues));
+    let default = rule.default.as_ref().and_then(|t| {
+        compile_transition(flow, t, &format!("{base}.default"), index, tries, issues)
+    });
+    let on_error = rule.on_error.as_ref().and_then(|t| {
+        compile_transition(flow, t, &format!("{base}.on_error"), index, tries, issues)
+    });
     if issues.len() > before {
         return None;
     }
@@ -654,8 +660,12 @@ impl<'f> Session<'f> {
             Some(path) => {
                 let v = match path[0].as_str() {
                     "input" => conditions::walk(input, &path[1..]).cloned(),
-                    "client" => client.and_then(|c| conditions::walk(c, &path[1..])).cloned(),
-                    "ctx" => conditions::walk(&Value::Object(state.ctx.clone()), &path[1..]).cloned(),
+                    "client" => client
+                        .and_then(|c| conditions::walk(c, &path[1..]))
+                        .cloned(),
+                    "ctx" => {
+                        conditions::walk(&Value::Object(state.ctx.clone()), &path[1..]).cloned()
+                    }
                     _ => None,
                 };
                 match v {
@@ -741,7 +751,10 @@ impl<'f> Session<'f> {
                     return StepResult {
                         record: None,
                         next: failed(
-                            format!("rule `{id}` does not exist in version {}", flow.flow.version),
+                            format!(
+                                "rule `{id}` does not exist in version {}",
+                                flow.flow.version
+                            ),
                             None,
                         ),
                     };
@@ -789,7 +802,16 @@ impl<'f> Session<'f> {
                 unreachable!("errored implies an error explain")
             };
             let error = format!("rule `{}`: {message}", rule.id);
-            let record = self.record(seq, rule, &outcome, json!({}), explain.clone(), set, vec![], started);
+            let record = self.record(
+                seq,
+                rule,
+                &outcome,
+                json!({}),
+                explain.clone(),
+                set,
+                vec![],
+                started,
+            );
             self.state.seq += 1;
             return StepResult {
                 record: Some(record),
@@ -801,7 +823,16 @@ impl<'f> Session<'f> {
             Some(t) => {
                 if let Err(e) = self.apply_set(t, &mut set) {
                     let error = format!("rule `{}`: {e}", rule.id);
-                    let record = self.record(seq, rule, &outcome, describe(&t.source), explain, set, vec![], started);
+                    let record = self.record(
+                        seq,
+                        rule,
+                        &outcome,
+                        describe(&t.source),
+                        explain,
+                        set,
+                        vec![],
+                        started,
+                    );
                     self.state.seq += 1;
                     return StepResult {
                         record: Some(record),
@@ -894,7 +925,12 @@ impl<'f> Session<'f> {
         }
         if let Some(g) = &rule.gray {
             let b = gray::bucket(&self.meta.client_id, &compiled.gray_salt, &self.gray_key);
-            if !gray::in_gray(&self.meta.client_id, &compiled.gray_salt, &self.gray_key, g.percent) {
+            if !gray::in_gray(
+                &self.meta.client_id,
+                &compiled.gray_salt,
+                &self.gray_key,
+                g.percent,
+            ) {
                 return (
                     SKIPPED.into(),
                     Explain::Skipped {
@@ -941,7 +977,13 @@ impl<'f> Session<'f> {
                     },
                     none,
                 ),
-                Err(m) => (ERROR.into(), Explain::Error { message: format!("`when` failed: {m}") }, none),
+                Err(m) => (
+                    ERROR.into(),
+                    Explain::Error {
+                        message: format!("`when` failed: {m}"),
+                    },
+                    none,
+                ),
             },
             Decide::Conditions(groups) => {
                 let (matched, results) = conditions::evaluate(groups, |p| self.lookup(p));
@@ -966,7 +1008,8 @@ impl<'f> Session<'f> {
             } => {
                 let answer = match (kind, expr) {
                     (MasterKind::Cel, Some(e)) => {
-                        self.cel.add_variable_from_value("params", params_cel.clone());
+                        self.cel
+                            .add_variable_from_value("params", params_cel.clone());
                         e.eval(&self.cel)
                             .and_then(|v| outcome_of(&v))
                             .map(|(o, r)| (o, r, Map::new()))
@@ -1008,7 +1051,11 @@ impl<'f> Session<'f> {
         }
     }
 
-    fn apply_set(&mut self, t: &CompiledTransition, set: &mut Map<String, Value>) -> Result<(), String> {
+    fn apply_set(
+        &mut self,
+        t: &CompiledTransition,
+        set: &mut Map<String, Value>,
+    ) -> Result<(), String> {
         for (k, e) in &t.set {
             self.refresh_cel();
             let v = e
@@ -1078,8 +1125,13 @@ fn describe(t: &Transition) -> Value {
 fn outcome_of(v: &CelValue) -> Result<(String, Value), String> {
     match v {
         CelValue::Bool(b) => Ok((b.to_string(), Value::Bool(*b))),
-        CelValue::String(s) if !s.is_empty() => Ok((s.as_str().to_string(), Value::String(s.as_str().to_string()))),
-        CelValue::String(_) => Err("gave an empty string; expected a bool or a non-empty label".into()),
+        CelValue::String(s) if !s.is_empty() => Ok((
+            s.as_str().to_string(),
+            Value::String(s.as_str().to_string()),
+        )),
+        CelValue::String(_) => {
+            Err("gave an empty string; expected a bool or a non-empty label".into())
+        }
         other => Err(format!(
             "gave a {} value; expected a bool or a string label",
             expr::type_name(other)
@@ -1099,7 +1151,11 @@ fn external_outcome(v: &Value) -> Result<(String, Value, Map<String, Value>), St
         Some(Value::Object(m)) => m.clone(),
         Some(_) => return Err("answer's `set` is not an object".into()),
     };
-    Ok((outcome, v.get("outcome").cloned().unwrap_or(Value::Null), set))
+    Ok((
+        outcome,
+        v.get("outcome").cloned().unwrap_or(Value::Null),
+        set,
+    ))
 }
 
 /// A whole run, as dry-run and inline mode report it.
@@ -1158,7 +1214,10 @@ pub async fn run<E: Effects>(
                 reason,
                 error,
                 path: steps.iter().map(|s| s.rule.clone()).collect(),
-                actions: steps.iter().flat_map(|s| s.actions.iter().cloned()).collect(),
+                actions: steps
+                    .iter()
+                    .flat_map(|s| s.actions.iter().cloned())
+                    .collect(),
                 steps,
                 ctx: state.ctx,
                 tags: state.tags,

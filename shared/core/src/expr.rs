@@ -11,14 +11,22 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock};
 
 use cel::common::ast::{EntryExpr, Expr as Ast, IdedExpr};
-use cel::objects::{Key, Map};
 use cel::common::types::DYN_TYPE;
 use cel::common::value::{CowVal, Val};
+use cel::objects::{Key, Map};
 use cel::{Env, ExecutionError, Value as CelValue};
 use serde_json::Value;
 
 /// The variables a rule's CEL may read.
-pub const ROOTS: [&str; 7] = ["input", "ctx", "client", "params", "steps", "execution", "now"];
+pub const ROOTS: [&str; 7] = [
+    "input",
+    "ctx",
+    "client",
+    "params",
+    "steps",
+    "execution",
+    "now",
+];
 
 /// The process-wide CEL environment (standard library plus the string extensions).
 pub fn env() -> &'static Arc<Env> {
@@ -177,7 +185,12 @@ impl Expr {
         })?;
         let mut paths = Vec::new();
         let mut unknown = Vec::new();
-        collect_paths(program.expression(), &mut Vec::new(), &mut paths, &mut unknown);
+        collect_paths(
+            program.expression(),
+            &mut Vec::new(),
+            &mut paths,
+            &mut unknown,
+        );
         if !unknown.is_empty() {
             unknown.sort();
             unknown.dedup();
@@ -463,7 +476,10 @@ mod tests {
     #[test]
     fn syntax_errors_carry_a_position() {
         let err = Expr::compile("a &&").expect_err("syntax");
-        assert!(matches!(err[0], CompileError::Syntax { line: 1, .. }), "{err:?}");
+        assert!(
+            matches!(err[0], CompileError::Syntax { line: 1, .. }),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -494,6 +510,9 @@ mod tests {
         let v = json!({"user": {"country": "HK", "secret": 1}, "order": {"amount": 5}, "x": 1});
         let c = json_to_cel_pruned(&v, &trie);
         let back = cel_to_json(&c).expect("json");
-        assert_eq!(back, json!({"user": {"country": "HK"}, "order": {"amount": 5}}));
+        assert_eq!(
+            back,
+            json!({"user": {"country": "HK"}, "order": {"amount": 5}})
+        );
     }
 }

@@ -25,7 +25,9 @@ pub mod token_bucket;
 pub mod validate;
 
 pub use catalog::Catalog;
-pub use engine::{CompiledFlow, ExecutionMeta, Next, RunReport, RunState, Session, StepRecord, run};
+pub use engine::{
+    CompiledFlow, ExecutionMeta, Next, RunReport, RunState, Session, StepRecord, run,
+};
 pub use model::{Flow, MasterRule};
 pub use ports::{DryRun, EffectError, Effects};
 pub use validate::{Finding, Severity, Validation, validate_str, validate_value};

@@ -400,12 +400,12 @@ pub struct MasterRule {
 
 /// The JSON Schema of a flow file, derived from [`Flow`].
 pub fn flow_schema() -> Value {
-    schema_for::<Flow>("https://rulestream.dev/schema/flow.schema.json")
+    schema_for::<Flow>("urn:rulestream:schema:flow")
 }
 
 /// The JSON Schema of a catalog rule, derived from [`MasterRule`].
 pub fn master_rule_schema() -> Value {
-    schema_for::<MasterRule>("https://rulestream.dev/schema/master-rule.schema.json")
+    schema_for::<MasterRule>("urn:rulestream:schema:master-rule")
 }
 
 fn schema_for<T: JsonSchema>(id: &str) -> Value {

@@ -50,7 +50,12 @@ pub trait Effects: Sync {
 pub struct DryRun;
 
 impl Effects for DryRun {
-    async fn take_token(&self, _key: &str, _per_second: f64, _burst: f64) -> Result<bool, EffectError> {
+    async fn take_token(
+        &self,
+        _key: &str,
+        _per_second: f64,
+        _burst: f64,
+    ) -> Result<bool, EffectError> {
         Ok(true)
     }
 

@@ -28,7 +28,11 @@ pub struct Take {
 
 /// Takes one token from the bucket at `now_ms`. A clock that goes backwards refills nothing.
 pub fn take(state: Option<BucketState>, now_ms: i64, rate: f64, burst: f64) -> Take {
-    let burst = if burst.is_finite() { burst.max(0.0) } else { 0.0 };
+    let burst = if burst.is_finite() {
+        burst.max(0.0)
+    } else {
+        0.0
+    };
     let rate = if rate.is_finite() { rate.max(0.0) } else { 0.0 };
     let mut tokens = match state {
         None => burst,
@@ -80,7 +84,10 @@ mod tests {
 
     #[test]
     fn refills_at_rate_and_caps_at_burst() {
-        let s = BucketState { tokens: 0.0, updated_ms: 0 };
+        let s = BucketState {
+            tokens: 0.0,
+            updated_ms: 0,
+        };
         assert!(!take(Some(s), 99, 10.0, 5.0).allowed);
         assert!(take(Some(s), 100, 10.0, 5.0).allowed);
         let t = take(Some(s), 1_000_000, 10.0, 5.0);
@@ -89,7 +96,10 @@ mod tests {
 
     #[test]
     fn clock_going_backwards_refills_nothing() {
-        let s = BucketState { tokens: 0.5, updated_ms: 10_000 };
+        let s = BucketState {
+            tokens: 0.5,
+            updated_ms: 10_000,
+        };
         let t = take(Some(s), 5_000, 100.0, 5.0);
         assert!(!t.allowed);
     }

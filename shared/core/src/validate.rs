@@ -20,7 +20,9 @@ use serde_json::Value;
 
 use crate::catalog::Catalog;
 use crate::engine::CompiledFlow;
-use crate::model::{Action, ActionType, Condition, Flow, MasterKind, MasterRule, Op, Rule, Transition};
+use crate::model::{
+    Action, ActionType, Condition, Flow, MasterKind, MasterRule, Op, Rule, Transition,
+};
 
 /// Severity of a finding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -79,7 +81,9 @@ impl Validation {
 
     /// The errors.
     pub fn errors(&self) -> impl Iterator<Item = &Finding> {
-        self.findings.iter().filter(|f| f.severity == Severity::Error)
+        self.findings
+            .iter()
+            .filter(|f| f.severity == Severity::Error)
     }
 
     /// The warnings.
@@ -113,7 +117,8 @@ fn warning(path: impl Into<String>, message: impl Into<String>) -> Finding {
 /// `.key` for identifier-like keys, `["key"]` otherwise.
 pub fn key_path(k: &str) -> String {
     let ident = !k.is_empty()
-        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         && !k.starts_with(|c: char| c.is_ascii_digit());
     if ident {
         format!(".{k}")
@@ -171,9 +176,9 @@ pub fn validate_value(doc: &Value, catalog: &Catalog) -> Validation {
         }
         // Rules that failed the structural layer stand in as placeholders: drop what they caused.
         semantic.retain(|f| {
-            !bad_rules
-                .iter()
-                .any(|i| f.path == format!("$.rules[{i}]") || f.path.starts_with(&format!("$.rules[{i}].")))
+            !bad_rules.iter().any(|i| {
+                f.path == format!("$.rules[{i}]") || f.path.starts_with(&format!("$.rules[{i}]."))
+            })
         });
         findings.extend(semantic);
     }
@@ -211,7 +216,9 @@ fn structural(doc: &Value) -> Vec<Finding> {
                 }
             }
             K::Required { property } => {
-                let p = property.as_str().map_or_else(|| property.to_string(), str::to_string);
+                let p = property
+                    .as_str()
+                    .map_or_else(|| property.to_string(), str::to_string);
                 out.push(error(path, format!("missing required field `{p}`")));
             }
             _ => {
@@ -328,7 +335,10 @@ fn check_flow(flow: &Flow, out: &mut Vec<Finding>) {
     let mut first: HashMap<&str, usize> = HashMap::new();
     for (i, r) in flow.rules.iter().enumerate() {
         if r.id.is_empty() {
-            out.push(error(format!("$.rules[{i}].id"), "rule id must not be empty"));
+            out.push(error(
+                format!("$.rules[{i}].id"),
+                "rule id must not be empty",
+            ));
         }
         if let Some(j) = first.get(r.id.as_str()) {
             out.push(error(
@@ -356,14 +366,20 @@ fn check_flow(flow: &Flow, out: &mut Vec<Finding>) {
                 ));
             }
             if rl.burst.is_some_and(|b| b.is_nan() || b < 1.0) {
-                out.push(error(format!("$.rules[{i}].rate_limit.burst"), "burst must be at least 1"));
+                out.push(error(
+                    format!("$.rules[{i}].rate_limit.burst"),
+                    "burst must be at least 1",
+                ));
             }
         }
     }
     if let Some(pct) = flow.default_status.as_deref()
         && pct.is_empty()
     {
-        out.push(error("$.default_status", "default_status must not be empty"));
+        out.push(error(
+            "$.default_status",
+            "default_status must not be empty",
+        ));
     }
     for (i, s) in flow.terminal_statuses.iter().enumerate() {
         if s == crate::model::FAILED || s == "RUNNING" {
@@ -493,7 +509,9 @@ pub fn check_op_value(c: &Condition) -> Result<(), String> {
             json_type(v)
         )),
         (Op::In | Op::NotIn, Some(Value::Array(_))) => Ok(()),
-        (Op::In | Op::NotIn, Some(v)) => Err(format!("`{op}` needs a list value, not {}", json_type(v))),
+        (Op::In | Op::NotIn, Some(v)) => {
+            Err(format!("`{op}` needs a list value, not {}", json_type(v)))
+        }
         (Op::Contains, Some(Value::Array(_) | Value::Object(_) | Value::Null)) => Err(
             "`contains` needs a single value (a substring, or an item to find in a list)".into(),
         ),
