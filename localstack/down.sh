@@ -5,20 +5,27 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 S="$RULESTREAM_STATE"
 
+# descendants PID: all live child processes, recursively (LocalStack puts its DynamoDB Local JVM in
+# a process group of its own, so a group signal alone does not reach it).
+descendants() { local c; for c in $(pgrep -P "$1" || true); do echo "$c"; descendants "$c"; done; }
+any_alive() { local p; for p in "$@"; do kill -0 -- "$p" 2>/dev/null && return 0; done; return 1; }
+
 # stop NAME PATTERN: if NAME.pid names a live process whose command line contains PATTERN (so a
 # stale pidfile never hits an unrelated process), SIGTERM it, or its whole process group when it leads
-# one (setsid-started: LocalStack's DynamoDB Local JVM, cargo's children); wait 15 s, then SIGKILL.
+# one (setsid-started ones: cargo's children...); wait up to 15 s for it and its descendants (taken
+# before the SIGTERM) to exit, then SIGKILL whatever is left.
 stop() {
-  local f="$S/$1.pid" pid target
+  local f="$S/$1.pid" pid target kids
   [[ -f "$f" ]] || return 0
   pid="$(tr -dc 0-9 <"$f")"
   if [[ -n "$pid" ]] && [[ "$(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline")" == *"$2"* ]]; then
     target="$pid"
     [[ "$(ps -o pgid= -p "$pid" | tr -d ' ')" == "$pid" ]] && target="-$pid"
-    echo "down: stopping $1 (pid $pid)"
+    kids="$(descendants "$pid")"
+    echo "down: stopping $1 (pid $pid${kids:+, children $(echo $kids)})"
     kill -TERM -- "$target" 2>/dev/null || true
-    for _ in $(seq 150); do kill -0 -- "$target" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL -- "$target" 2>/dev/null || true
+    for _ in $(seq 150); do any_alive "$target" $kids || break; sleep 0.1; done
+    for k in "$target" $kids; do kill -KILL -- "$k" 2>/dev/null || true; done
   fi
   rm -f "$f"
 }

@@ -5,7 +5,7 @@
 # Stop with localstack/down.sh. Pidfiles and logs: $RULESTREAM_STATE (localstack/.state/).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-"$HERE/install.sh"
+bash "$HERE/install.sh"
 source "$HERE/env.sh"
 
 S="$RULESTREAM_STATE"

@@ -629,7 +629,7 @@ pub struct Session<'f> {
     client: Option<&'f Value>,
     subset: Option<Vec<String>>,
     state: RunState,
-    cel: cel::Context<'static, 'static>,
+    cel: cel::Context<'f, 'f>,
     ctx_dirty: bool,
     gray_key: String,
 }
@@ -647,11 +647,13 @@ impl<'f> Session<'f> {
     ) -> Session<'f> {
         let mut cel = cel::Context::with_env(Arc::clone(expr::env()));
         if let Some(t) = flow.trie("input") {
-            cel.add_variable_from_value("input", expr::json_to_cel_pruned(input, t));
+            cel.add_variable_as_val("input", expr::json_to_val(input, Some(t)));
         }
         if let Some(t) = flow.trie("client") {
-            let v = client.map_or(CelValue::Null, |c| expr::json_to_cel_pruned(c, t));
-            cel.add_variable_from_value("client", v);
+            match client {
+                Some(c) => cel.add_variable_as_val("client", expr::json_to_val(c, Some(t))),
+                None => cel.add_variable_from_value("client", CelValue::Null),
+            }
         }
         if flow.trie("now").is_some() || flow.tries.contains_key("now") {
             cel.add_variable_from_value("now", CelValue::Timestamp(now.fixed_offset()));

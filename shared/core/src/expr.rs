@@ -367,6 +367,46 @@ pub fn json_to_cel_pruned(v: &Value, trie: &PathTrie) -> CelValue {
     }
 }
 
+/// Converts the parts of `v` that `trie` names straight into CEL runtime values that borrow
+/// `v`'s strings: no string is copied, and no intermediate [`CelValue`] is built.
+pub fn json_to_val<'v>(v: &'v Value, trie: Option<&PathTrie>) -> Box<dyn Val + 'v> {
+    use cel::common::types::{CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, CelUInt};
+    match v {
+        Value::Null => Box::new(CelNull),
+        Value::Bool(b) => Box::new(CelBool::from(*b)),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Box::new(CelInt::from(i))
+            } else if let Some(u) = n.as_u64() {
+                Box::new(CelUInt::from(u))
+            } else {
+                Box::new(CelDouble::from(n.as_f64().unwrap_or(f64::NAN)))
+            }
+        }
+        Value::String(s) => Box::new(CelString::from(s.as_str())),
+        Value::Array(a) => Box::new(CelList::from(
+            a.iter().map(|x| json_to_val(x, None)).collect::<Vec<_>>(),
+        )),
+        Value::Object(o) => {
+            let map: HashMap<CelMapKey<'v>, Box<dyn Val + 'v>> = match trie {
+                Some(t) if !t.whole => t
+                    .children
+                    .iter()
+                    .filter_map(|(k, sub)| {
+                        o.get_key_value(k.as_str())
+                            .map(|(k, child)| (CelMapKey::from(k.as_str()), json_to_val(child, Some(sub))))
+                    })
+                    .collect(),
+                _ => o
+                    .iter()
+                    .map(|(k, child)| (CelMapKey::from(k.as_str()), json_to_val(child, None)))
+                    .collect(),
+            };
+            Box::new(CelMap::from(map))
+        }
+    }
+}
+
 /// Converts JSON to CEL: integers that fit become `int`, larger ones `uint`, others `double`.
 pub fn json_to_cel(v: &Value) -> CelValue {
     match v {
