@@ -175,8 +175,10 @@ pub fn validate_value(doc: &Value, catalog: &Catalog) -> Validation {
             Err(issues) => semantic.extend(issues.into_iter().map(|i| error(i.path, i.message))),
         }
         // Rules that failed the structural layer stand in as placeholders: drop what they caused.
+        let rules_missing = !doc.get("rules").is_some_and(Value::is_array);
         semantic.retain(|f| {
-            !bad_rules.iter().any(|i| {
+            !(rules_missing && f.path == "$.rules")
+                && !bad_rules.iter().any(|i| {
                 f.path == format!("$.rules[{i}]") || f.path.starts_with(&format!("$.rules[{i}]."))
             })
         });
@@ -293,6 +295,28 @@ fn best_effort_flow(doc: &Value) -> (Option<Flow>, Vec<usize>) {
         return (None, vec![]);
     };
     let mut cleaned = top.clone();
+    // Top-level fields the structural layer already reported (unknown, or of the wrong type) are
+    // dropped, and required ones stood in for, so the rules are still checked.
+    fn fits<T: serde::de::DeserializeOwned>(v: &Value) -> bool {
+        serde_json::from_value::<T>(v.clone()).is_ok()
+    }
+    cleaned.retain(|k, v| match k.as_str() {
+        "$schema" | "client_id" | "flow_id" | "description" | "default_status" | "start"
+        | "gray_key" => fits::<String>(v),
+        "version" => fits::<u64>(v),
+        "max_steps" => fits::<u32>(v),
+        "terminal_statuses" => fits::<Vec<String>>(v),
+        "rules" => v.is_array(),
+        _ => false,
+    });
+    for (k, placeholder) in [
+        ("client_id", Value::from("client")),
+        ("flow_id", Value::from("flow")),
+        ("version", Value::from(1)),
+        ("rules", Value::Array(vec![])),
+    ] {
+        cleaned.entry(k).or_insert(placeholder);
+    }
     let mut bad = Vec::new();
     if let Some(Value::Array(rules)) = top.get("rules") {
         let fixed: Vec<Value> = rules
