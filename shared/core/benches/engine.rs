@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use chrono::{TimeZone, Utc};
 use criterion::{Criterion, criterion_group, criterion_main};
-use rulestream_core::{Catalog, CompiledFlow, DryRun, ExecutionMeta, RunState, Session, validate_value};
+use rulestream_core::{
+    Catalog, CompiledFlow, DryRun, ExecutionMeta, RunState, Session, validate_value,
+};
 use serde_json::{Value, json};
 
 const RULES: [&str; 4] = [
@@ -82,7 +84,10 @@ fn hand_written(v: &Value) -> &'static str {
 
 fn bench_decision(c: &mut Criterion) {
     let input = decision_input();
-    let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).single().expect("time");
+    let now = Utc
+        .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
+        .single()
+        .expect("time");
     let flow = decision_flow();
     let m = meta(&flow);
     let mut g = c.benchmark_group("decision");
@@ -147,7 +152,15 @@ fn bench_step(c: &mut Criterion) {
     let now = Utc::now();
     let m = meta(&flow);
     c.bench_function("step/one_rule", |b| {
-        let mut s = Session::new(&flow, m.clone(), &input, None, now, None, RunState::default());
+        let mut s = Session::new(
+            &flow,
+            m.clone(),
+            &input,
+            None,
+            now,
+            None,
+            RunState::default(),
+        );
         b.iter(|| {
             let r = pollster::block_on(s.step(&DryRun, 0));
             black_box(r);
@@ -164,7 +177,8 @@ fn bench_preclear(c: &mut Criterion) {
     .expect("json");
     let flow = compile(&flow_doc, &catalog);
     let examples: Value = serde_json::from_str(
-        &std::fs::read_to_string(root.join("examples/acme-bank.trade-preclear.json")).expect("examples"),
+        &std::fs::read_to_string(root.join("examples/acme-bank.trade-preclear.json"))
+            .expect("examples"),
     )
     .expect("json");
     let case = examples
@@ -175,9 +189,11 @@ fn bench_preclear(c: &mut Criterion) {
         .expect("a five-rule example");
     let input = case["input"].clone();
     let want = case["expect_status"].as_str().expect("status").to_string();
-    let now = chrono::DateTime::parse_from_rfc3339(case["now"].as_str().unwrap_or("2026-11-22T10:00:00Z"))
-        .expect("time")
-        .with_timezone(&Utc);
+    let now = chrono::DateTime::parse_from_rfc3339(
+        case["now"].as_str().unwrap_or("2026-11-22T10:00:00Z"),
+    )
+    .expect("time")
+    .with_timezone(&Utc);
     let m = meta(&flow);
     c.bench_function("preclear/five_rules", |b| {
         b.iter(|| {

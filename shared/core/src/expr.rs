@@ -370,7 +370,9 @@ pub fn json_to_cel_pruned(v: &Value, trie: &PathTrie) -> CelValue {
 /// Converts the parts of `v` that `trie` names straight into CEL runtime values that borrow
 /// `v`'s strings: no string is copied, and no intermediate [`CelValue`] is built.
 pub fn json_to_val<'v>(v: &'v Value, trie: Option<&PathTrie>) -> Box<dyn Val + 'v> {
-    use cel::common::types::{CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, CelUInt};
+    use cel::common::types::{
+        CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, CelUInt,
+    };
     match v {
         Value::Null => Box::new(CelNull),
         Value::Bool(b) => Box::new(CelBool::from(*b)),
@@ -393,8 +395,9 @@ pub fn json_to_val<'v>(v: &'v Value, trie: Option<&PathTrie>) -> Box<dyn Val + '
                     .children
                     .iter()
                     .filter_map(|(k, sub)| {
-                        o.get_key_value(k.as_str())
-                            .map(|(k, child)| (CelMapKey::from(k.as_str()), json_to_val(child, Some(sub))))
+                        o.get_key_value(k.as_str()).map(|(k, child)| {
+                            (CelMapKey::from(k.as_str()), json_to_val(child, Some(sub)))
+                        })
                     })
                     .collect(),
                 _ => o

@@ -179,8 +179,9 @@ pub fn validate_value(doc: &Value, catalog: &Catalog) -> Validation {
         semantic.retain(|f| {
             !(rules_missing && f.path == "$.rules")
                 && !bad_rules.iter().any(|i| {
-                f.path == format!("$.rules[{i}]") || f.path.starts_with(&format!("$.rules[{i}]."))
-            })
+                    f.path == format!("$.rules[{i}]")
+                        || f.path.starts_with(&format!("$.rules[{i}]."))
+                })
         });
         findings.extend(semantic);
     }

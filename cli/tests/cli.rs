@@ -1,0 +1,189 @@
+//! The `rulestream` binary as a user runs it: output, `--json` and exit codes (SPEC section 6).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::{Value, json};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn rulestream(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rulestream"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("the binary runs")
+}
+
+fn tmp_file(name: &str, body: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("rulestream-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let p = dir.join(name);
+    std::fs::write(&p, body).expect("write tmp file");
+    p
+}
+
+fn stdout_json(o: &Output) -> Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    })
+}
+
+#[test]
+fn validate_accepts_the_samples() {
+    let o = rulestream(&["validate", "client-configs"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let o = rulestream(&["validate", "client-configs", "--json"]);
+    let doc = stdout_json(&o);
+    assert_eq!(doc["valid"], json!(true));
+    assert!(doc["files"].as_array().is_some_and(|f| f.len() >= 4));
+}
+
+#[test]
+fn validate_rejects_an_invalid_flow_with_exit_1_and_paths() {
+    let bad = tmp_file(
+        "bad.json",
+        &json!({"client_id": "c", "flow_id": "f", "version": 1, "terminal_statuses": ["OK"],
+                "rules": [{"id": "a", "whenn": "true"},
+                          {"id": "b", "when": "input.x >", "on": {"true": {"goto": "nowhere"}}}]})
+        .to_string(),
+    );
+    let o = rulestream(&["validate", bad.to_str().expect("utf8")]);
+    assert_eq!(o.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("$.rules[0].whenn"), "{text}");
+    assert!(text.contains("$.rules[1].when"), "{text}");
+    assert!(text.contains("$.rules[1].on.true.goto"), "{text}");
+
+    let o = rulestream(&["validate", bad.to_str().expect("utf8"), "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let doc = stdout_json(&o);
+    let errors = doc["files"][0]["errors"].as_array().expect("errors");
+    assert!(errors.len() >= 3, "{errors:?}");
+}
+
+#[test]
+fn syntax_errors_carry_line_and_column() {
+    let bad = tmp_file("syntax.json", "{\n  \"client_id\": \"c\",\n  oops\n}");
+    let o = rulestream(&["validate", bad.to_str().expect("utf8"), "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = &stdout_json(&o)["files"][0]["errors"][0];
+    assert_eq!(e["line"], json!(3));
+    assert_eq!(e["column"], json!(3));
+}
+
+#[test]
+fn bad_usage_and_missing_paths_exit_2_with_one_line() {
+    let o = rulestream(&["validate", "no/such/file.json"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("does not exist"), "{err}");
+    assert_eq!(rulestream(&["frobnicate"]).status.code(), Some(2));
+    assert_eq!(rulestream(&["dry-run", "--flow"]).status.code(), Some(2));
+}
+
+#[test]
+fn dry_run_json_has_the_spec_shape() {
+    let o = rulestream(&[
+        "dry-run",
+        "--flow",
+        "client-configs/loyalco/points.json",
+        "--input",
+        &examples("loyalco.points")[0]["input"].to_string(),
+        "--now",
+        "2026-11-22T10:00:00Z",
+        "--json",
+    ]);
+    let doc = stdout_json(&o);
+    for key in [
+        "status", "reason", "path", "steps", "ctx", "tags", "actions",
+    ] {
+        assert!(doc.get(key).is_some(), "missing {key}: {doc}");
+    }
+    let steps = doc["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), doc["path"].as_array().expect("path").len());
+    for s in steps {
+        for key in ["rule", "outcome", "transition", "explain"] {
+            assert!(s.get(key).is_some(), "step lacks {key}: {s}");
+        }
+    }
+    assert_eq!(
+        doc["status"],
+        examples("loyalco.points")[0]["expect_status"]
+    );
+    assert_eq!(o.status.code(), Some(0));
+}
+
+#[test]
+fn dry_run_table_shows_conditions_and_exit_1_on_failed() {
+    let flow = tmp_file(
+        "fails.json",
+        &json!({"client_id": "c", "flow_id": "f", "version": 1, "terminal_statuses": ["OK"],
+                "rules": [{"id": "check", "conditions": [[{"field": "input.n", "op": "gt", "value": 3}]],
+                           "on": {"true": {"goto": "boom"}, "false": {"complete": "OK"}}},
+                          {"id": "boom", "when": "input.missing.deep", "on": {"true": {"complete": "OK"}}}]})
+        .to_string(),
+    );
+    let f = flow.to_str().expect("utf8");
+    let o = rulestream(&["dry-run", "--flow", f, "--input", r#"{"n": 1}"#]);
+    assert_eq!(o.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("fail [group 0] input.n gt 3"), "{text}");
+    assert!(text.contains("status: OK"), "{text}");
+
+    let o = rulestream(&["dry-run", "--flow", f, "--input", r#"{"n": 5}"#, "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let doc = stdout_json(&o);
+    assert_eq!(doc["status"], json!("FAILED"));
+    assert!(
+        doc["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("rule `boom`")),
+        "{doc}"
+    );
+}
+
+#[test]
+fn dry_run_reads_input_from_a_file_and_rejects_bad_input() {
+    let input = tmp_file("input.json", r#"{"n": 1}"#);
+    let flow = tmp_file(
+        "ok.json",
+        &json!({"client_id": "c", "flow_id": "f", "version": 1,
+                "rules": [{"id": "a", "when": "input.n == 1"}]})
+        .to_string(),
+    );
+    let o = rulestream(&[
+        "dry-run",
+        "--flow",
+        flow.to_str().expect("utf8"),
+        "--input",
+        input.to_str().expect("utf8"),
+        "--json",
+    ]);
+    assert_eq!(stdout_json(&o)["status"], json!("COMPLETED"));
+    let o = rulestream(&[
+        "dry-run",
+        "--flow",
+        flow.to_str().expect("utf8"),
+        "--input",
+        "{not json",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+fn examples(name: &str) -> Vec<Value> {
+    let p = repo().join(format!("client-configs/examples/{name}.json"));
+    serde_json::from_str(&std::fs::read_to_string(p).expect("examples")).expect("json")
+}
