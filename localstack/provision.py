@@ -4,6 +4,9 @@ Run with the tools venv after `source localstack/env.sh`:
     "$RULESTREAM_PY" localstack/provision.py
 boto3 takes the endpoint (AWS_ENDPOINT_URL), region and dummy credentials from env.sh, so the same
 script provisions LocalStack or a moto server. Names are `<RULESTREAM_PREFIX>-...`.
+
+Importable (seed.py does): `provision(session, prefix)`, `ensure_table(...)`,
+`ensure_trigger_table(ddb, name)`, `ensure_bucket(...)`, and the `TABLES` layout.
 """
 
 import os
@@ -69,15 +72,28 @@ def ensure_bucket(s3, name, region):
     print(f"provision: created bucket {name}")
 
 
-def main():
-    session = boto3.session.Session()
+def ensure_trigger_table(ddb, name):
+    """Creates a table with the trigger schema (HASH execution_id S, RANGE seq N, NEW_IMAGE stream,
+    TTL expires_at) under any name, e.g. an extra trigger table of a test; returns describe_table."""
+    keys, stream_view, ttl_attr = TABLES["trigger"]
+    return ensure_table(ddb, name, keys, stream_view, ttl_attr)
+
+
+def provision(session=None, prefix=None):
+    """Creates every table and the bucket of `prefix` (default RULESTREAM_PREFIX); idempotent."""
+    session = session or boto3.session.Session()
+    prefix = prefix or PREFIX
     ddb = session.client("dynamodb")
-    print(f"provision: prefix {PREFIX!r} at {ddb.meta.endpoint_url}")
+    print(f"provision: prefix {prefix!r} at {ddb.meta.endpoint_url}")
     for suffix, (keys, stream_view, ttl_attr) in TABLES.items():
-        desc = ensure_table(ddb, f"{PREFIX}-{suffix}", keys, stream_view, ttl_attr)
+        desc = ensure_table(ddb, f"{prefix}-{suffix}", keys, stream_view, ttl_attr)
         if stream_view:
             print(f"provision:   stream {desc['LatestStreamArn']}")
-    ensure_bucket(session.client("s3"), f"{PREFIX}-{BUCKET_SUFFIX}", session.region_name)
+    ensure_bucket(session.client("s3"), f"{prefix}-{BUCKET_SUFFIX}", session.region_name)
+
+
+def main():
+    provision()
 
 
 if __name__ == "__main__":

@@ -621,6 +621,33 @@ pub struct StepResult {
     pub next: Next,
 }
 
+/// The value that picks an execution's gray buckets: the flow's `gray_key` path (under `input`,
+/// `client` or `ctx`), as a string; the execution id when the flow has none or it is missing.
+pub fn gray_key_value(
+    flow: &CompiledFlow,
+    execution_id: &str,
+    input: &Value,
+    client: Option<&Value>,
+    ctx: &Map<String, Value>,
+) -> String {
+    let Some(path) = &flow.gray_key else {
+        return execution_id.to_string();
+    };
+    let v = match path[0].as_str() {
+        "input" => conditions::walk(input, &path[1..]),
+        "client" => client.and_then(|c| conditions::walk(c, &path[1..])),
+        "ctx" => ctx
+            .get(&path[1])
+            .and_then(|v| conditions::walk(v, &path[2..])),
+        _ => None,
+    };
+    match v {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => execution_id.to_string(),
+        Some(other) => other.to_string(),
+    }
+}
+
 /// An execution in progress: the CEL context built once from its input, reused across rules.
 pub struct Session<'f> {
     flow: &'f CompiledFlow,
@@ -658,26 +685,7 @@ impl<'f> Session<'f> {
         if flow.trie("now").is_some() || flow.tries.contains_key("now") {
             cel.add_variable_from_value("now", CelValue::Timestamp(now.fixed_offset()));
         }
-        let gray_key = match &flow.gray_key {
-            Some(path) => {
-                let v = match path[0].as_str() {
-                    "input" => conditions::walk(input, &path[1..]).cloned(),
-                    "client" => client
-                        .and_then(|c| conditions::walk(c, &path[1..]))
-                        .cloned(),
-                    "ctx" => {
-                        conditions::walk(&Value::Object(state.ctx.clone()), &path[1..]).cloned()
-                    }
-                    _ => None,
-                };
-                match v {
-                    Some(Value::String(s)) => s,
-                    Some(Value::Null) | None => meta.execution_id.clone(),
-                    Some(other) => other.to_string(),
-                }
-            }
-            None => meta.execution_id.clone(),
-        };
+        let gray_key = gray_key_value(flow, &meta.execution_id, input, client, &state.ctx);
         Session {
             flow,
             meta,

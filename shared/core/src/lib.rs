@@ -17,6 +17,7 @@
 pub mod catalog;
 pub mod conditions;
 pub mod engine;
+pub mod execution;
 pub mod expr;
 pub mod gray;
 pub mod model;

@@ -76,3 +76,55 @@ impl Effects for DryRun {
         )))
     }
 }
+
+/// Why a store call failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StoreError {
+    /// A service was unreachable, throttled or failed: the record is retried.
+    #[error("transient: {0}")]
+    Transient(String),
+    /// The thing asked for does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// It exists but cannot be used (e.g. a flow version that fails validation).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Where flows, releases and client data come from (clients table, S3, STS + Secrets Manager).
+pub trait FlowSource: Sync {
+    /// The clients-table row of `(client_id, flow_id)`.
+    fn client_flow(
+        &self,
+        client_id: &str,
+        flow_id: &str,
+    ) -> impl Future<Output = Result<crate::execution::ClientFlow, StoreError>> + Send;
+
+    /// A compiled flow version (immutable, so cacheable forever). `Invalid` when it fails
+    /// validation, with the reasons.
+    fn flow_version(
+        &self,
+        client_id: &str,
+        flow_id: &str,
+        version: u64,
+    ) -> impl Future<Output = Result<std::sync::Arc<crate::CompiledFlow>, StoreError>> + Send;
+
+    /// The client's data, read in the client's own environment.
+    fn client_data(
+        &self,
+        source: &crate::execution::DataSource,
+    ) -> impl Future<Output = Result<Value, StoreError>> + Send;
+}
+
+/// Where executions are recorded and chained (executions and trigger tables).
+pub trait ExecutionStore: Sync {
+    /// Persists one step atomically: appends the trace line and either puts the next trigger row
+    /// or finalises the execution, on condition that the execution is at `commit.seq` (seq 0: that
+    /// it does not exist yet). `Ok(false)` when that condition fails: the step was already
+    /// recorded by an earlier delivery, and nothing changed.
+    fn commit(
+        &self,
+        trigger_table: &str,
+        commit: &crate::execution::StepCommit,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+}

@@ -1,0 +1,398 @@
+//! Flows, releases and client data: the clients table, immutable flow versions in S3, the
+//! catalog table, and client data read through STS + Secrets Manager.
+//!
+//! Caching per warm container: a compiled flow version forever (versions are immutable);
+//! clients rows and the catalog until the Redis config epoch moves (the release bridge bumps
+//! it), or `config_ttl` when Redis cannot be asked; client data for five minutes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use rulestream_core::execution::{ClientFlow, DataSource, Release};
+use rulestream_core::ports::{FlowSource, StoreError};
+use rulestream_core::{Catalog, CompiledFlow, MasterRule, validate_str};
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use crate::config::Config;
+use crate::limiter::RedisLimiter;
+
+const CLIENT_DATA_TTL: Duration = Duration::from_secs(300);
+
+/// The clients-table row as stored.
+#[derive(Debug, Deserialize)]
+struct ClientRow {
+    client_id: String,
+    flow_id: String,
+    #[serde(default = "yes")]
+    enabled: bool,
+    release: Option<Release>,
+    #[serde(default)]
+    config_key: Option<String>,
+    #[serde(default)]
+    role_arn: Option<String>,
+    #[serde(default)]
+    secret_id: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+struct Cached<T> {
+    value: T,
+    epoch: Option<u64>,
+    at: Instant,
+}
+
+/// [`FlowSource`] on DynamoDB, S3, STS and Secrets Manager.
+pub struct AwsFlowSource {
+    cfg: Config,
+    sdk: aws_config::SdkConfig,
+    ddb: aws_sdk_dynamodb::Client,
+    s3: aws_sdk_s3::Client,
+    sts: aws_sdk_sts::Client,
+    redis: Arc<RedisLimiter>,
+    clients: Mutex<HashMap<(String, String), Cached<ClientFlow>>>,
+    catalog: Mutex<Option<Cached<Arc<Catalog>>>>,
+    flows: Mutex<HashMap<(String, String, u64), Arc<CompiledFlow>>>,
+    data: Mutex<HashMap<DataSource, (Value, Instant)>>,
+}
+
+impl AwsFlowSource {
+    /// Builds the adapter from one SDK configuration (clients are created once, at cold start).
+    pub fn new(
+        cfg: Config,
+        sdk: &aws_config::SdkConfig,
+        redis: Arc<RedisLimiter>,
+    ) -> AwsFlowSource {
+        AwsFlowSource {
+            ddb: aws_sdk_dynamodb::Client::new(sdk),
+            s3: aws_sdk_s3::Client::from_conf(
+                aws_sdk_s3::config::Builder::from(sdk)
+                    .force_path_style(true)
+                    .build(),
+            ),
+            sts: aws_sdk_sts::Client::new(sdk),
+            sdk: sdk.clone(),
+            cfg,
+            redis,
+            clients: Mutex::new(HashMap::new()),
+            catalog: Mutex::new(None),
+            flows: Mutex::new(HashMap::new()),
+            data: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether a cached config entry may still be used.
+    async fn fresh(&self, epoch: Option<u64>, at: Instant) -> (bool, Option<u64>) {
+        match self.redis.epoch().await {
+            Ok(now) => (epoch == Some(now), Some(now)),
+            Err(_) => (at.elapsed() < self.cfg.config_ttl, None),
+        }
+    }
+
+    async fn catalog(&self) -> Result<Arc<Catalog>, StoreError> {
+        {
+            let guard = self.catalog.lock().await;
+            if let Some(c) = guard.as_ref() {
+                let (ok, _) = self.fresh(c.epoch, c.at).await;
+                if ok {
+                    return Ok(Arc::clone(&c.value));
+                }
+            }
+        }
+        let epoch = self.redis.epoch().await.ok();
+        let mut catalog = Catalog::new();
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        loop {
+            let out = self
+                .ddb
+                .scan()
+                .table_name(&self.cfg.catalog_table)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| {
+                    StoreError::Transient(format!(
+                        "catalog scan: {}",
+                        aws_sdk_dynamodb::error::DisplayErrorContext(&e)
+                    ))
+                })?;
+            for item in out.items() {
+                let rule: MasterRule = serde_dynamo::from_item(item.clone()).map_err(|e| {
+                    StoreError::Invalid(format!("catalog table holds an invalid rule: {e}"))
+                })?;
+                catalog.insert(rule);
+            }
+            match out.last_evaluated_key() {
+                Some(k) if !k.is_empty() => start = Some(k.clone()),
+                _ => break,
+            }
+        }
+        let catalog = Arc::new(catalog);
+        *self.catalog.lock().await = Some(Cached {
+            value: Arc::clone(&catalog),
+            epoch,
+            at: Instant::now(),
+        });
+        Ok(catalog)
+    }
+}
+
+impl FlowSource for AwsFlowSource {
+    async fn client_flow(&self, client_id: &str, flow_id: &str) -> Result<ClientFlow, StoreError> {
+        let key = (client_id.to_string(), flow_id.to_string());
+        {
+            let guard = self.clients.lock().await;
+            if let Some(c) = guard.get(&key) {
+                let (ok, _) = self.fresh(c.epoch, c.at).await;
+                if ok {
+                    return Ok(c.value.clone());
+                }
+            }
+        }
+        let epoch = self.redis.epoch().await.ok();
+        let out = self
+            .ddb
+            .get_item()
+            .table_name(&self.cfg.clients_table)
+            .key("client_id", AttributeValue::S(client_id.to_string()))
+            .key("flow_id", AttributeValue::S(flow_id.to_string()))
+            .send()
+            .await
+            .map_err(|e| {
+                StoreError::Transient(format!(
+                    "clients table: {}",
+                    aws_sdk_dynamodb::error::DisplayErrorContext(&e)
+                ))
+            })?;
+        let Some(item) = out.item else {
+            return Err(StoreError::NotFound(format!(
+                "no client `{client_id}` with flow `{flow_id}` is registered"
+            )));
+        };
+        let row: ClientRow = serde_dynamo::from_item(item.clone()).map_err(|e| {
+            StoreError::Invalid(format!(
+                "clients row {client_id}/{flow_id} is malformed: {e}"
+            ))
+        })?;
+        let release = match (row.release, &row.config_key) {
+            (Some(r), _) => r,
+            // A row without a release serves the version its config key names.
+            (None, Some(k)) => Release {
+                stable: version_of_key(k).ok_or_else(|| {
+                    StoreError::Invalid(format!(
+                        "clients row {client_id}/{flow_id}: config_key `{k}` names no version"
+                    ))
+                })?,
+                candidate: None,
+                percent: 0.0,
+                generation: 0,
+            },
+            (None, None) => {
+                return Err(StoreError::Invalid(format!(
+                    "clients row {client_id}/{flow_id} has neither `release` nor `config_key`"
+                )));
+            }
+        };
+        let cf = ClientFlow {
+            client_id: row.client_id,
+            flow_id: row.flow_id,
+            enabled: row.enabled,
+            release,
+            data_source: match (row.role_arn, row.secret_id) {
+                (Some(role_arn), Some(secret_id)) => Some(DataSource {
+                    role_arn,
+                    secret_id,
+                }),
+                _ => None,
+            },
+        };
+        self.clients.lock().await.insert(
+            key,
+            Cached {
+                value: cf.clone(),
+                epoch,
+                at: Instant::now(),
+            },
+        );
+        Ok(cf)
+    }
+
+    async fn flow_version(
+        &self,
+        client_id: &str,
+        flow_id: &str,
+        version: u64,
+    ) -> Result<Arc<CompiledFlow>, StoreError> {
+        let key = (client_id.to_string(), flow_id.to_string(), version);
+        if let Some(f) = self.flows.lock().await.get(&key) {
+            return Ok(Arc::clone(f));
+        }
+        let s3_key = format!("flows/{client_id}/{flow_id}/v{version}.json");
+        let out = match self
+            .s3
+            .get_object()
+            .bucket(&self.cfg.bucket)
+            .key(&s3_key)
+            .send()
+            .await
+        {
+            Ok(o) => o,
+            Err(e) => {
+                let missing = e.as_service_error().is_some_and(|se| se.is_no_such_key());
+                return Err(if missing {
+                    StoreError::NotFound(format!(
+                        "flow {client_id}/{flow_id} version {version} is not in s3://{}/{s3_key}",
+                        self.cfg.bucket
+                    ))
+                } else {
+                    StoreError::Transient(format!(
+                        "s3 get {s3_key}: {}",
+                        aws_sdk_s3::error::DisplayErrorContext(&e)
+                    ))
+                });
+            }
+        };
+        let bytes = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| StoreError::Transient(format!("s3 read {s3_key}: {e}")))?
+            .into_bytes();
+        let text = String::from_utf8(bytes.to_vec())
+            .map_err(|_| StoreError::Invalid(format!("{s3_key} is not UTF-8")))?;
+        let catalog = self.catalog().await?;
+        let v = validate_str(&text, &catalog);
+        let Some(flow) = v.flow.filter(|_| {
+            v.findings
+                .iter()
+                .all(|f| f.severity != rulestream_core::Severity::Error)
+        }) else {
+            let errs: Vec<String> = v
+                .findings
+                .iter()
+                .filter(|f| f.severity == rulestream_core::Severity::Error)
+                .take(5)
+                .map(ToString::to_string)
+                .collect();
+            return Err(StoreError::Invalid(format!(
+                "flow {client_id}/{flow_id} version {version} is invalid: {}",
+                errs.join("; ")
+            )));
+        };
+        let f = flow.flow();
+        if f.client_id != client_id || f.flow_id != flow_id || f.version != version {
+            return Err(StoreError::Invalid(format!(
+                "{s3_key} holds {}/{} v{}, not {client_id}/{flow_id} v{version}",
+                f.client_id, f.flow_id, f.version
+            )));
+        }
+        let flow = Arc::new(flow);
+        self.flows.lock().await.insert(key, Arc::clone(&flow));
+        Ok(flow)
+    }
+
+    async fn client_data(&self, source: &DataSource) -> Result<Value, StoreError> {
+        if let Some((v, at)) = self.data.lock().await.get(source)
+            && at.elapsed() < CLIENT_DATA_TTL
+        {
+            return Ok(v.clone());
+        }
+        let assumed = self
+            .sts
+            .assume_role()
+            .role_arn(&source.role_arn)
+            .role_session_name("rulestream-orchestrator")
+            .duration_seconds(900)
+            .send()
+            .await
+            .map_err(|e| {
+                let denied = format!("{e:?}").contains("AccessDenied");
+                let msg = format!(
+                    "cannot assume role {}: {}",
+                    source.role_arn,
+                    aws_sdk_sts::error::DisplayErrorContext(&e)
+                );
+                if denied {
+                    StoreError::Invalid(msg)
+                } else {
+                    StoreError::Transient(msg)
+                }
+            })?;
+        let creds = assumed.credentials().ok_or_else(|| {
+            StoreError::Invalid(format!("role {} gave no credentials", source.role_arn))
+        })?;
+        let provider = aws_sdk_secretsmanager::config::Credentials::new(
+            creds.access_key_id(),
+            creds.secret_access_key(),
+            Some(creds.session_token().to_string()),
+            None,
+            "rulestream-client-role",
+        );
+        let sm_conf = aws_sdk_secretsmanager::config::Builder::from(&self.sdk)
+            .credentials_provider(provider)
+            .build();
+        let sm = aws_sdk_secretsmanager::Client::from_conf(sm_conf);
+        let secret = sm
+            .get_secret_value()
+            .secret_id(&source.secret_id)
+            .send()
+            .await
+            .map_err(|e| {
+                let missing = e
+                    .as_service_error()
+                    .is_some_and(|se| se.is_resource_not_found_exception());
+                // The error names the secret id only: never its value.
+                let msg = format!(
+                    "cannot read secret {}: {}",
+                    source.secret_id,
+                    aws_sdk_secretsmanager::error::DisplayErrorContext(&e)
+                );
+                if missing {
+                    StoreError::NotFound(msg)
+                } else {
+                    StoreError::Transient(msg)
+                }
+            })?;
+        let text = secret.secret_string().ok_or_else(|| {
+            StoreError::Invalid(format!("secret {} has no string value", source.secret_id))
+        })?;
+        let value: Value = serde_json::from_str(text).map_err(|_| {
+            StoreError::Invalid(format!(
+                "secret {} is not a JSON document",
+                source.secret_id
+            ))
+        })?;
+        self.data
+            .lock()
+            .await
+            .insert(source.clone(), (value.clone(), Instant::now()));
+        Ok(value)
+    }
+}
+
+/// `flows/c/f/v3.json` -> 3.
+pub fn version_of_key(key: &str) -> Option<u64> {
+    key.rsplit('/')
+        .next()?
+        .strip_prefix('v')?
+        .strip_suffix(".json")?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_from_config_keys() {
+        assert_eq!(version_of_key("flows/acme/trade/v3.json"), Some(3));
+        assert_eq!(version_of_key("flows/acme/trade/latest.json"), None);
+    }
+}
