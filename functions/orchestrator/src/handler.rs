@@ -377,9 +377,12 @@ mod tests {
         }
     }
 
+    /// seq, status, trace ("rule=outcome"), reason.
+    type Exec = (u64, String, Vec<String>, Option<String>);
+
     #[derive(Default)]
     struct Store {
-        executions: Mutex<HashMap<String, (u64, String, Vec<String>, Option<String>)>>,
+        executions: Mutex<HashMap<String, Exec>>,
         rows: Mutex<Vec<TriggerRow>>,
         fail_next: Mutex<bool>,
     }
@@ -506,7 +509,7 @@ mod tests {
         for twice in [false, true] {
             let h = handler(true);
             let first = json!({"execution_id": "x1", "seq": 0, "client_id": "acme", "flow_id": "f", "input": {"n": 5}});
-            pollster::block_on(h.handle(event(&[first.clone()])));
+            pollster::block_on(h.handle(event(std::slice::from_ref(&first))));
             if twice {
                 pollster::block_on(h.handle(event(&[first])));
             }
@@ -559,7 +562,7 @@ mod tests {
         let h = handler(true);
         *h.store.fail_next.lock().expect("lock") = true;
         let row = json!({"execution_id": "t", "seq": 0, "client_id": "acme", "flow_id": "f", "input": {"n": 5}});
-        let resp = pollster::block_on(h.handle(event(&[row.clone()])));
+        let resp = pollster::block_on(h.handle(event(std::slice::from_ref(&row))));
         assert_eq!(resp.batch_item_failures.len(), 1);
         assert_eq!(
             resp.batch_item_failures[0].item_identifier.as_deref(),

@@ -177,11 +177,11 @@ pub fn validate_value(doc: &Value, catalog: &Catalog) -> Validation {
         // Rules that failed the structural layer stand in as placeholders: drop what they caused.
         let rules_missing = !doc.get("rules").is_some_and(Value::is_array);
         semantic.retain(|f| {
-            !(rules_missing && f.path == "$.rules")
-                && !bad_rules.iter().any(|i| {
-                    f.path == format!("$.rules[{i}]")
-                        || f.path.starts_with(&format!("$.rules[{i}]."))
-                })
+            let placeholder_rule = bad_rules.iter().any(|i| {
+                f.path == format!("$.rules[{i}]") || f.path.starts_with(&format!("$.rules[{i}]."))
+            });
+            let placeholder_rules = rules_missing && f.path == "$.rules";
+            !(placeholder_rule || placeholder_rules)
         });
         findings.extend(semantic);
     }
