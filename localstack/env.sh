@@ -9,11 +9,12 @@ export RULESTREAM_LOCALSTACK_DIR
 export RULESTREAM_TOOLS="${RULESTREAM_TOOLS:-${HOME:-/root}/.cache/rulestream-tools}"
 export RULESTREAM_VENV="${RULESTREAM_VENV:-$RULESTREAM_TOOLS/venv}"
 export RULESTREAM_PY="$RULESTREAM_VENV/bin/python"        # python with boto3, kafka-python, localstack
+export RULESTREAM_SAM_VENV="${RULESTREAM_SAM_VENV:-$RULESTREAM_TOOLS/sam-venv}"  # aws-sam-cli, cfn-lint
 export RULESTREAM_STATE="${RULESTREAM_STATE:-$RULESTREAM_LOCALSTACK_DIR/.state}"  # pidfiles, logs
 # LocalStack's own install folder (DynamoDB Local, Java); host mode uses /var/lib/localstack.
 export RULESTREAM_LS_VAR="${RULESTREAM_LS_VAR:-/var/lib/localstack}"
 
-# $RULESTREAM_TOOLS/bin holds tansu, cargo-lambda and zig (for `cargo lambda build`).
+# $RULESTREAM_TOOLS/bin holds tansu, cargo-lambda and zig (for `cargo lambda build`), sam and cfn-lint.
 case ":$PATH:" in
   *":$RULESTREAM_TOOLS/bin:"*) ;;
   *) export PATH="$RULESTREAM_TOOLS/bin:$PATH" ;;

@@ -1,1 +1,207 @@
-//! Shared helpers of the e2e suite.
+//! Shared helpers of the e2e suite: a client of the running local stack (LocalStack + Redis +
+//! the orchestrator under `cargo lambda watch`, fed by `localstack/runner.py`).
+//!
+//! The suite needs the stack: `make e2e` brings it up first. Without it every test fails (it
+//! never skips).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use serde_json::{Value, json};
+
+/// The local stack, as a client process sees it.
+pub struct Stack {
+    /// DynamoDB.
+    pub ddb: aws_sdk_dynamodb::Client,
+    /// S3 (path-style, as LocalStack serves it).
+    pub s3: aws_sdk_s3::Client,
+    /// Resource prefix.
+    pub prefix: String,
+}
+
+impl Stack {
+    /// Connects using the environment `localstack/env.sh` exports.
+    pub async fn from_env() -> Stack {
+        assert!(
+            std::env::var("AWS_ENDPOINT_URL").is_ok(),
+            "AWS_ENDPOINT_URL is not set: run the e2e suite with `make e2e` (it starts the local stack)"
+        );
+        let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&sdk).force_path_style(true).build(),
+        );
+        Stack {
+            ddb: aws_sdk_dynamodb::Client::new(&sdk),
+            s3,
+            prefix: std::env::var("RULESTREAM_PREFIX").unwrap_or_else(|_| "rulestream".into()),
+        }
+    }
+
+    /// `<prefix>-<name>`.
+    pub fn table(&self, name: &str) -> String {
+        format!("{}-{name}", self.prefix)
+    }
+
+    /// Uploads a flow version to S3 and registers it as the client's stable version.
+    pub async fn register_flow(&self, flow: &Value) {
+        let client = flow["client_id"].as_str().expect("client_id");
+        let id = flow["flow_id"].as_str().expect("flow_id");
+        let version = flow["version"].as_u64().expect("version");
+        let key = format!("flows/{client}/{id}/v{version}.json");
+        self.s3
+            .put_object()
+            .bucket(self.table("configs"))
+            .key(&key)
+            .body(flow.to_string().into_bytes().into())
+            .send()
+            .await
+            .expect("upload flow");
+        let row = json!({"client_id": client, "flow_id": id, "config_key": key, "enabled": true,
+                         "release": {"stable": version, "percent": 0, "generation": 1}});
+        self.ddb
+            .put_item()
+            .table_name(self.table("clients"))
+            .set_item(Some(serde_dynamo::to_item(row).expect("item")))
+            .send()
+            .await
+            .expect("register client");
+    }
+
+    /// Inserts a trigger row exactly as a client process does.
+    pub async fn trigger(&self, table: &str, row: &Value) {
+        self.ddb
+            .put_item()
+            .table_name(table)
+            .set_item(Some(serde_dynamo::to_item(row).expect("item")))
+            .send()
+            .await
+            .expect("put trigger row");
+    }
+
+    /// Inserts many trigger rows concurrently.
+    pub async fn trigger_all(&self, table: &str, rows: &[Value]) {
+        for chunk in rows.chunks(25) {
+            let mut set = tokio::task::JoinSet::new();
+            for row in chunk {
+                let ddb = self.ddb.clone();
+                let table = table.to_string();
+                let item = serde_dynamo::to_item(row).expect("item");
+                set.spawn(async move {
+                    ddb.put_item().table_name(table).set_item(Some(item)).send().await
+                });
+            }
+            while let Some(r) = set.join_next().await {
+                r.expect("task").expect("put trigger row");
+            }
+        }
+    }
+
+    /// The executions item, as JSON.
+    pub async fn execution(&self, id: &str) -> Option<Value> {
+        let out = self
+            .ddb
+            .get_item()
+            .table_name(self.table("executions"))
+            .key("execution_id", AttributeValue::S(id.to_string()))
+            .consistent_read(true)
+            .send()
+            .await
+            .expect("get execution");
+        out.item.map(|i| serde_dynamo::from_item(i).expect("execution item decodes"))
+    }
+
+    /// Waits until every execution has left RUNNING, printing progress; panics at the deadline
+    /// with the ones still running.
+    pub async fn wait_all(&self, ids: &[String], deadline: Duration) -> HashMap<String, Value> {
+        let start = Instant::now();
+        let mut done: HashMap<String, Value> = HashMap::new();
+        let mut last = usize::MAX;
+        while done.len() < ids.len() {
+            for id in ids {
+                if done.contains_key(id) {
+                    continue;
+                }
+                if let Some(e) = self.execution(id).await
+                    && e["status"] != "RUNNING"
+                {
+                    done.insert(id.clone(), e);
+                }
+            }
+            if done.len() != last {
+                eprintln!("{}/{} executions finished after {:?}", done.len(), ids.len(), start.elapsed());
+                last = done.len();
+            }
+            if done.len() < ids.len() {
+                assert!(
+                    start.elapsed() < deadline,
+                    "after {deadline:?}, still running: {:?}",
+                    ids.iter().filter(|i| !done.contains_key(*i)).take(10).collect::<Vec<_>>()
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+        done
+    }
+}
+
+/// A fresh execution id with a readable prefix.
+pub fn new_id(tag: &str) -> String {
+    format!("{tag}-{}", uuid::Uuid::new_v4())
+}
+
+/// Rule ids of an execution's trace, in order.
+pub fn path(execution: &Value) -> Vec<String> {
+    execution["trace"]
+        .as_array()
+        .map(|t| t.iter().filter_map(|s| s["rule"].as_str().map(str::to_string)).collect())
+        .unwrap_or_default()
+}
+
+/// Shifts every RFC 3339 string inside `v` by `by` (to replay an example recorded at another
+/// time against the real clock).
+pub fn shift_times(v: &mut Value, by: chrono::Duration) {
+    match v {
+        Value::String(s) => {
+            if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+                *s = (t + by).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| shift_times(x, by)),
+        Value::Object(o) => o.values_mut().for_each(|x| shift_times(x, by)),
+        _ => {}
+    }
+}
+
+/// The repository root.
+pub fn repo() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// `client-configs/examples/*.json` with their flow ids, times shifted to now.
+pub fn examples() -> Vec<(String, String, Value)> {
+    let dir = repo().join("client-configs/examples");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("examples dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let stem = f.file_stem().and_then(|s| s.to_str()).expect("name").to_string();
+        let (client, flow) = stem.split_once('.').expect("<client>.<flow>.json");
+        let cases: Value =
+            serde_json::from_str(&std::fs::read_to_string(&f).expect("read")).expect("json");
+        for mut c in cases.as_array().cloned().unwrap_or_default() {
+            let then = c["now"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .unwrap_or_else(chrono::Utc::now);
+            shift_times(&mut c["input"], chrono::Utc::now() - then);
+            out.push((client.to_string(), flow.to_string(), c));
+        }
+    }
+    out
+}

@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Runs the function binaries locally under `cargo lambda watch` (Lambda Runtime API + Invoke API on
+# 127.0.0.1:$RULESTREAM_LAMBDA_PORT); localstack/runner.py feeds them stream batches.
+#
+#   bash localstack/lambda.sh start    start (unless running), wait until the orchestrator answers
+#   bash localstack/lambda.sh stop     stop it (by pidfile; down.sh does this too)
+#   bash localstack/lambda.sh status
+#
+# Invoke a function: POST http://127.0.0.1:$RULESTREAM_LAMBDA_PORT/2015-03-31/functions/<bin>/invocations
+# (<bin> = binary name, e.g. orchestrator). Log: localstack/.state/lambda.log; pid: .state/lambda.pid.
+#
+# Environment of the functions: cargo-lambda starts each function (`cargo run --bin <bin>`) with the
+# environment of `cargo lambda watch` plus its --env-file/--env-var values plus
+# AWS_LAMBDA_FUNCTION_NAME/AWS_LAMBDA_RUNTIME_API/... . We do both: export everything env.sh sets
+# and write it to .state/lambda.env, passed with --env-file, so the functions see AWS_ENDPOINT_URL,
+# the dummy credentials, AWS_REGION, RULESTREAM_PREFIX, REDIS_URL, KAFKA_BROKERS and RUST_LOG=info.
+#
+# `cargo lambda watch` binds the invoke port at once and compiles a function lazily, on its first
+# invocation. So `start` waits for the port, then sends the orchestrator one empty batch
+# ({"Records": []}) and waits for its answer: the first start compiles (deadline
+# RULESTREAM_LAMBDA_TIMEOUT, default 600 s). RULESTREAM_LAMBDA_WARMUP=0 skips that invocation.
+#
+# Knobs: RULESTREAM_LAMBDA_RELOAD=1 recompiles and restarts a function when sources change (the
+# default, --ignore-changes, keeps a demo stable while someone edits code); RULESTREAM_LAMBDA_RELEASE=1
+# builds with --release; RULESTREAM_LAMBDA_CONCURRENCY=N instances per function (cargo-lambda's
+# default is 1). CARGO_TARGET_DIR defaults to the Makefile's ($HOME/.cache/rulestream/target) so the
+# functions reuse `make`'s build.
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/.." && pwd)"
+source "$HERE/env.sh"
+source "$HERE/procs.sh"
+
+S="$RULESTREAM_STATE"
+LOG="$S/lambda.log"
+ENV_FILE="$S/lambda.env"
+PORT="$RULESTREAM_LAMBDA_PORT"
+DEADLINE_S="${RULESTREAM_LAMBDA_TIMEOUT:-600}"
+PATTERN="lambda watch"  # how the pidfile's process is recognised (cargo lambda watch / cargo-lambda lambda watch)
+URL="http://127.0.0.1:$PORT/2015-03-31/functions/orchestrator/invocations"
+say() { echo "lambda: $*"; }
+fail() {
+  echo "lambda: ERROR: $*" >&2
+  [[ -f "$LOG" ]] && { echo "---- tail of $LOG ----" >&2; tail -n 40 "$LOG" >&2; }
+  echo "lambda: (if it still runs: bash localstack/lambda.sh stop)" >&2
+  exit 1
+}
+# compile_failed: cargo reported a build error, or the function process died (cargo-lambda then
+# waits for a source change and the invocation would hang until the deadline).
+# Only the log written after byte $LOG_MARK is read (an earlier, since fixed error does not count).
+LOG_MARK=0
+compile_failed() {
+  tail -c +"$((LOG_MARK + 1))" "$LOG" 2>/dev/null | sed 's/\x1b\[[0-9;]*m//g' \
+    | grep -E -m1 '^error(\[E[0-9]+\])?:|command exited|failed to obtain the watchexec task'
+}
+
+start() {
+  mkdir -p "$S"
+  command -v cargo >/dev/null || fail "cargo is not on PATH"
+  command -v cargo-lambda >/dev/null || fail "cargo-lambda is not on PATH (run localstack/install.sh)"
+  if alive_as lambda "$PATTERN"; then
+    say "already running (pid $(pid_of lambda))"
+  else
+    port_open "$PORT" && fail "127.0.0.1:$PORT is taken by a process not started by lambda.sh"
+    export RUST_LOG=info
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${HOME:-/root}/.cache/rulestream/target}"
+    # The functions' environment (see the header). Values from env.sh never contain spaces/quotes.
+    {
+      for v in AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION AWS_DEFAULT_REGION \
+               AWS_EC2_METADATA_DISABLED AWS_ENDPOINT_URL RULESTREAM_PREFIX REDIS_URL KAFKA_BROKERS \
+               RUST_LOG; do
+        echo "$v=${!v}"
+      done
+      # Per-service endpoint overrides (AWS_ENDPOINT_URL_DYNAMODB...) and every other RULESTREAM_*
+      # setting (RULESTREAM_TRIGGER_TTL_DAYS, RULESTREAM_CONFIG_TTL_SECS...) the caller exported.
+      env | grep -E '^(AWS_ENDPOINT_URL_[A-Z0-9_]+|RULESTREAM_[A-Z0-9_]+)=' | grep -v '^RULESTREAM_PREFIX=' || true
+    } >"$ENV_FILE"
+    args=(--invoke-address 127.0.0.1 --invoke-port "$PORT" --env-file "$ENV_FILE")
+    [[ "${RULESTREAM_LAMBDA_RELOAD:-0}" == 1 ]] || args+=(--ignore-changes)
+    [[ "${RULESTREAM_LAMBDA_RELEASE:-0}" == 1 ]] && args+=(--release)
+    [[ -n "${RULESTREAM_LAMBDA_CONCURRENCY:-}" ]] && args+=(--concurrency "$RULESTREAM_LAMBDA_CONCURRENCY")
+    say "starting cargo lambda watch on 127.0.0.1:$PORT (log $LOG; CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
+    # setsid: own process group, so stop/down.sh also reach cargo and the function processes.
+    (cd "$REPO" && exec setsid nohup cargo lambda watch "${args[@]}" >"$LOG" 2>&1 </dev/null) &
+    echo $! >"$S/lambda.pid"
+  fi
+
+  local end=$((SECONDS + DEADLINE_S))
+  until port_open "$PORT"; do
+    alive_as lambda "$PATTERN" || fail "cargo lambda watch exited"
+    ((SECONDS < end)) || fail "port $PORT not open after ${DEADLINE_S}s"
+    sleep 0.5
+  done
+  say "invoke API listening on 127.0.0.1:$PORT (pid $(pid_of lambda))"
+
+  [[ "${RULESTREAM_LAMBDA_WARMUP:-1}" == 0 ]] && { say "ready (warm-up skipped)"; return 0; }
+  # Warm-up: one empty stream batch to the orchestrator; the first one compiles it.
+  say "warm-up invocation of orchestrator (the first start compiles it; deadline ${DEADLINE_S}s)"
+  local out="$S/lambda.warmup" t0=$SECONDS code cpid
+  rm -f "$out"
+  trap "rm -f '$out' '$out.code'" EXIT
+  LOG_MARK="$(stat -c %s "$LOG" 2>/dev/null || echo 0)"
+  curl -s --noproxy '*' -o "$out" -w '%{http_code}' --max-time "$((end - SECONDS > 1 ? end - SECONDS : 1))" \
+    -H 'Content-Type: application/json' -d '{"Records": []}' "$URL" >"$out.code" 2>/dev/null &
+  cpid=$!
+  while kill -0 "$cpid" 2>/dev/null; do
+    if ! alive_as lambda "$PATTERN"; then kill "$cpid" 2>/dev/null || true; fail "cargo lambda watch exited"; fi
+    if compile_failed >/dev/null; then
+      kill "$cpid" 2>/dev/null || true
+      fail "the orchestrator did not build or start: $(compile_failed)"
+    fi
+    ((SECONDS < end)) || { kill "$cpid" 2>/dev/null || true; fail "no answer after ${DEADLINE_S}s"; }
+    sleep 1
+  done
+  wait "$cpid" || true
+  code="$(cat "$out.code" 2>/dev/null || true)"
+  body="$(head -c 400 "$out" 2>/dev/null || true)"
+  rm -f "$out" "$out.code"
+  if [[ "$code" != 2* ]] || [[ "$body" == *errorType* ]]; then
+    fail "warm-up invocation answered HTTP ${code:-none}: $body"
+  fi
+  say "orchestrator ready after $((SECONDS - t0))s: $body"
+}
+
+stop() {
+  if [[ -f "$S/lambda.pid" ]]; then
+    stop_pidfile lambda "$PATTERN" lambda
+  else
+    say "not running"
+  fi
+}
+
+status() {
+  if alive_as lambda "$PATTERN"; then
+    say "running (pid $(pid_of lambda)); port $PORT $(port_open "$PORT" && echo open || echo closed)"
+  else
+    say "not running"; return 1
+  fi
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  status) status ;;
+  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+esac
