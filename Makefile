@@ -1,13 +1,14 @@
-# rulestream — the two commands that matter: `make demo` and `make test`.
+# rulestream — the two commands that matter: `make demo` and `make test` (see README.md).
 SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/rulestream/target
 CARGO ?= cargo
 RULESTREAM := $(CARGO_TARGET_DIR)/debug/rulestream
 
-.PHONY: test check fmt clippy unit schema validate-samples bench demo build
+.PHONY: test check fmt clippy unit schema validate-samples template e2e bench demo down build
 
-## make test: formatting, lints, and every test.
-test: check unit validate-samples
+## make test: formatting, lints, every unit/table/property/CLI test, the template check, and the
+## e2e suite on the local stack.
+test: check unit validate-samples template e2e
 
 ## make check: fmt --check and clippy -D warnings.
 check: fmt clippy
@@ -18,17 +19,17 @@ fmt:
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-## Unit, table-driven, property, no-panic and CLI tests (nextest when installed).
+## Everything but the e2e suite (nextest when installed).
 unit:
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-	  $(CARGO) nextest run --workspace --no-fail-fast; \
+	  $(CARGO) nextest run --workspace --exclude rulestream-e2e --no-fail-fast; \
 	else \
-	  $(CARGO) test --workspace --no-fail-fast; \
+	  $(CARGO) test --workspace --exclude rulestream-e2e --no-fail-fast; \
 	fi
-	$(CARGO) test --workspace --doc
+	$(CARGO) test --workspace --exclude rulestream-e2e --doc
 
 build:
-	$(CARGO) build -p rulestream-cli
+	$(CARGO) build -p rulestream-cli -p orchestrator
 
 ## The CLI itself must accept every sample it ships.
 validate-samples: build
@@ -38,10 +39,22 @@ validate-samples: build
 schema: build
 	$(RULESTREAM) schema > client-configs/schema/flow.schema.json
 
+## SAM template: sam validate --lint, then cfn-lint on the transformed template.
+template:
+	bash scripts/check-template.sh
+
+## The e2e suite on the real local stack (brings it up and down itself).
+e2e: build
+	bash localstack/e2e.sh
+
 ## Criterion benchmarks; figures go to BENCHMARKS.md.
 bench:
 	$(CARGO) bench -p rulestream-core --bench engine
 
-## Offline demo: validate and dry-run every sample flow on its examples.
+## Bring up the local stack and run the sample flows end to end as a client would.
 demo: build
-	bash scripts/demo-offline.sh
+	bash scripts/demo.sh
+
+## Stop everything the local-stack scripts started.
+down:
+	bash localstack/down.sh
