@@ -17,7 +17,7 @@ by `localstack/lambda.sh start`, and runner.py feeding it the `<prefix>-trigger`
 3. `<prefix>-executions` is polled (consistent BatchGetItem) until every execution has a status
    other than RUNNING, or --timeout seconds pass.
 4. A table: execution id (short), client, flow, version, status, expected, steps, duration
-   (finished_at - started_at), whether the trace's rule path matches the example's expect_path
+   (ms: finished_at - started_at; e2e ms: finished_at - when the trigger row was written), whether the trace's rule path matches the example's expect_path
    (informational), and the case name. Exit status 1 if any execution did not reach its expected
    status, else 0.
 """
@@ -99,9 +99,14 @@ def plain(item):
     return {k: _de.deserialize(v) for k, v in item.items()}
 
 
-def duration_ms(item):
-    a, b = parse_ts(item.get("started_at")), parse_ts(item.get("finished_at"))
+def duration_ms(item, start=None):
+    """finished_at - started_at (or - `start`, e.g. when the trigger row was written), in ms."""
+    a, b = start or parse_ts(item.get("started_at")), parse_ts(item.get("finished_at"))
     return round((b - a).total_seconds() * 1000) if a and b else None
+
+
+def blank_none(v):
+    return "" if v is None else str(v)
 
 
 def trace_path(item):
@@ -136,6 +141,7 @@ def main():
         c["execution_id"] = str(uuid.uuid4())
         row = {"execution_id": c["execution_id"], "seq": 0, "client_id": c["client_id"],
                "flow_id": c["flow_id"], "input": c["input_live"]}
+        c["put_at"] = dt.datetime.now(dt.timezone.utc)
         ddb.put_item(TableName=trigger, Item={k: _ser.serialize(v) for k, v in row.items()})
 
     # 3. Poll the executions table until no execution is RUNNING (or missing) any more.
@@ -170,7 +176,8 @@ def main():
     wall = time.monotonic() - t_start
 
     # 4. The table.
-    head = ["execution", "client", "flow", "ver", "status", "expected", "", "steps", "ms", "path", "case"]
+    head = ["execution", "client", "flow", "ver", "status", "expected", "", "steps", "ms", "e2e ms",
+            "path", "case"]
     rows, bad = [], []
     for c in cases:
         item = results.get(c["execution_id"], {})
@@ -181,13 +188,12 @@ def main():
         steps = item.get("step")
         rows.append([c["execution_id"][:8], c["client_id"], c["flow_id"],
                      str(item.get("flow_version", "")), status, c["expect_status"],
-                     "ok" if ok else "XX", "" if steps is None else str(steps),
-                     "" if duration_ms(item) is None else str(duration_ms(item)), path_mark,
-                     c["name"][:60]])
+                     "ok" if ok else "XX", blank_none(steps), blank_none(duration_ms(item)),
+                     blank_none(duration_ms(item, c["put_at"])), path_mark, c["name"][:60]])
         if not ok or path_mark == "differs":
             bad.append((c, item, ok))
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
-    fmt = "  ".join(f"{{:{'>' if i in (3, 7, 8) else '<'}{w}}}" for i, w in enumerate(widths))
+    fmt = "  ".join(f"{{:{'>' if i in (3, 7, 8, 9) else '<'}{w}}}" for i, w in enumerate(widths))
     print()
     print(fmt.format(*head))
     print(fmt.format(*["-" * w for w in widths]))

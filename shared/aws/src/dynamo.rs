@@ -110,7 +110,6 @@ fn step_update(c: &StepCommit) -> Result<(String, HashMap<String, String>, Item)
     let mut values: Item = HashMap::from([
         (":steps".to_string(), av(&trace)?),
         (":empty".to_string(), AttributeValue::L(vec![])),
-        (":seq".to_string(), n(c.seq)),
         (":next".to_string(), n(c.seq + 1)),
         (":one".to_string(), n(u64::from(c.record.is_some()))),
         (":zero".to_string(), n(0)),
