@@ -29,7 +29,9 @@ impl Stack {
         );
         let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
         let s3 = aws_sdk_s3::Client::from_conf(
-            aws_sdk_s3::config::Builder::from(&sdk).force_path_style(true).build(),
+            aws_sdk_s3::config::Builder::from(&sdk)
+                .force_path_style(true)
+                .build(),
         );
         Stack {
             ddb: aws_sdk_dynamodb::Client::new(&sdk),
@@ -88,7 +90,11 @@ impl Stack {
                 let table = table.to_string();
                 let item = serde_dynamo::to_item(row).expect("item");
                 set.spawn(async move {
-                    ddb.put_item().table_name(table).set_item(Some(item)).send().await
+                    ddb.put_item()
+                        .table_name(table)
+                        .set_item(Some(item))
+                        .send()
+                        .await
                 });
             }
             while let Some(r) = set.join_next().await {
@@ -108,7 +114,8 @@ impl Stack {
             .send()
             .await
             .expect("get execution");
-        out.item.map(|i| serde_dynamo::from_item(i).expect("execution item decodes"))
+        out.item
+            .map(|i| serde_dynamo::from_item(i).expect("execution item decodes"))
     }
 
     /// Waits until every execution has left RUNNING, printing progress; panics at the deadline
@@ -129,14 +136,22 @@ impl Stack {
                 }
             }
             if done.len() != last {
-                eprintln!("{}/{} executions finished after {:?}", done.len(), ids.len(), start.elapsed());
+                eprintln!(
+                    "{}/{} executions finished after {:?}",
+                    done.len(),
+                    ids.len(),
+                    start.elapsed()
+                );
                 last = done.len();
             }
             if done.len() < ids.len() {
                 assert!(
                     start.elapsed() < deadline,
                     "after {deadline:?}, still running: {:?}",
-                    ids.iter().filter(|i| !done.contains_key(*i)).take(10).collect::<Vec<_>>()
+                    ids.iter()
+                        .filter(|i| !done.contains_key(*i))
+                        .take(10)
+                        .collect::<Vec<_>>()
                 );
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
@@ -154,7 +169,11 @@ pub fn new_id(tag: &str) -> String {
 pub fn path(execution: &Value) -> Vec<String> {
     execution["trace"]
         .as_array()
-        .map(|t| t.iter().filter_map(|s| s["rule"].as_str().map(str::to_string)).collect())
+        .map(|t| {
+            t.iter()
+                .filter_map(|s| s["rule"].as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -189,7 +208,11 @@ pub fn examples() -> Vec<(String, String, Value)> {
     files.sort();
     let mut out = Vec::new();
     for f in files {
-        let stem = f.file_stem().and_then(|s| s.to_str()).expect("name").to_string();
+        let stem = f
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .expect("name")
+            .to_string();
         let (client, flow) = stem.split_once('.').expect("<client>.<flow>.json");
         let cases: Value =
             serde_json::from_str(&std::fs::read_to_string(&f).expect("read")).expect("json");

@@ -34,22 +34,49 @@ async fn every_sample_flow_reaches_its_expected_status() {
             ));
         }
         if json!(path(e)) != c["expect_path"] {
-            failures.push(format!("{}: path {:?}, want {}", c["name"], path(e), c["expect_path"]));
+            failures.push(format!(
+                "{}: path {:?}, want {}",
+                c["name"],
+                path(e),
+                c["expect_path"]
+            ));
         }
-        assert_eq!(e["step"].as_u64(), Some(path(e).len() as u64), "{id}: step count");
+        assert_eq!(
+            e["step"].as_u64(),
+            Some(path(e).len() as u64),
+            "{id}: step count"
+        );
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// Times (`now` read by a rule) legitimately differ between two runs: mask them.
+fn mask_times(v: &mut Value) {
+    match v {
+        Value::String(s) if chrono::DateTime::parse_from_rfc3339(s).is_ok() => *s = "<time>".into(),
+        Value::Array(a) => a.iter_mut().for_each(mask_times),
+        Value::Object(o) => o.values_mut().for_each(mask_times),
+        _ => {}
+    }
+}
+
 /// What must be equal between two runs of the same input.
 fn normalized(e: &Value) -> Value {
+    let mut v = normalized_raw(e);
+    mask_times(&mut v);
+    v
+}
+
+fn normalized_raw(e: &Value) -> Value {
     let trace: Vec<Value> = e["trace"]
         .as_array()
         .map(|t| {
             t.iter()
-                .map(|s| json!({"seq": s["seq"], "rule": s["rule"], "outcome": s["outcome"],
+                .map(|s| {
+                    json!({"seq": s["seq"], "rule": s["rule"], "outcome": s["outcome"],
                                 "transition": s["transition"], "set": s["set"],
-                                "actions": s["actions"].as_array().map(|a| a.len()).unwrap_or(0)}))
+                                "actions": s["actions"].as_array().map(|a| a.len()).unwrap_or(0)})
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -72,7 +99,10 @@ async fn every_record_delivered_twice_changes_nothing() {
     // `<prefix>-trigger-dup` is consumed by a runner that delivers every batch twice.
     stack.trigger_all(&stack.table("trigger"), &once).await;
     stack.trigger_all(&stack.table("trigger-dup"), &twice).await;
-    let ids: Vec<String> = pairs.iter().flat_map(|(a, b)| [a.clone(), b.clone()]).collect();
+    let ids: Vec<String> = pairs
+        .iter()
+        .flat_map(|(a, b)| [a.clone(), b.clone()])
+        .collect();
     let done = stack.wait_all(&ids, DEADLINE).await;
     for (a, b) in &pairs {
         let (ea, eb) = (&done[a], &done[b]);
@@ -80,7 +110,11 @@ async fn every_record_delivered_twice_changes_nothing() {
         assert_eq!(normalized(ea), normalized(eb), "{a} vs {b}");
         let trace = eb["trace"].as_array().expect("trace");
         let seqs: Vec<u64> = trace.iter().filter_map(|s| s["seq"].as_u64()).collect();
-        assert_eq!(seqs, (0..trace.len() as u64).collect::<Vec<_>>(), "{b}: one trace line per seq");
+        assert_eq!(
+            seqs,
+            (0..trace.len() as u64).collect::<Vec<_>>(),
+            "{b}: one trace line per seq"
+        );
         let keys: Vec<String> = trace
             .iter()
             .flat_map(|s| s["actions"].as_array().cloned().unwrap_or_default())
@@ -97,12 +131,30 @@ async fn poison_rows_fail_clearly_and_good_rows_in_the_same_batch_complete() {
     let (client, flow, good) = examples().into_iter().next().expect("an example");
     let good_id = new_id("good");
     let poison = [
-        ("missing", json!({"seq": 0, "client_id": client}), "missing field `flow_id`"),
-        ("wrongtype", json!({"seq": 0, "client_id": client, "flow_id": 42, "input": {}}), "invalid type"),
-        ("unknown", json!({"seq": 0, "client_id": "no-such-client", "flow_id": flow, "input": {}}), "no client `no-such-client`"),
-        ("noversion", json!({"seq": 0, "client_id": client, "flow_id": flow, "flow_version": 999, "input": {}}), "version 999"),
+        (
+            "missing",
+            json!({"seq": 0, "client_id": client}),
+            "missing field `flow_id`",
+        ),
+        (
+            "wrongtype",
+            json!({"seq": 0, "client_id": client, "flow_id": 42, "input": {}}),
+            "invalid type",
+        ),
+        (
+            "unknown",
+            json!({"seq": 0, "client_id": "no-such-client", "flow_id": flow, "input": {}}),
+            "no client `no-such-client`",
+        ),
+        (
+            "noversion",
+            json!({"seq": 0, "client_id": client, "flow_id": flow, "flow_version": 999, "input": {}}),
+            "version 999",
+        ),
     ];
-    let mut rows = vec![json!({"execution_id": good_id, "seq": 0, "client_id": client, "flow_id": flow, "input": good["input"]})];
+    let mut rows = vec![
+        json!({"execution_id": good_id, "seq": 0, "client_id": client, "flow_id": flow, "input": good["input"]}),
+    ];
     let mut ids = vec![good_id.clone()];
     for (tag, mut row, _) in poison.clone() {
         let id = new_id(tag);
@@ -117,7 +169,10 @@ async fn poison_rows_fail_clearly_and_good_rows_in_the_same_batch_complete() {
         let e = &done[id];
         assert_eq!(e["status"], "FAILED", "{tag}");
         let reason = e["reason"].as_str().unwrap_or_default();
-        assert!(reason.contains(why), "{tag}: reason {reason:?} should say {why:?}");
+        assert!(
+            reason.contains(why),
+            "{tag}: reason {reason:?} should say {why:?}"
+        );
     }
 }
 
@@ -136,7 +191,14 @@ async fn a_goto_cycle_stops_at_max_steps() {
     let done = stack.wait_all(std::slice::from_ref(&id), DEADLINE).await;
     let e = &done[&id];
     assert_eq!(e["status"], "FAILED");
-    assert!(e["reason"].as_str().unwrap_or_default().contains("max_steps (7)"), "{}", e["reason"]);
+    assert!(
+        e["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("max_steps (7)"),
+        "{}",
+        e["reason"]
+    );
     assert_eq!(path(e).len(), 7);
 }
 
@@ -151,7 +213,10 @@ async fn two_hundred_concurrent_executions_all_finish() {
     let rows: Vec<Value> = (0..200)
         .map(|n| json!({"execution_id": new_id("load"), "seq": 0, "client_id": "e2e", "flow_id": "load", "input": {"n": n}}))
         .collect();
-    let ids: Vec<String> = rows.iter().map(|r| r["execution_id"].as_str().expect("id").to_string()).collect();
+    let ids: Vec<String> = rows
+        .iter()
+        .map(|r| r["execution_id"].as_str().expect("id").to_string())
+        .collect();
     stack.trigger_all(&stack.table("trigger"), &rows).await;
     let done = stack.wait_all(&ids, Duration::from_secs(300)).await;
     for (row, id) in rows.iter().zip(&ids) {

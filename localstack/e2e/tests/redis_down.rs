@@ -38,7 +38,9 @@ async fn with_redis_down_fail_open_rules_pass_and_others_are_limited() {
     stack
         .trigger(&stack.table("trigger"), &json!({"execution_id": up, "seq": 0, "client_id": "e2e", "flow_id": "limits", "input": {}}))
         .await;
-    let done = stack.wait_all(std::slice::from_ref(&up), Duration::from_secs(120)).await;
+    let done = stack
+        .wait_all(std::slice::from_ref(&up), Duration::from_secs(120))
+        .await;
     assert_eq!(done[&up]["status"], "PASSED");
 
     let port = std::env::var("RULESTREAM_REDIS_PORT").unwrap_or_else(|_| "6390".into());
@@ -54,17 +56,27 @@ async fn with_redis_down_fail_open_rules_pass_and_others_are_limited() {
         .args(["-h", "127.0.0.1", "-p", &port, "ping"])
         .output()
         .expect("redis-cli runs");
-    assert!(!String::from_utf8_lossy(&ping.stdout).contains("PONG"), "redis is still up");
+    assert!(
+        !String::from_utf8_lossy(&ping.stdout).contains("PONG"),
+        "redis is still up"
+    );
 
     let down = new_id("redis-down");
     stack
         .trigger(&stack.table("trigger"), &json!({"execution_id": down, "seq": 0, "client_id": "e2e", "flow_id": "limits", "input": {}}))
         .await;
-    let done = stack.wait_all(std::slice::from_ref(&down), Duration::from_secs(120)).await;
+    let done = stack
+        .wait_all(std::slice::from_ref(&down), Duration::from_secs(120))
+        .await;
     let e = &done[&down];
     assert_eq!(e["status"], "DENIED", "{e}");
     assert_eq!(e["reason"], "limiter down");
     assert_eq!(path(e), vec!["open", "closed"]);
-    let outcomes: Vec<&str> = e["trace"].as_array().expect("trace").iter().filter_map(|s| s["outcome"].as_str()).collect();
+    let outcomes: Vec<&str> = e["trace"]
+        .as_array()
+        .expect("trace")
+        .iter()
+        .filter_map(|s| s["outcome"].as_str())
+        .collect();
     assert_eq!(outcomes, vec!["true", "limited"]);
 }
