@@ -4,7 +4,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/rulestream/target
 CARGO ?= cargo
 RULESTREAM := $(CARGO_TARGET_DIR)/debug/rulestream
 
-.PHONY: test check fmt clippy unit schema validate-samples template e2e bench demo down build
+.PHONY: test check fmt clippy unit schema validate-samples template e2e bench bench-engine bench-stack demo down build
 
 ## make test: formatting, lints, every unit/table/property/CLI test, the template check, and the
 ## e2e suite on the local stack.
@@ -47,9 +47,14 @@ template:
 e2e: build
 	bash localstack/e2e.sh
 
-## Criterion benchmarks; figures go to BENCHMARKS.md.
-bench:
+## Benchmarks (figures in BENCHMARKS.md): criterion on the engine, then the chain on the local stack.
+bench: bench-engine bench-stack
+
+bench-engine:
 	$(CARGO) bench -p rulestream-core --bench engine
+
+bench-stack: build
+	bash scripts/bench-stack.sh
 
 ## Bring up the local stack and run the sample flows end to end as a client would.
 demo: build

@@ -58,6 +58,8 @@ struct CompiledTransition {
     source: Transition,
     target: Target,
     set: Vec<(String, Expr)>,
+    /// The transition in flow syntax, as trace lines show it.
+    desc: Arc<Value>,
 }
 
 #[derive(Debug)]
@@ -79,6 +81,8 @@ pub struct CompiledFlow {
     start: usize,
     tries: HashMap<&'static str, PathTrie>,
     gray_key: Option<Vec<String>>,
+    /// Whether any rule reads `steps` (otherwise outcomes are not kept in the state).
+    reads_steps: bool,
 }
 
 /// A problem found while compiling, with the JSON path it concerns.
@@ -137,6 +141,14 @@ impl CompiledFlow {
         if !issues.is_empty() {
             return Err(issues);
         }
+        let reads_steps = tries.get("steps").is_some_and(|t| !t.is_empty())
+            || flow.rules.iter().any(|r| {
+                r.conditions
+                    .iter()
+                    .flatten()
+                    .flatten()
+                    .any(|c| c.field == "steps" || c.field.starts_with("steps."))
+            });
         Ok(CompiledFlow {
             flow: flow.clone(),
             rules,
@@ -144,6 +156,7 @@ impl CompiledFlow {
             start,
             tries,
             gray_key,
+            reads_steps,
         })
     }
 
@@ -457,6 +470,7 @@ fn compile_transition(
         }
     }
     (issues.len() == before).then(|| CompiledTransition {
+        desc: Arc::new(describe(t)),
         source: t.clone(),
         target,
         set,
@@ -505,7 +519,7 @@ pub enum Explain {
     /// A `when` expression and its value.
     Expression {
         /// The CEL text.
-        expression: String,
+        expression: Arc<str>,
         /// What it gave.
         result: Value,
     },
@@ -577,7 +591,7 @@ pub struct StepRecord {
     /// Its outcome.
     pub outcome: String,
     /// The transition taken, in flow syntax (`{"goto": "review"}`), without `set`/`actions`.
-    pub transition: Value,
+    pub transition: Arc<Value>,
     /// Why.
     pub explain: Explain,
     /// Values written into `ctx` by this step.
@@ -658,7 +672,7 @@ pub struct Session<'f> {
     state: RunState,
     cel: cel::Context<'f, 'f>,
     ctx_dirty: bool,
-    gray_key: String,
+    gray_key: std::cell::OnceCell<String>,
 }
 
 impl<'f> Session<'f> {
@@ -685,7 +699,6 @@ impl<'f> Session<'f> {
         if flow.trie("now").is_some() || flow.tries.contains_key("now") {
             cel.add_variable_from_value("now", CelValue::Timestamp(now.fixed_offset()));
         }
-        let gray_key = gray_key_value(flow, &meta.execution_id, input, client, &state.ctx);
         Session {
             flow,
             meta,
@@ -695,7 +708,7 @@ impl<'f> Session<'f> {
             state,
             cel,
             ctx_dirty: true,
-            gray_key,
+            gray_key: std::cell::OnceCell::new(),
         }
     }
 
@@ -704,9 +717,11 @@ impl<'f> Session<'f> {
         &self.state
     }
 
-    /// The value that picks gray buckets for this execution.
+    /// The value that picks gray buckets for this execution (worked out on first use).
     pub fn gray_key(&self) -> &str {
-        &self.gray_key
+        self.gray_key.get_or_init(|| {
+            gray_key_value(self.flow, &self.meta.execution_id, self.input, self.client, &self.state.ctx)
+        })
     }
 
     fn lookup(&self, path: &[String]) -> Option<Value> {
@@ -798,9 +813,11 @@ impl<'f> Session<'f> {
             compiled.on.get(&outcome).or(compiled.default.as_ref())
         };
         let seq = self.state.seq;
-        self.state
-            .steps
-            .insert(rule.id.clone(), Value::String(outcome.clone()));
+        if flow.reads_steps {
+            self.state
+                .steps
+                .insert(rule.id.clone(), Value::String(outcome.clone()));
+        }
         let mut set = Map::new();
         for (k, v) in master_set {
             self.state.ctx.insert(k.clone(), v.clone());
@@ -857,9 +874,9 @@ impl<'f> Session<'f> {
                         action: a.clone(),
                     });
                 }
-                (describe(&t.source), t.target.clone())
+                (Arc::clone(&t.desc), t.target.clone())
             }
-            None => (json!({"next": true}), Target::Next),
+            None => (implicit_next(), Target::Next),
         };
         let next = match target {
             Target::Next => match flow.flow.rules.get(idx + 1) {
@@ -896,7 +913,7 @@ impl<'f> Session<'f> {
         seq: u64,
         rule: &Rule,
         outcome: &str,
-        transition: Value,
+        transition: Arc<Value>,
         explain: Explain,
         set: Map<String, Value>,
         actions: Vec<PlannedAction>,
@@ -982,7 +999,7 @@ impl<'f> Session<'f> {
                 Ok((outcome, result)) => (
                     outcome,
                     Explain::Expression {
-                        expression: e.source().to_string(),
+                        expression: e.source_arc(),
                         result,
                     },
                     none,
@@ -1112,6 +1129,12 @@ fn failed(reason: String, error: Option<String>) -> Next {
         error: error.or_else(|| Some(reason.clone())),
         reason: Some(reason),
     }
+}
+
+/// `{"next": true}`, shared by every step that falls through.
+fn implicit_next() -> Arc<Value> {
+    static NEXT: std::sync::OnceLock<Arc<Value>> = std::sync::OnceLock::new();
+    Arc::clone(NEXT.get_or_init(|| Arc::new(json!({"next": true}))))
 }
 
 fn describe(t: &Transition) -> Value {

@@ -165,7 +165,7 @@ fn rewrite_entry(entry: &mut cel::common::ast::IdedEntryExpr) {
 /// A compiled CEL expression with the member paths it reads.
 #[derive(Debug)]
 pub struct Expr {
-    source: String,
+    source: Arc<str>,
     ast: IdedExpr,
     paths: Vec<Vec<String>>,
 }
@@ -202,7 +202,7 @@ impl Expr {
         let mut ast = program.expression().clone();
         rewrite_arith(&mut ast);
         Ok(Expr {
-            source: source.to_string(),
+            source: Arc::from(source),
             ast,
             paths,
         })
@@ -211,6 +211,11 @@ impl Expr {
     /// The CEL text.
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    /// The CEL text, shared.
+    pub fn source_arc(&self) -> Arc<str> {
+        Arc::clone(&self.source)
     }
 
     /// Member paths read, rooted at one of [`ROOTS`] (e.g. `["input", "user", "country"]`).

@@ -1,0 +1,189 @@
+"""Chain figures on the local stack, for BENCHMARKS.md (run by `make bench-stack`).
+
+    source localstack/env.sh
+    "$RULESTREAM_PY" localstack/bench_hops.py [--executions 10] [--rules 20]
+
+Needs the stack up, provisioned and seeded, and the orchestrator served by lambda.sh (the
+script scripts/bench-stack.sh does all of that). It measures:
+
+1. raw stream round trip: PutItem into a fresh table with a stream, then GetRecords in a tight
+   loop (10 ms) until the record is visible — the floor of any hop;
+2. per-hop latency of the chain: a flow of N `when: "true"` rules, each going to the next; its
+   own trigger table `<prefix>-trigger-bench`, fed by its own runner.py polling every 10 ms;
+   hop = (finished_at - started_at) / (steps - 1), executions run one after another;
+3. AWS calls per hop made by the orchestrator, counted from LocalStack's request log during the
+   chain runs (the bench's own calls — PutItem of seq 0 rows, BatchGetItem polling — and the
+   runner's stream calls are not counted);
+4. CPU per record of the orchestrator process (utime + stime from /proc), over the chain runs.
+"""
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+import boto3
+
+HERE = Path(__file__).resolve().parent
+PREFIX = os.environ.get("RULESTREAM_PREFIX", "rulestream")
+STATE = Path(os.environ.get("RULESTREAM_STATE", HERE / ".state"))
+ddb = boto3.client("dynamodb")
+streams = boto3.client("dynamodbstreams")
+s3 = boto3.client("s3")
+sys.path.insert(0, str(HERE))
+from provision import ensure_trigger_table  # noqa: E402
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def raw_round_trip(n):
+    table = f"{PREFIX}-bench-raw"
+    ensure_trigger_table(ddb, table)
+    arn = ddb.describe_table(TableName=table)["Table"]["LatestStreamArn"]
+    shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][-1]["ShardId"]
+    it = streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="LATEST")["ShardIterator"]
+    out = []
+    for i in range(n):
+        key = str(uuid.uuid4())
+        t0 = time.perf_counter()
+        ddb.put_item(TableName=table, Item={"execution_id": {"S": key}, "seq": {"N": "0"}})
+        seen = False
+        while not seen:
+            r = streams.get_records(ShardIterator=it, Limit=100)
+            it = r["NextShardIterator"]
+            seen = any(rec["dynamodb"]["Keys"]["execution_id"]["S"] == key for rec in r["Records"])
+            if not seen:
+                time.sleep(0.01)
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def register_chain(rules):
+    flow = {
+        "client_id": "bench", "flow_id": "hops", "version": 1, "terminal_statuses": ["DONE"],
+        "rules": [{"id": f"r{i}", "when": "input.n >= 0", "on": {"true": {"next": True}}} for i in range(rules - 1)]
+        + [{"id": "last", "when": "true", "on": {"true": {"complete": "DONE"}}}],
+    }
+    key = "flows/bench/hops/v1.json"
+    s3.put_object(Bucket=f"{PREFIX}-configs", Key=key, Body=json.dumps(flow).encode())
+    ddb.put_item(TableName=f"{PREFIX}-clients", Item={
+        "client_id": {"S": "bench"}, "flow_id": {"S": "hops"}, "config_key": {"S": key},
+        "enabled": {"BOOL": True},
+        "release": {"M": {"stable": {"N": "1"}, "percent": {"N": "0"}, "generation": {"N": "1"}}}})
+
+
+def orchestrator_cpu():
+    """utime + stime (seconds) of the orchestrator function process(es)."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in subprocess.run(["pgrep", "-f", "target/.*/orchestrator$"], capture_output=True, text=True).stdout.split():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+CALL = re.compile(r"AWS (\w+)\.(\w+) => (\d+)")
+
+
+def log_calls(since_bytes):
+    log = STATE / "localstack.log"
+    with open(log, "rb") as f:
+        f.seek(since_bytes)
+        text = f.read().decode("utf-8", "replace")
+    counts = {}
+    for m in CALL.finditer(text):
+        k = f"{m.group(1)}.{m.group(2)}"
+        counts[k] = counts.get(k, 0) + 1
+    return counts
+
+
+def chain(executions, rules):
+    table = f"{PREFIX}-trigger-bench"
+    ensure_trigger_table(ddb, table)
+    register_chain(rules)
+    runner = subprocess.Popen(
+        [sys.executable, str(HERE / "runner.py"), "--table", table, "--poll-interval", "0.01",
+         "--starting-position", "LATEST"],
+        stdout=open(STATE / "runner-bench.log", "w"), stderr=subprocess.STDOUT)
+    try:
+        time.sleep(2)
+        # Warm-up execution: loads the flow into the container's cache (not measured).
+        run_one(table)
+        log_mark = (STATE / "localstack.log").stat().st_size
+        cpu0 = orchestrator_cpu()
+        hops = []
+        for _ in range(executions):
+            e = run_one(table)
+            t0 = datetime.fromisoformat(e["started_at"]["S"].replace("Z", "+00:00"))
+            t1 = datetime.fromisoformat(e["finished_at"]["S"].replace("Z", "+00:00"))
+            steps = int(e["step"]["N"])
+            hops.append((t1 - t0).total_seconds() * 1000 / (steps - 1))
+        cpu = orchestrator_cpu() - cpu0
+        time.sleep(1)
+        calls = log_calls(log_mark)
+    finally:
+        runner.terminate()
+        runner.wait(timeout=10)
+    return hops, calls, cpu
+
+
+def run_one(table):
+    eid = str(uuid.uuid4())
+    ddb.put_item(TableName=table, Item={
+        "execution_id": {"S": eid}, "seq": {"N": "0"}, "client_id": {"S": "bench"},
+        "flow_id": {"S": "hops"}, "input": {"M": {"n": {"N": "1"}}}})
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        r = ddb.batch_get_item(RequestItems={f"{PREFIX}-executions": {
+            "Keys": [{"execution_id": {"S": eid}}], "ConsistentRead": True}})
+        items = r["Responses"].get(f"{PREFIX}-executions", [])
+        if items and items[0]["status"]["S"] != "RUNNING":
+            return items[0]
+        time.sleep(0.05)
+    raise SystemExit(f"execution {eid} did not finish")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--executions", type=int, default=10)
+    ap.add_argument("--rules", type=int, default=20)
+    ap.add_argument("--raw", type=int, default=50)
+    a = ap.parse_args()
+    raw = raw_round_trip(a.raw)
+    hops, calls, cpu = chain(a.executions, a.rules)
+    records = a.executions * a.rules
+    orch_ops = {k: v for k, v in calls.items() if k.startswith(("dynamodb.", "s3.", "sts.", "secretsmanager."))
+                and k not in ("dynamodb.BatchGetItem", "dynamodb.DescribeTable")}
+    # The bench itself wrote one seq-0 PutItem per execution.
+    orch_ops["dynamodb.PutItem"] = orch_ops.get("dynamodb.PutItem", 0) - a.executions
+    orch_ops = {k: v for k, v in orch_ops.items() if v}
+    writes = sum(v for k, v in orch_ops.items() if k in ("dynamodb.TransactWriteItems", "dynamodb.PutItem", "dynamodb.UpdateItem"))
+    reads = sum(orch_ops.values()) - writes
+    result = {
+        "raw_stream_round_trip_ms": {"p50": round(pct(raw, 50), 1), "p90": round(pct(raw, 90), 1), "n": len(raw)},
+        "hop_ms": {"p50": round(pct(hops, 50), 1), "p90": round(pct(hops, 90), 1), "mean": round(statistics.mean(hops), 1),
+                   "executions": a.executions, "rules": a.rules},
+        "hop_overhead_vs_raw_p50_pct": round((pct(hops, 50) - pct(raw, 50)) / pct(raw, 50) * 100, 1),
+        "orchestrator_aws_calls": orch_ops,
+        "aws_writes_per_hop": round(writes / records, 2),
+        "aws_reads_per_hop": round(reads / records, 2),
+        "orchestrator_cpu_us_per_record": round(cpu * 1e6 / records, 1),
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
