@@ -720,7 +720,13 @@ impl<'f> Session<'f> {
     /// The value that picks gray buckets for this execution (worked out on first use).
     pub fn gray_key(&self) -> &str {
         self.gray_key.get_or_init(|| {
-            gray_key_value(self.flow, &self.meta.execution_id, self.input, self.client, &self.state.ctx)
+            gray_key_value(
+                self.flow,
+                &self.meta.execution_id,
+                self.input,
+                self.client,
+                &self.state.ctx,
+            )
         })
     }
 
@@ -833,7 +839,7 @@ impl<'f> Session<'f> {
                 seq,
                 rule,
                 &outcome,
-                json!({}),
+                Arc::new(json!({})),
                 explain.clone(),
                 set,
                 vec![],
@@ -854,7 +860,7 @@ impl<'f> Session<'f> {
                         seq,
                         rule,
                         &outcome,
-                        describe(&t.source),
+                        Arc::clone(&t.desc),
                         explain,
                         set,
                         vec![],
@@ -951,13 +957,9 @@ impl<'f> Session<'f> {
             );
         }
         if let Some(g) = &rule.gray {
-            let b = gray::bucket(&self.meta.client_id, &compiled.gray_salt, &self.gray_key);
-            if !gray::in_gray(
-                &self.meta.client_id,
-                &compiled.gray_salt,
-                &self.gray_key,
-                g.percent,
-            ) {
+            let key = self.gray_key().to_string();
+            let b = gray::bucket(&self.meta.client_id, &compiled.gray_salt, &key);
+            if !gray::in_gray(&self.meta.client_id, &compiled.gray_salt, &key, g.percent) {
                 return (
                     SKIPPED.into(),
                     Explain::Skipped {
