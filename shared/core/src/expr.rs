@@ -374,7 +374,7 @@ pub fn json_to_cel_pruned(v: &Value, trie: &PathTrie) -> CelValue {
 
 /// Converts the parts of `v` that `trie` names straight into CEL runtime values that borrow
 /// `v`'s strings: no string is copied, and no intermediate [`CelValue`] is built.
-pub fn json_to_val<'v>(v: &'v Value, trie: Option<&PathTrie>) -> Box<dyn Val + 'v> {
+pub fn json_to_val<'v>(v: &'v Value, trie: Option<&'v PathTrie>) -> Box<dyn Val + 'v> {
     use cel::common::types::{
         CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, CelUInt,
     };
@@ -394,24 +394,84 @@ pub fn json_to_val<'v>(v: &'v Value, trie: Option<&PathTrie>) -> Box<dyn Val + '
         Value::Array(a) => Box::new(CelList::from(
             a.iter().map(|x| json_to_val(x, None)).collect::<Vec<_>>(),
         )),
-        Value::Object(o) => {
-            let map: HashMap<CelMapKey<'v>, Box<dyn Val + 'v>> = match trie {
-                Some(t) if !t.whole => t
-                    .children
-                    .iter()
-                    .filter_map(|(k, sub)| {
-                        o.get_key_value(k.as_str()).map(|(k, child)| {
-                            (CelMapKey::from(k.as_str()), json_to_val(child, Some(sub)))
-                        })
-                    })
-                    .collect(),
-                _ => o
+        Value::Object(o) => match trie {
+            // Only selected into (`a.b`, `has(a.b)`): resolved lazily, nothing built up front.
+            Some(t) if !t.whole => Box::new(LazyObject { map: o, trie: t }),
+            _ => {
+                let map: HashMap<CelMapKey<'v>, Box<dyn Val + 'v>> = o
                     .iter()
                     .map(|(k, child)| (CelMapKey::from(k.as_str()), json_to_val(child, None)))
-                    .collect(),
-            };
-            Box::new(CelMap::from(map))
-        }
+                    .collect();
+                Box::new(CelMap::from(map))
+            }
+        },
+    }
+}
+
+/// A JSON object that rules only select into (every use of it is `x.field` or `has(x.field)`, as
+/// the flow's [`PathTrie`] proves): its fields are converted when read, so a run builds no map.
+/// Anything that uses the object whole (equality, `size`, iteration) makes its trie node whole,
+/// and such an object is converted eagerly instead.
+#[derive(Debug)]
+struct LazyObject<'v> {
+    map: &'v serde_json::Map<String, Value>,
+    trie: &'v PathTrie,
+}
+
+impl<'a> Val for LazyObject<'a> {
+    fn get_type(&self) -> &cel::common::types::Type {
+        &DYN_TYPE
+    }
+
+    fn cel_type() -> &'static cel::common::types::Type {
+        &DYN_TYPE
+    }
+
+    fn as_indexer<'b, 'v>(&'b self) -> Option<&'b (dyn cel::common::traits::Indexer + 'v)>
+    where
+        Self: 'v,
+    {
+        Some(self)
+    }
+
+    fn clone_as_boxed<'v>(&self) -> Box<dyn Val + 'v>
+    where
+        Self: 'v,
+    {
+        Box::new(LazyObject {
+            map: self.map,
+            trie: self.trie,
+        })
+    }
+}
+
+impl<'a> LazyObject<'a> {
+    fn field(&self, idx: &dyn Val) -> Result<Box<dyn Val + 'a>, ExecutionError> {
+        let key: &str = <&str>::try_from(idx).map_err(|_| ExecutionError::UnexpectedType {
+            got: idx.get_type().name().to_string(),
+            want: "string".to_string(),
+        })?;
+        let child = self
+            .map
+            .get(key)
+            .ok_or_else(|| ExecutionError::no_such_key(key))?;
+        Ok(json_to_val(child, self.trie.children.get(key)))
+    }
+}
+
+impl<'a> cel::common::traits::Indexer for LazyObject<'a> {
+    fn get<'b, 'v>(&'b self, idx: &dyn Val) -> Result<CowVal<'b, 'v>, ExecutionError>
+    where
+        Self: 'v,
+    {
+        self.field(idx).map(CowVal::Owned)
+    }
+
+    fn steal<'v>(self: Box<Self>, idx: &dyn Val) -> Result<Box<dyn Val + 'v>, ExecutionError>
+    where
+        Self: 'v,
+    {
+        self.field(idx)
     }
 }
 
@@ -548,6 +608,43 @@ mod tests {
         }
         let e = Expr::compile("'a' + 1").expect("compiles");
         assert!(e.eval(&ctx).is_err());
+    }
+
+    #[test]
+    fn lazy_objects_answer_selects_and_has_like_maps() {
+        let input = json!({"user": {"country": "HK", "tags": ["a"], "n": 1, "deep": {"x": 2}}});
+        let cases = [
+            ("input.user.country == 'HK'", CelValue::Bool(true)),
+            ("has(input.user.country)", CelValue::Bool(true)),
+            ("has(input.user.missing)", CelValue::Bool(false)),
+            (
+                "has(input.user.deep.x) && input.user.deep.x == 2",
+                CelValue::Bool(true),
+            ),
+            ("'a' in input.user.tags", CelValue::Bool(true)),
+            ("input.user.n + 0.5", CelValue::Float(1.5)),
+            ("size(input.user) == 4", CelValue::Bool(true)),
+            (
+                "input.user == {'country': 'HK', 'tags': ['a'], 'n': 1, 'deep': {'x': 2}}",
+                CelValue::Bool(true),
+            ),
+        ];
+        for (src, want) in cases {
+            let e = Expr::compile(src).expect("compiles");
+            let mut trie = PathTrie::default();
+            for p in e.paths() {
+                trie.insert(&p[1..]);
+            }
+            let mut ctx = cel::Context::with_env(Arc::clone(env()));
+            ctx.add_variable_as_val("input", json_to_val(&input, Some(&trie)));
+            assert_eq!(e.eval(&ctx), Ok(want), "{src}");
+        }
+        let e = Expr::compile("input.user.missing == 1").expect("compiles");
+        let mut trie = PathTrie::default();
+        trie.insert(&["user".to_string(), "missing".to_string()]);
+        let mut ctx = cel::Context::with_env(Arc::clone(env()));
+        ctx.add_variable_as_val("input", json_to_val(&input, Some(&trie)));
+        assert!(e.eval(&ctx).is_err_and(|m| m.contains("missing")));
     }
 
     #[test]
