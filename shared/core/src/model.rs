@@ -147,9 +147,19 @@ pub struct Condition {
     pub field: String,
     /// The comparison.
     pub op: Op,
-    /// What to compare with (for `is_null`: `true` or `false`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// What to compare with (for `is_null`: `true` or `false`). `null` is a value here
+    /// (`{"op": "eq", "value": null}`), distinct from leaving `value` out.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub value: Option<Value>,
+}
+
+/// Reads a field that is present (even as `null`) as `Some`; a missing one stays `None`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 /// Condition operators.
