@@ -45,12 +45,8 @@ impl Effects for AwsEffects {
     ) -> Result<Value, EffectError> {
         // Not wired yet (see the issue notes): the rule errors, so its `on_error` decides.
         Err(EffectError::Unsupported(format!(
-            "{} master rules are not callable from the orchestrator yet (`{target}`)",
-            match kind {
-                MasterKind::Lambda => "lambda",
-                MasterKind::Http => "http",
-                MasterKind::Cel => "cel",
-            }
+            "the orchestrator does not call master rules of kind {kind:?} yet ({} `{target}`)",
+            kind.target_name()
         )))
     }
 }

@@ -58,6 +58,24 @@ fn meta(f: &CompiledFlow) -> ExecutionMeta {
     }
 }
 
+/// One whole run through the engine, as dry-run and inline mode do it.
+fn run_once(
+    flow: &CompiledFlow,
+    m: &ExecutionMeta,
+    input: &Value,
+    now: chrono::DateTime<Utc>,
+) -> rulestream_core::RunReport {
+    pollster::block_on(rulestream_core::run(
+        flow,
+        m.clone(),
+        black_box(input),
+        None,
+        now,
+        None,
+        &DryRun,
+    ))
+}
+
 fn hand_written(v: &Value) -> &'static str {
     let user = &v["user"];
     let score = v["ml"]["score"].as_f64().unwrap_or(0.0);
@@ -93,15 +111,7 @@ fn bench_decision(c: &mut Criterion) {
     let mut g = c.benchmark_group("decision");
     g.bench_function("engine_from_json", |b| {
         b.iter(|| {
-            let r = pollster::block_on(rulestream_core::run(
-                &flow,
-                m.clone(),
-                black_box(&input),
-                None,
-                now,
-                None,
-                &DryRun,
-            ));
+            let r = run_once(&flow, &m, &input, now);
             assert_eq!(r.status, "COUPON");
         })
     });
@@ -197,15 +207,7 @@ fn bench_preclear(c: &mut Criterion) {
     let m = meta(&flow);
     c.bench_function("preclear/five_rules", |b| {
         b.iter(|| {
-            let r = pollster::block_on(rulestream_core::run(
-                &flow,
-                m.clone(),
-                black_box(&input),
-                None,
-                now,
-                None,
-                &DryRun,
-            ));
+            let r = run_once(&flow, &m, &input, now);
             assert_eq!(r.status, want);
             assert_eq!(r.path.len(), 5);
         })

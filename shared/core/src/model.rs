@@ -377,6 +377,17 @@ pub enum MasterKind {
     Http,
 }
 
+impl MasterKind {
+    /// What a master rule of this kind calls, for messages: "Lambda function", "HTTP endpoint".
+    pub fn target_name(self) -> &'static str {
+        match self {
+            MasterKind::Cel => "CEL rule",
+            MasterKind::Lambda => "Lambda function",
+            MasterKind::Http => "HTTP endpoint",
+        }
+    }
+}
+
 /// A reusable rule in the catalog (SPEC section 2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -68,11 +68,7 @@ impl Effects for DryRun {
     ) -> Result<Value, EffectError> {
         Err(EffectError::Unsupported(format!(
             "a dry run does not call {} `{target}`",
-            match kind {
-                MasterKind::Lambda => "Lambda function",
-                MasterKind::Http => "HTTP endpoint",
-                MasterKind::Cel => "CEL rule",
-            }
+            kind.target_name()
         )))
     }
 }
