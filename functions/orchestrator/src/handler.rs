@@ -14,8 +14,11 @@ use chrono::{SecondsFormat, Utc};
 use rulestream_core::CompiledFlow;
 use rulestream_core::engine::{ExecutionMeta, Next, RunState, Session, gray_key_value};
 use rulestream_core::execution::{ExecutionHeader, Finish, StepCommit, Then, TriggerRow};
+use rulestream_core::model::ActionType;
 use rulestream_core::model::FAILED;
-use rulestream_core::ports::{Effects, ExecutionStore, FlowSource, StoreError};
+use rulestream_core::ports::{
+    Deliveries, Delivery, Effects, ExecutionStore, FlowSource, StoreError,
+};
 use serde_json::{Map, Value};
 
 /// A record that must be retried (reported as a batch item failure).
@@ -24,13 +27,15 @@ use serde_json::{Map, Value};
 pub struct Retry(pub String);
 
 /// The handler, with only the capabilities it needs.
-pub struct Handler<F, S, E> {
+pub struct Handler<F, S, E, D> {
     /// Flows, releases and client data.
     pub flows: F,
     /// Executions and trigger rows.
     pub store: S,
     /// Rate limiter and external rules.
     pub effects: E,
+    /// Webhook deliveries.
+    pub deliveries: D,
     /// The trigger table, when a record does not name its own.
     pub default_trigger_table: String,
     /// Lifetime of trigger rows, seconds.
@@ -47,7 +52,7 @@ fn now_rfc3339() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-impl<F: FlowSource, S: ExecutionStore, E: Effects> Handler<F, S, E> {
+impl<F: FlowSource, S: ExecutionStore, E: Effects, D: Deliveries> Handler<F, S, E, D> {
     /// Handles a batch: records run concurrently (each is one execution's step); the response
     /// lists the records to retry.
     pub async fn handle(&self, event: Event) -> DynamoDbEventResponse {
@@ -276,6 +281,47 @@ impl<F: FlowSource, S: ExecutionStore, E: Effects> Handler<F, S, E> {
                 format!("complete {status}"),
             ),
         };
+        // Webhooks go out before the step is recorded: if one fails, the record is retried and
+        // sends the same idempotency key again (at least once, never lost).
+        if let Some(rec) = &result.record {
+            let (status, reason) = match &result.next {
+                Next::Done { status, reason, .. } => (status.as_str(), reason.clone()),
+                Next::Rule { .. } => ("RUNNING", None),
+            };
+            for a in rec
+                .actions
+                .iter()
+                .filter(|a| a.action.kind == ActionType::CallWebhook)
+            {
+                let Some(url) = a.action.url.clone() else {
+                    continue;
+                };
+                let delivery = Delivery {
+                    idempotency_key: a.idempotency_key.clone(),
+                    url,
+                    secret_id: a.action.secret_id.clone(),
+                    timeout_ms: a.action.timeout_ms,
+                    body: serde_json::json!({
+                        "idempotency_key": a.idempotency_key,
+                        "execution_id": row.execution_id,
+                        "client_id": row.client_id,
+                        "flow_id": row.flow_id,
+                        "flow_version": header.flow_version,
+                        "seq": row.seq,
+                        "rule": rec.rule,
+                        "outcome": rec.outcome,
+                        "status": status,
+                        "reason": reason,
+                        "ctx": state.ctx,
+                        "tags": state.tags,
+                    }),
+                };
+                self.deliveries
+                    .deliver(&delivery)
+                    .await
+                    .map_err(|e| Retry(format!("webhook {}: {e}", a.idempotency_key)))?;
+            }
+        }
         let commit = StepCommit {
             header,
             seq: row.seq,
@@ -422,10 +468,33 @@ mod tests {
     fn flow() -> Value {
         json!({"client_id": "acme", "flow_id": "f", "version": 1, "terminal_statuses": ["OK", "NO"],
                "rules": [{"id": "a", "when": "input.n > 1", "on": {"false": {"complete": "NO"}}},
-                         {"id": "b", "when": "client.tier == 'gold'", "on": {"true": {"complete": "OK"}}}]})
+                         {"id": "b", "when": "client.tier == 'gold'", "on": {"true": {"complete": "OK",
+                          "actions": [{"type": "call_webhook", "url": "http://127.0.0.1:1/hook"}, {"type": "add_tag", "tag": "t"}]}}}]})
     }
 
-    fn handler(enabled: bool) -> Handler<Flows, Store, DryRun> {
+    /// Records deliveries; fails the first one when asked.
+    #[derive(Default)]
+    struct Hooks {
+        sent: Mutex<Vec<String>>,
+        fail_first: Mutex<bool>,
+    }
+
+    impl Deliveries for Hooks {
+        async fn deliver(&self, d: &Delivery) -> Result<(), rulestream_core::EffectError> {
+            if std::mem::take(&mut *self.fail_first.lock().expect("lock")) {
+                return Err(rulestream_core::EffectError::Unavailable("receiver".into()));
+            }
+            self.sent
+                .lock()
+                .expect("lock")
+                .push(d.idempotency_key.clone());
+            Ok(())
+        }
+    }
+
+    type H = Handler<Flows, Store, DryRun, Hooks>;
+
+    fn handler(enabled: bool) -> H {
         let mut flows = Flows::default();
         flows.clients.insert(
             ("acme".into(), "f".into()),
@@ -451,6 +520,7 @@ mod tests {
             flows,
             store: Store::default(),
             effects: DryRun,
+            deliveries: Hooks::default(),
             default_trigger_table: "t".into(),
             trigger_ttl_secs: 60,
         }
@@ -473,7 +543,7 @@ mod tests {
         serde_json::from_value(json!({"Records": records})).expect("event")
     }
 
-    fn drain(h: &Handler<Flows, Store, DryRun>, twice: bool) {
+    fn drain(h: &H, twice: bool) {
         for _ in 0..20 {
             let rows: Vec<TriggerRow> = std::mem::take(&mut *h.store.rows.lock().expect("lock"));
             if rows.is_empty() {
@@ -491,10 +561,7 @@ mod tests {
         }
     }
 
-    fn status(
-        h: &Handler<Flows, Store, DryRun>,
-        id: &str,
-    ) -> (u64, String, Vec<String>, Option<String>) {
+    fn status(h: &H, id: &str) -> (u64, String, Vec<String>, Option<String>) {
         h.store
             .executions
             .lock()
@@ -572,6 +639,31 @@ mod tests {
         assert!(resp.batch_item_failures.is_empty());
         drain(&h, false);
         assert_eq!(status(&h, "t").1, "OK");
+    }
+
+    #[test]
+    fn a_failed_webhook_retries_the_step_with_the_same_key() {
+        let h = handler(true);
+        *h.deliveries.fail_first.lock().expect("lock") = true;
+        let row = json!({"execution_id": "w", "seq": 0, "client_id": "acme", "flow_id": "f", "input": {"n": 5}});
+        pollster::block_on(h.handle(event(&[row])));
+        let rows: Vec<TriggerRow> = h.store.rows.lock().expect("lock").clone();
+        assert_eq!(rows.len(), 1);
+        let img = serde_json::to_value(&rows[0]).expect("row");
+        let resp = pollster::block_on(h.handle(event(std::slice::from_ref(&img))));
+        assert_eq!(
+            resp.batch_item_failures.len(),
+            1,
+            "the failed delivery retries the record"
+        );
+        assert_eq!(status(&h, "w").0, 1, "and the step is not recorded");
+        let resp = pollster::block_on(h.handle(event(&[img])));
+        assert!(resp.batch_item_failures.is_empty());
+        assert_eq!(status(&h, "w").1, "OK");
+        assert_eq!(
+            *h.deliveries.sent.lock().expect("lock"),
+            vec!["w:1:0".to_string()]
+        );
     }
 
     #[test]

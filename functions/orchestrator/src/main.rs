@@ -9,7 +9,7 @@ use std::sync::Arc;
 use aws_lambda_events::event::dynamodb::Event;
 use aws_lambda_events::event::streams::DynamoDbEventResponse;
 use lambda_runtime::{LambdaEvent, service_fn};
-use rulestream_aws::{AwsEffects, AwsFlowSource, Config, DynamoExecutions, RedisLimiter};
+use rulestream_aws::{AwsEffects, AwsFlowSource, Config, DynamoExecutions, Http, RedisLimiter};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
@@ -25,10 +25,12 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let cfg = Config::from_env()?;
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let limiter = Arc::new(RedisLimiter::new(cfg.redis_url.as_deref(), &cfg.prefix)?);
+    let http = Arc::new(Http::new(&sdk)?);
     let handler = Arc::new(handler::Handler {
         flows: AwsFlowSource::new(cfg.clone(), &sdk, Arc::clone(&limiter)),
         store: DynamoExecutions::new(aws_sdk_dynamodb::Client::new(&sdk), &cfg.executions_table),
-        effects: AwsEffects::new(limiter),
+        effects: AwsEffects::new(limiter, Arc::clone(&http)),
+        deliveries: http,
         default_trigger_table: cfg.trigger_table.clone(),
         trigger_ttl_secs: i64::try_from(cfg.trigger_ttl.as_secs()).unwrap_or(i64::MAX),
     });

@@ -1,4 +1,5 @@
-//! The engine's [`Effects`] on real services: token buckets in Redis.
+//! The engine's [`Effects`] on real services: token buckets in Redis, `http` master rules over
+//! HTTP.
 
 use std::sync::Arc;
 
@@ -7,16 +8,18 @@ use rulestream_core::ports::{EffectError, Effects};
 use serde_json::Value;
 
 use crate::limiter::RedisLimiter;
+use crate::webhooks::Http;
 
 /// Effects of a live execution.
 pub struct AwsEffects {
     limiter: Arc<RedisLimiter>,
+    http: Arc<Http>,
 }
 
 impl AwsEffects {
-    /// Effects backed by `limiter`.
-    pub fn new(limiter: Arc<RedisLimiter>) -> AwsEffects {
-        AwsEffects { limiter }
+    /// Effects backed by `limiter` and `http`.
+    pub fn new(limiter: Arc<RedisLimiter>, http: Arc<Http>) -> AwsEffects {
+        AwsEffects { limiter, http }
     }
 }
 
@@ -40,10 +43,16 @@ impl Effects for AwsEffects {
         &self,
         kind: MasterKind,
         target: &str,
-        _payload: &Value,
-        _timeout_ms: Option<u64>,
+        payload: &Value,
+        timeout_ms: Option<u64>,
     ) -> Result<Value, EffectError> {
-        // Not wired yet (see the issue notes): the rule errors, so its `on_error` decides.
+        if kind == MasterKind::Http {
+            let bytes =
+                serde_json::to_vec(payload).map_err(|e| EffectError::Failed(e.to_string()))?;
+            return self.http.post(target, bytes, &[], timeout_ms).await;
+        }
+        // `lambda` rules are not wired yet (see the issue notes): the rule errors, so its
+        // `on_error` decides.
         Err(EffectError::Unsupported(format!(
             "the orchestrator does not call master rules of kind {kind:?} yet ({} `{target}`)",
             kind.target_name()

@@ -9,9 +9,11 @@ pub mod dynamo;
 pub mod effects;
 pub mod flows;
 pub mod limiter;
+pub mod webhooks;
 
 pub use config::Config;
 pub use dynamo::DynamoExecutions;
 pub use effects::AwsEffects;
 pub use flows::AwsFlowSource;
 pub use limiter::RedisLimiter;
+pub use webhooks::Http;

@@ -124,3 +124,32 @@ pub trait ExecutionStore: Sync {
         commit: &crate::execution::StepCommit,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }
+
+/// One `call_webhook` delivery of a step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    /// `<execution_id>:<seq>:<action index>`, sent as the `Idempotency-Key` header: a retried
+    /// step sends the same key, so the receiver can drop the repeat.
+    pub idempotency_key: String,
+    /// Where to POST.
+    pub url: String,
+    /// Secrets Manager id of the HMAC-SHA256 key that signs the body.
+    pub secret_id: Option<String>,
+    /// Request timeout.
+    pub timeout_ms: Option<u64>,
+    /// The JSON body.
+    pub body: Value,
+}
+
+/// Delivers a step's webhooks.
+pub trait Deliveries: Sync {
+    /// POSTs `delivery` (signed when it has a secret). `Err` when the receiver could not be
+    /// reached or did not answer 2xx: the step is retried with the same idempotency key.
+    fn deliver(&self, delivery: &Delivery) -> impl Future<Output = Result<(), EffectError>> + Send;
+}
+
+impl<T: Deliveries + Send + Sync> Deliveries for std::sync::Arc<T> {
+    fn deliver(&self, delivery: &Delivery) -> impl Future<Output = Result<(), EffectError>> + Send {
+        (**self).deliver(delivery)
+    }
+}
