@@ -37,4 +37,7 @@ export AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-$AWS_REGION}"
 export AWS_EC2_METADATA_DISABLED=true
 export AWS_ENDPOINT_URL="${AWS_ENDPOINT_URL:-http://127.0.0.1:$RULESTREAM_AWS_PORT}"
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:$RULESTREAM_REDIS_PORT}"
+# Hosts the orchestrator may call (webhooks, http master rules): only this machine. The samples'
+# example.com URLs are therefore recorded as blocked, never contacted.
+export RULESTREAM_EGRESS_ALLOW="${RULESTREAM_EGRESS_ALLOW:-127.0.0.1,localhost}"
 export KAFKA_BROKERS="${KAFKA_BROKERS:-127.0.0.1:$RULESTREAM_KAFKA_PORT}"

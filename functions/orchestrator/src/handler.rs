@@ -281,16 +281,21 @@ impl<F: FlowSource, S: ExecutionStore, E: Effects, D: Deliveries> Handler<F, S, 
                 format!("complete {status}"),
             ),
         };
-        // Webhooks go out before the step is recorded: if one fails, the record is retried and
-        // sends the same idempotency key again (at least once, never lost).
-        if let Some(rec) = &result.record {
+        // Webhooks go out before the step is recorded. A receiver that is down (or answers 5xx/429)
+        // retries the record, which sends the same idempotency key again: at least once, never
+        // lost. A delivery that cannot succeed (blocked host, 4xx, missing signing secret) is
+        // recorded on the action in the trace and the chain goes on: one bad webhook never blocks
+        // the shard.
+        let mut record = result.record.clone();
+        if let Some(rec) = record.as_mut() {
             let (status, reason) = match &result.next {
-                Next::Done { status, reason, .. } => (status.as_str(), reason.clone()),
-                Next::Rule { .. } => ("RUNNING", None),
+                Next::Done { status, reason, .. } => (status.clone(), reason.clone()),
+                Next::Rule { .. } => ("RUNNING".to_string(), None),
             };
+            let (rule, outcome) = (rec.rule.clone(), rec.outcome.clone());
             for a in rec
                 .actions
-                .iter()
+                .iter_mut()
                 .filter(|a| a.action.kind == ActionType::CallWebhook)
             {
                 let Some(url) = a.action.url.clone() else {
@@ -308,24 +313,30 @@ impl<F: FlowSource, S: ExecutionStore, E: Effects, D: Deliveries> Handler<F, S, 
                         "flow_id": row.flow_id,
                         "flow_version": header.flow_version,
                         "seq": row.seq,
-                        "rule": rec.rule,
-                        "outcome": rec.outcome,
+                        "rule": rule,
+                        "outcome": outcome,
                         "status": status,
                         "reason": reason,
                         "ctx": state.ctx,
                         "tags": state.tags,
                     }),
                 };
-                self.deliveries
-                    .deliver(&delivery)
-                    .await
-                    .map_err(|e| Retry(format!("webhook {}: {e}", a.idempotency_key)))?;
+                a.delivery = Some(match self.deliveries.deliver(&delivery).await {
+                    Ok(()) => "delivered".to_string(),
+                    Err(rulestream_core::EffectError::Unavailable(e)) => {
+                        return Err(Retry(format!("webhook {}: {e}", a.idempotency_key)));
+                    }
+                    Err(e) => {
+                        tracing::warn!(key = %a.idempotency_key, error = %e, "webhook not delivered");
+                        format!("failed: {e}")
+                    }
+                });
             }
         }
         let commit = StepCommit {
             header,
             seq: row.seq,
-            record: result.record.clone(),
+            record,
             then,
             now: now_rfc3339(),
         };
@@ -484,6 +495,9 @@ mod tests {
             if std::mem::take(&mut *self.fail_first.lock().expect("lock")) {
                 return Err(rulestream_core::EffectError::Unavailable("receiver".into()));
             }
+            if d.url.contains("blocked") {
+                return Err(rulestream_core::EffectError::Failed("blocked: host".into()));
+            }
             self.sent
                 .lock()
                 .expect("lock")
@@ -516,6 +530,11 @@ mod tests {
         );
         flows.versions.insert(1, flow());
         flows.versions.insert(2, json!({"client_id": "acme"}));
+        let mut blocked = flow();
+        blocked["version"] = json!(3);
+        blocked["rules"][1]["on"]["true"]["actions"][0]["url"] =
+            json!("http://blocked.example/hook");
+        flows.versions.insert(3, blocked);
         Handler {
             flows,
             store: Store::default(),
@@ -664,6 +683,17 @@ mod tests {
             *h.deliveries.sent.lock().expect("lock"),
             vec!["w:1:0".to_string()]
         );
+    }
+
+    #[test]
+    fn an_undeliverable_webhook_is_recorded_and_the_chain_goes_on() {
+        let h = handler(true);
+        let row = json!({"execution_id": "b", "seq": 0, "client_id": "acme", "flow_id": "f",
+                         "flow_version": 3, "input": {"n": 5}});
+        pollster::block_on(h.handle(event(&[row])));
+        drain(&h, false);
+        assert_eq!(status(&h, "b").1, "OK");
+        assert!(h.deliveries.sent.lock().expect("lock").is_empty());
     }
 
     #[test]

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use aws_lambda_events::event::dynamodb::Event;
 use aws_lambda_events::event::streams::DynamoDbEventResponse;
 use lambda_runtime::{LambdaEvent, service_fn};
-use rulestream_aws::{AwsEffects, AwsFlowSource, Config, DynamoExecutions, Http, RedisLimiter};
+use rulestream_aws::{
+    AwsEffects, AwsFlowSource, Config, DynamoExecutions, Egress, Http, RedisLimiter,
+};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
@@ -25,7 +27,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let cfg = Config::from_env()?;
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let limiter = Arc::new(RedisLimiter::new(cfg.redis_url.as_deref(), &cfg.prefix)?);
-    let http = Arc::new(Http::new(&sdk)?);
+    let http = Arc::new(Http::new(&sdk, Egress::parse(cfg.egress_allow.as_deref()))?);
     let handler = Arc::new(handler::Handler {
         flows: AwsFlowSource::new(cfg.clone(), &sdk, Arc::clone(&limiter)),
         store: DynamoExecutions::new(aws_sdk_dynamodb::Client::new(&sdk), &cfg.executions_table),

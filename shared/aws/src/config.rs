@@ -34,6 +34,8 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// How long trigger rows live (`RULESTREAM_TRIGGER_TTL_DAYS`, default 7).
     pub trigger_ttl: Duration,
+    /// Hosts webhooks and `http` master rules may call (`RULESTREAM_EGRESS_ALLOW`).
+    pub egress_allow: Option<String>,
     /// How long clients rows and the catalog are cached without an epoch check
     /// (`RULESTREAM_CONFIG_TTL_SECS`, default 30).
     pub config_ttl: Duration,
@@ -74,6 +76,7 @@ impl Config {
             catalog_table: format!("{prefix}-catalog"),
             bucket: format!("{prefix}-configs"),
             redis_url: get("REDIS_URL").filter(|u| !u.is_empty()),
+            egress_allow: get("RULESTREAM_EGRESS_ALLOW"),
             trigger_ttl: Duration::from_secs(num("RULESTREAM_TRIGGER_TTL_DAYS", 7)? * 86_400),
             config_ttl: Duration::from_secs(num("RULESTREAM_CONFIG_TTL_SECS", 30)?),
             prefix,

@@ -16,4 +16,4 @@ pub use dynamo::DynamoExecutions;
 pub use effects::AwsEffects;
 pub use flows::AwsFlowSource;
 pub use limiter::RedisLimiter;
-pub use webhooks::Http;
+pub use webhooks::{Egress, Http};

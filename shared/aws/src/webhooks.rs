@@ -18,8 +18,47 @@ pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
 /// Header carrying `sha256=<hex HMAC-SHA256 of the body>`.
 pub const SIGNATURE_HEADER: &str = "X-Rulestream-Signature";
 
+/// Which hosts the orchestrator may call (webhooks, `http` master rules): an egress allowlist,
+/// so a flow cannot make it POST to an internal address. `RULESTREAM_EGRESS_ALLOW`: comma-separated
+/// host names, `*` for any; unset or empty allows none.
+#[derive(Debug, Clone, Default)]
+pub struct Egress(Vec<String>);
+
+impl Egress {
+    /// Parses `RULESTREAM_EGRESS_ALLOW`.
+    pub fn parse(spec: Option<&str>) -> Egress {
+        Egress(
+            spec.unwrap_or_default()
+                .split(',')
+                .map(|h| h.trim().to_ascii_lowercase())
+                .filter(|h| !h.is_empty())
+                .collect(),
+        )
+    }
+
+    /// Checks `url` before any connection (or name lookup) is made.
+    pub fn check(&self, url: &str) -> Result<(), EffectError> {
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|_| EffectError::Failed(format!("`{url}` is not a URL")))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(EffectError::Failed(format!(
+                "`{url}` is not an http(s) URL"
+            )));
+        }
+        let host = parsed.host_str().unwrap_or_default().to_ascii_lowercase();
+        if self.0.iter().any(|h| h == "*" || *h == host) {
+            Ok(())
+        } else {
+            Err(EffectError::Failed(format!(
+                "blocked: host `{host}` is not in RULESTREAM_EGRESS_ALLOW"
+            )))
+        }
+    }
+}
+
 /// An HTTP client for webhooks and `http` master rules.
 pub struct Http {
+    egress: Egress,
     client: reqwest::Client,
     secrets: aws_sdk_secretsmanager::Client,
     keys: Mutex<HashMap<String, (String, Instant)>>,
@@ -43,13 +82,14 @@ pub fn signature(key: &[u8], body: &[u8]) -> String {
 }
 
 impl Http {
-    /// A client using the SDK configuration for Secrets Manager.
-    pub fn new(sdk: &aws_config::SdkConfig) -> Result<Http, EffectError> {
+    /// A client allowed to call `egress`, using the SDK configuration for Secrets Manager.
+    pub fn new(sdk: &aws_config::SdkConfig, egress: Egress) -> Result<Http, EffectError> {
         let client = reqwest::Client::builder()
             .user_agent("rulestream/0.1")
             .build()
             .map_err(|e| EffectError::Failed(format!("http client: {e}")))?;
         Ok(Http {
+            egress,
             client,
             secrets: aws_sdk_secretsmanager::Client::new(sdk),
             keys: Mutex::new(HashMap::new()),
@@ -103,6 +143,7 @@ impl Http {
         headers: &[(&str, String)],
         timeout_ms: Option<u64>,
     ) -> Result<Value, EffectError> {
+        self.egress.check(url)?;
         let mut req = self
             .client
             .post(url)
@@ -116,6 +157,11 @@ impl Http {
                 EffectError::Unavailable(format!("POST {url}: {}", without_url(&e)))
             })?;
         let status = resp.status();
+        if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            return Err(EffectError::Unavailable(format!(
+                "POST {url}: HTTP {status}"
+            )));
+        }
         if !status.is_success() {
             return Err(EffectError::Failed(format!("POST {url}: HTTP {status}")));
         }
@@ -141,6 +187,7 @@ fn without_url(e: &reqwest::Error) -> String {
 
 impl Deliveries for Http {
     async fn deliver(&self, d: &Delivery) -> Result<(), EffectError> {
+        self.egress.check(&d.url)?;
         let bytes = serde_json::to_vec(&d.body).map_err(|e| EffectError::Failed(e.to_string()))?;
         let mut headers = vec![(IDEMPOTENCY_HEADER, d.idempotency_key.clone())];
         if let Some(id) = &d.secret_id {
@@ -156,6 +203,21 @@ impl Deliveries for Http {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn egress_allows_only_listed_hosts() {
+        let e = Egress::parse(Some("127.0.0.1, Hooks.Example.com"));
+        assert!(e.check("http://127.0.0.1:8080/x").is_ok());
+        assert!(e.check("https://hooks.example.com/a").is_ok());
+        assert!(e.check("https://169.254.169.254/latest").is_err());
+        assert!(e.check("ftp://127.0.0.1/x").is_err());
+        assert!(Egress::parse(None).check("http://127.0.0.1/").is_err());
+        assert!(
+            Egress::parse(Some("*"))
+                .check("https://anything.example/")
+                .is_ok()
+        );
+    }
 
     #[test]
     fn signature_matches_the_rfc_4231_vector() {

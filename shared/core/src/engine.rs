@@ -569,6 +569,9 @@ pub struct PlannedAction {
     /// The action as written.
     #[serde(flatten)]
     pub action: crate::model::Action,
+    /// For deliveries, what happened: `delivered`, or why not (set by the orchestrator).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<String>,
 }
 
 impl PlannedAction {
@@ -878,6 +881,7 @@ impl<'f> Session<'f> {
                         idempotency_key: format!("{}:{seq}:{ai}", self.meta.execution_id),
                         rule: rule.id.clone(),
                         action: a.clone(),
+                        delivery: None,
                     });
                 }
                 (Arc::clone(&t.desc), t.target.clone())

@@ -1,0 +1,214 @@
+//! `call_webhook` actions and `http` master rules against a real HTTP receiver on 127.0.0.1:
+//! the receiver scores through the catalog rule, and gets one signed delivery per idempotency
+//! key, even when every stream record is delivered twice.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use rulestream_e2e::{Stack, new_id};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+
+#[derive(Debug, Clone)]
+struct Request {
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A minimal HTTP/1.1 receiver: answers `/score` with a rule answer and everything else with
+/// 200, recording every request.
+async fn receiver() -> (String, Arc<Mutex<Vec<Request>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    tokio::spawn(async move {
+        loop {
+            let Ok((sock, _)) = listener.accept().await else {
+                return;
+            };
+            let log = Arc::clone(&log);
+            tokio::spawn(async move {
+                let (r, mut w) = sock.into_split();
+                let mut r = BufReader::new(r);
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+                    let mut headers = Vec::new();
+                    loop {
+                        let mut h = String::new();
+                        if r.read_line(&mut h).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let h = h.trim_end();
+                        if h.is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = h.split_once(':') {
+                            headers.push((k.trim().to_string(), v.trim().to_string()));
+                        }
+                    }
+                    let len: usize = headers
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                        .and_then(|(_, v)| v.parse().ok())
+                        .unwrap_or(0);
+                    let mut body = vec![0; len];
+                    if r.read_exact(&mut body).await.is_err() {
+                        return;
+                    }
+                    let answer = if path == "/score" {
+                        json!({"outcome": "approve", "set": {"score": 7}}).to_string()
+                    } else {
+                        "{}".to_string()
+                    };
+                    log.lock().expect("lock").push(Request {
+                        path,
+                        headers,
+                        body,
+                    });
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
+                        answer.len()
+                    );
+                    if w.write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (base, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_signed_and_delivered_once_per_key_and_http_rules_answer() {
+    let stack = Stack::from_env().await;
+    let (base, seen) = receiver().await;
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let secrets = aws_sdk_secretsmanager::Client::new(&sdk);
+    let secret_id = format!("e2e/hook-key-{}", uuid::Uuid::new_v4());
+    secrets
+        .create_secret()
+        .name(&secret_id)
+        .secret_string("s3cr3t-signing-key")
+        .send()
+        .await
+        .expect("create secret");
+    // The http master rule, in the catalog; the epoch bump tells warm containers to reload it.
+    let rule_id = format!("e2e_score_{}", uuid::Uuid::new_v4().simple());
+    let rule = json!({"rule_id": rule_id, "version": 1, "kind": "http", "url": format!("{base}/score"),
+                      "description": "scores a request", "params": {"threshold": 5}});
+    stack
+        .ddb
+        .put_item()
+        .table_name(stack.table("catalog"))
+        .set_item(Some(serde_dynamo::to_item(&rule).expect("item")))
+        .send()
+        .await
+        .expect("put catalog rule");
+    let redis = redis::Client::open(std::env::var("REDIS_URL").expect("REDIS_URL")).expect("url");
+    let mut conn = redis
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let _: i64 = redis::cmd("INCR")
+        .arg(format!("{}:epoch", stack.prefix))
+        .query_async(&mut conn)
+        .await
+        .expect("bump epoch");
+
+    let flow_id = format!("hooks-{}", uuid::Uuid::new_v4().simple());
+    let flow = json!({"client_id": "e2e", "flow_id": flow_id, "version": 1,
+        "terminal_statuses": ["APPROVED", "DECLINED"],
+        "rules": [
+            {"id": "score", "use": rule_id,
+             "on": {"approve": {"next": true}, "decline": {"complete": "DECLINED"}},
+             "on_error": {"complete": "DECLINED", "reason": "scoring unavailable"}},
+            {"id": "notify", "when": "ctx.score > 5",
+             "on": {"true": {"complete": "APPROVED",
+                             "actions": [{"type": "call_webhook", "url": format!("{base}/hook"), "secret_id": secret_id},
+                                         {"type": "add_tag", "tag": "notified"}]}}}]});
+    stack.register_flow(&flow).await;
+
+    let once = new_id("hook-once");
+    let twice = new_id("hook-twice");
+    let row = |id: &str| json!({"execution_id": id, "seq": 0, "client_id": "e2e", "flow_id": flow_id, "input": {"amount": 10}});
+    stack.trigger(&stack.table("trigger"), &row(&once)).await;
+    stack
+        .trigger(&stack.table("trigger-dup"), &row(&twice))
+        .await;
+    let done = stack
+        .wait_all(&[once.clone(), twice.clone()], Duration::from_secs(120))
+        .await;
+    for id in [&once, &twice] {
+        let e = &done[id];
+        assert_eq!(e["status"], "APPROVED", "{e}");
+        assert_eq!(e["output"]["score"], json!(7));
+        assert_eq!(e["tags"], json!(["notified"]));
+    }
+
+    let seen = seen.lock().expect("lock").clone();
+    let scored: Vec<&Request> = seen.iter().filter(|r| r.path == "/score").collect();
+    let payload: Value = serde_json::from_slice(&scored[0].body).expect("json payload");
+    assert_eq!(payload["params"]["threshold"], json!(5));
+    assert_eq!(payload["input"]["amount"], json!(10));
+    assert!(payload["execution"]["id"].is_string());
+
+    for id in [&once, &twice] {
+        let hooks: Vec<&Request> = seen
+            .iter()
+            .filter(|r| {
+                r.path == "/hook"
+                    && r.header("idempotency-key")
+                        .is_some_and(|k| k.starts_with(id.as_str()))
+            })
+            .collect();
+        assert!(!hooks.is_empty(), "{id}: no delivery");
+        let key = format!("{id}:1:0");
+        for h in &hooks {
+            assert_eq!(
+                h.header("idempotency-key"),
+                Some(key.as_str()),
+                "one key per action"
+            );
+            let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"s3cr3t-signing-key").expect("key");
+            mac.update(&h.body);
+            let want: String = mac
+                .finalize()
+                .into_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            assert_eq!(
+                h.header("x-rulestream-signature"),
+                Some(format!("sha256={want}").as_str())
+            );
+            let body: Value = serde_json::from_slice(&h.body).expect("json body");
+            assert_eq!(body["status"], "APPROVED");
+            assert_eq!(body["idempotency_key"], json!(key));
+            assert!(
+                !String::from_utf8_lossy(&h.body).contains("s3cr3t"),
+                "the secret never travels"
+            );
+        }
+        if id == &once {
+            assert_eq!(hooks.len(), 1, "single delivery of the record: one POST");
+        }
+    }
+}
