@@ -87,7 +87,9 @@ start() {
 
   local end=$((SECONDS + DEADLINE_S))
   until port_open "$PORT"; do
-    alive_as lambda "$PATTERN" || fail "cargo lambda watch exited"
+    # kill -0, not the command-line check: right after the start the pid may still be the
+    # subshell on its way to exec cargo, whose command line does not say "lambda watch" yet.
+    kill -0 "$(pid_of lambda)" 2>/dev/null || fail "cargo lambda watch exited"
     ((SECONDS < end)) || fail "port $PORT not open after ${DEADLINE_S}s"
     sleep 0.5
   done
