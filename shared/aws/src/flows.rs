@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::Mutex;
 
+use crate::cache::TtlCache;
 use crate::config::Config;
 use crate::limiter::RedisLimiter;
 
@@ -59,7 +60,7 @@ pub struct AwsFlowSource {
     clients: Mutex<HashMap<(String, String), Cached<ClientFlow>>>,
     catalog: Mutex<Option<Cached<Arc<Catalog>>>>,
     flows: Mutex<HashMap<(String, String, u64), Arc<CompiledFlow>>>,
-    data: Mutex<HashMap<DataSource, (Value, Instant)>>,
+    data: TtlCache<DataSource, Value>,
 }
 
 impl AwsFlowSource {
@@ -83,7 +84,7 @@ impl AwsFlowSource {
             clients: Mutex::new(HashMap::new()),
             catalog: Mutex::new(None),
             flows: Mutex::new(HashMap::new()),
-            data: Mutex::new(HashMap::new()),
+            data: TtlCache::new(CLIENT_DATA_TTL),
         }
     }
 
@@ -298,10 +299,8 @@ impl FlowSource for AwsFlowSource {
     }
 
     async fn client_data(&self, source: &DataSource) -> Result<Value, StoreError> {
-        if let Some((v, at)) = self.data.lock().await.get(source)
-            && at.elapsed() < CLIENT_DATA_TTL
-        {
-            return Ok(v.clone());
+        if let Some(v) = self.data.get(source).await {
+            return Ok(v);
         }
         let assumed = self
             .sts
@@ -368,10 +367,7 @@ impl FlowSource for AwsFlowSource {
                 source.secret_id
             ))
         })?;
-        self.data
-            .lock()
-            .await
-            .insert(source.clone(), (value.clone(), Instant::now()));
+        self.data.put(source.clone(), value.clone()).await;
         Ok(value)
     }
 }

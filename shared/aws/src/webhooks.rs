@@ -1,14 +1,14 @@
 //! `call_webhook` deliveries and `http` master rules over HTTP, with an HMAC-SHA256 signature
 //! when the action names a secret (read from Secrets Manager, cached, never logged).
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use rulestream_core::ports::{Deliveries, Delivery, EffectError};
 use serde_json::Value;
 use sha2::Sha256;
-use tokio::sync::Mutex;
+
+use crate::cache::TtlCache;
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 const KEY_TTL: Duration = Duration::from_secs(300);
@@ -61,7 +61,7 @@ pub struct Http {
     egress: Egress,
     client: reqwest::Client,
     secrets: aws_sdk_secretsmanager::Client,
-    keys: Mutex<HashMap<String, (String, Instant)>>,
+    keys: TtlCache<String, String>,
 }
 
 /// `sha256=<hex>` of `body` under `key`.
@@ -92,15 +92,13 @@ impl Http {
             egress,
             client,
             secrets: aws_sdk_secretsmanager::Client::new(sdk),
-            keys: Mutex::new(HashMap::new()),
+            keys: TtlCache::new(KEY_TTL),
         })
     }
 
     async fn key(&self, secret_id: &str) -> Result<String, EffectError> {
-        if let Some((k, at)) = self.keys.lock().await.get(secret_id)
-            && at.elapsed() < KEY_TTL
-        {
-            return Ok(k.clone());
+        if let Some(k) = self.keys.get(secret_id).await {
+            return Ok(k);
         }
         let out = self
             .secrets
@@ -128,10 +126,7 @@ impl Http {
                 EffectError::Failed(format!("signing secret {secret_id} has no string value"))
             })?
             .to_string();
-        self.keys
-            .lock()
-            .await
-            .insert(secret_id.to_string(), (key.clone(), Instant::now()));
+        self.keys.put(secret_id.to_string(), key.clone()).await;
         Ok(key)
     }
 
