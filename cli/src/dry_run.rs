@@ -70,7 +70,7 @@ pub fn run(a: &Args) -> anyhow::Result<Outcome> {
             let errors: Vec<_> = v.errors().collect();
             println!(
                 "{}",
-                serde_json::to_string_pretty(&json!({"status": "INVALID", "errors": errors}))?
+                serde_json::to_string_pretty(&json!({"valid": false, "errors": errors}))?
             );
         } else {
             eprintln!("{} is not a valid flow:", a.flow.display());

@@ -90,7 +90,9 @@ fn bad_usage_and_missing_paths_exit_2_with_one_line() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("does not exist"), "{err}");
-    assert_eq!(rulestream(&["frobnicate"]).status.code(), Some(2));
+    let o = rulestream(&["frobnicate"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(String::from_utf8_lossy(&o.stderr).trim().lines().count(), 1);
     assert_eq!(rulestream(&["dry-run", "--flow"]).status.code(), Some(2));
 }
 

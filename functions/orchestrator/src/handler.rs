@@ -340,11 +340,19 @@ impl<F: FlowSource, S: ExecutionStore, E: Effects, D: Deliveries> Handler<F, S, 
             then,
             now: now_rfc3339(),
         };
-        let applied = self
-            .store
-            .commit(table, &commit)
-            .await
-            .map_err(|e| Retry(e.to_string()))?;
+        let applied = match self.store.commit(table, &commit).await {
+            Ok(applied) => applied,
+            Err(StoreError::Transient(e)) => return Err(Retry(e)),
+            // A write that can never succeed (e.g. the execution outgrew an item) ends it.
+            Err(e) => {
+                let why = format!(
+                    "cannot record step {} of rule `{}`: {e}",
+                    row.seq,
+                    commit.record.as_ref().map_or("", |r| r.rule.as_str())
+                );
+                return self.fail(table, commit.header.clone(), row.seq, why).await;
+            }
+        };
         let rec = result.record.as_ref();
         tracing::info!(
             execution_id = %row.execution_id,

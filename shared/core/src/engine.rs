@@ -127,10 +127,11 @@ impl CompiledFlow {
         }
         let gray_key = flow.gray_key.as_ref().and_then(|k| {
             let path = conditions::split_path(k);
-            if path.len() < 2 || !expr::ROOTS.contains(&path[0].as_str()) || path[0] == "now" {
+            // Only `input` is known when the version is picked at seq 0.
+            if path.len() < 2 || path[0] != "input" {
                 issues.push(issue(
                     "$.gray_key",
-                    format!("`{k}` must be a path under input, ctx, client or execution, e.g. input.user.id"),
+                    format!("`{k}` must be a path under input, e.g. input.user.id"),
                 ));
                 None
             } else {
@@ -283,6 +284,47 @@ fn compile_rule(
             None
         }
     };
+    if rule.use_rule.is_none() {
+        // `params` belongs to the master rule a `use` rule runs; anywhere else it is unbound.
+        let mut reads_params: Vec<String> = Vec::new();
+        if let Some(Decide::When(e)) = &decide
+            && e.paths().iter().any(|p| p[0] == "params")
+        {
+            reads_params.push(format!("{base}.when"));
+        }
+        for (gi, group) in rule.conditions.iter().flatten().enumerate() {
+            for (ci, c) in group.iter().enumerate() {
+                if c.field == "params" || c.field.starts_with("params.") {
+                    reads_params.push(format!("{base}.conditions[{gi}][{ci}].field"));
+                }
+            }
+        }
+        let transitions = rule
+            .on
+            .iter()
+            .map(|(k, t)| (format!("{base}.on{}", crate::validate::key_path(k)), t))
+            .chain(rule.default.iter().map(|t| (format!("{base}.default"), t)))
+            .chain(
+                rule.on_error
+                    .iter()
+                    .map(|t| (format!("{base}.on_error"), t)),
+            );
+        for (tpath, t) in transitions {
+            for (k, src) in &t.set {
+                if let Ok(e) = Expr::compile(src)
+                    && e.paths().iter().any(|p| p[0] == "params")
+                {
+                    reads_params.push(format!("{tpath}.set{}", crate::validate::key_path(k)));
+                }
+            }
+        }
+        for p in reads_params {
+            issues.push(issue(
+                &p,
+                "`params` is only available in a rule that `use`s a master rule".into(),
+            ));
+        }
+    }
     if rule.use_rule.is_none() && rule.params.is_some() {
         issues.push(issue(
             &format!("{base}.params"),
@@ -796,6 +838,20 @@ impl<'f> Session<'f> {
             },
         };
         let rule = &flow.flow.rules[idx];
+        if let Some(subset) = &self.subset
+            && let Some(unknown) = subset.iter().find(|r| !flow.index.contains_key(*r))
+        {
+            return StepResult {
+                record: None,
+                next: failed(
+                    format!(
+                        "the rules subset names `{unknown}`, which is not a rule of {}/{} v{}",
+                        flow.flow.client_id, flow.flow.flow_id, flow.flow.version
+                    ),
+                    None,
+                ),
+            };
+        }
         if steps_taken >= flow.flow.max_steps() {
             return StepResult {
                 record: None,
@@ -1039,14 +1095,14 @@ impl<'f> Session<'f> {
                 params,
                 params_cel,
             } => {
+                // Bound for this rule's expression and its transition's `set`.
+                self.cel
+                    .add_variable_from_value("params", params_cel.clone());
                 let answer = match (kind, expr) {
-                    (MasterKind::Cel, Some(e)) => {
-                        self.cel
-                            .add_variable_from_value("params", params_cel.clone());
-                        e.eval(&self.cel)
-                            .and_then(|v| outcome_of(&v))
-                            .map(|(o, r)| (o, r, Map::new()))
-                    }
+                    (MasterKind::Cel, Some(e)) => e
+                        .eval(&self.cel)
+                        .and_then(|v| outcome_of(&v))
+                        .map(|(o, r)| (o, r, Map::new())),
                     _ => {
                         let payload = json!({
                             "input": self.input,

@@ -28,6 +28,25 @@ pub const ROOTS: [&str; 7] = [
     "now",
 ];
 
+/// Names CEL itself defines: type names (`type(x) == int`) and function namespaces
+/// (`optional.of(x)`, `strings.quote(s)`).
+const BUILTIN_NAMES: [&str; 14] = [
+    "int",
+    "uint",
+    "double",
+    "bool",
+    "string",
+    "bytes",
+    "list",
+    "map",
+    "null_type",
+    "type",
+    "google",
+    "optional",
+    "strings",
+    "math",
+];
+
 /// The process-wide CEL environment (standard library plus the string extensions).
 pub fn env() -> &'static Arc<Env> {
     static ENV: OnceLock<Arc<Env>> = OnceLock::new();
@@ -238,7 +257,8 @@ fn collect_paths(
 ) {
     if let Some(path) = select_chain(e) {
         let root = &path[0];
-        if !bound.iter().any(|b| b == root) && !root.starts_with('@') {
+        let builtin = BUILTIN_NAMES.contains(&root.as_str());
+        if !builtin && !bound.iter().any(|b| b == root) && !root.starts_with('@') {
             if ROOTS.contains(&root.as_str()) {
                 paths.push(path);
             } else {
@@ -579,6 +599,20 @@ mod tests {
                 }
             ]
         );
+    }
+
+    #[test]
+    fn cel_builtin_names_are_not_unknown_variables() {
+        for src in [
+            "type(input.a) == int",
+            "optional.of(input.a).hasValue()",
+            "type(input.s) == string && type(input.m) == map",
+        ] {
+            assert!(Expr::compile(src).is_ok(), "{src}");
+        }
+        let ctx = cel::Context::with_env(Arc::clone(env()));
+        let e = Expr::compile("type(1) == int").expect("compiles");
+        assert_eq!(e.eval(&ctx), Ok(CelValue::Bool(true)));
     }
 
     #[test]

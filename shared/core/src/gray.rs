@@ -38,7 +38,9 @@ pub fn bucket(client_id: &str, flow_id: &str, key: &str) -> f64 {
 
 /// Whether `key` falls inside a gray share of `percent` (0–100).
 pub fn in_gray(client_id: &str, flow_id: &str, key: &str, percent: f64) -> bool {
-    f64::from(bucket_bp(client_id, flow_id, key)) < percent * 100.0
+    // `bucket < percent` exactly as documented: the bucket is a correctly rounded division, so
+    // a two-decimal percent such as 1.1 compares as written (1.1 * 100 would be 110.00000000000001).
+    bucket(client_id, flow_id, key) < percent
 }
 
 /// The flow-id salt used for a rule's own `gray.percent`.
@@ -68,6 +70,26 @@ mod tests {
 
     // Computed independently with Python: int.from_bytes(sha256(material).digest()[:8], "big") % 10000
     const GOLDEN: [u32; 5] = [3269, 1933, 8317, 7543, 9934];
+
+    #[test]
+    fn two_decimal_percents_compare_exactly() {
+        // Find keys sitting exactly on a boundary and check `bucket < percent` holds as written.
+        let mut checked = 0;
+        for i in 0..200_000 {
+            let k = format!("k{i}");
+            let bp = bucket_bp("c", "f", &k);
+            if bp == 110 || bp == 7 || bp == 415 {
+                let pct = f64::from(bp) / 100.0;
+                assert!(
+                    !in_gray("c", "f", &k, pct),
+                    "bucket {bp} is not below {pct}"
+                );
+                assert!(in_gray("c", "f", &k, pct + 0.01));
+                checked += 1;
+            }
+        }
+        assert!(checked > 10);
+    }
 
     #[test]
     fn edges_of_percent() {

@@ -398,13 +398,18 @@ fn check_flow(flow: &Flow, out: &mut Vec<Finding>) {
             }
         }
     }
-    if let Some(pct) = flow.default_status.as_deref()
-        && pct.is_empty()
-    {
-        out.push(error(
-            "$.default_status",
-            "default_status must not be empty",
-        ));
+    if let Some(status) = flow.default_status.as_deref() {
+        if status.is_empty() {
+            out.push(error(
+                "$.default_status",
+                "default_status must not be empty",
+            ));
+        } else if status == crate::model::FAILED || status == "RUNNING" {
+            out.push(error(
+                "$.default_status",
+                format!("`{status}` is reserved by rulestream"),
+            ));
+        }
     }
     for (i, s) in flow.terminal_statuses.iter().enumerate() {
         if s == crate::model::FAILED || s == "RUNNING" {
