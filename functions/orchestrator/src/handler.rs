@@ -17,7 +17,7 @@ use rulestream_core::execution::{ExecutionHeader, Finish, StepCommit, Then, Trig
 use rulestream_core::model::ActionType;
 use rulestream_core::model::FAILED;
 use rulestream_core::ports::{
-    Deliveries, Delivery, Effects, ExecutionStore, FlowSource, StoreError,
+    Deliveries, Delivery, Effects, ExecutionStore, FlowSource, StepLedger, StoreError,
 };
 use serde_json::{Map, Value};
 
@@ -27,7 +27,7 @@ use serde_json::{Map, Value};
 pub struct Retry(pub String);
 
 /// The handler, with only the capabilities it needs.
-pub struct Handler<F, S, E, D> {
+pub struct Handler<F, S, E, D, L> {
     /// Flows, releases and client data.
     pub flows: F,
     /// Executions and trigger rows.
@@ -36,6 +36,8 @@ pub struct Handler<F, S, E, D> {
     pub effects: E,
     /// Webhook deliveries.
     pub deliveries: D,
+    /// Which steps are already recorded (recognises redeliveries before their side effects).
+    pub ledger: L,
     /// The trigger table, when a record does not name its own.
     pub default_trigger_table: String,
     /// Lifetime of trigger rows, seconds.
@@ -52,7 +54,9 @@ fn now_rfc3339() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-impl<F: FlowSource, S: ExecutionStore, E: Effects, D: Deliveries> Handler<F, S, E, D> {
+impl<F: FlowSource, S: ExecutionStore, E: Effects, D: Deliveries, L: StepLedger>
+    Handler<F, S, E, D, L>
+{
     /// Handles a batch: records run concurrently (each is one execution's step); the response
     /// lists the records to retry.
     pub async fn handle(&self, event: Event) -> DynamoDbEventResponse {
@@ -145,6 +149,10 @@ impl<F: FlowSource, S: ExecutionStore, E: Effects, D: Deliveries> Handler<F, S, 
 
     async fn step(&self, table: &str, row: TriggerRow) -> Result<(), Retry> {
         let started = std::time::Instant::now();
+        if self.ledger.recorded(&row.execution_id, row.seq).await {
+            tracing::info!(execution_id = %row.execution_id, seq = row.seq, "redelivered step skipped");
+            return Ok(());
+        }
         let mut header = ExecutionHeader {
             execution_id: row.execution_id.clone(),
             client_id: row.client_id.clone(),
@@ -341,7 +349,10 @@ impl<F: FlowSource, S: ExecutionStore, E: Effects, D: Deliveries> Handler<F, S, 
             now: now_rfc3339(),
         };
         let applied = match self.store.commit(table, &commit).await {
-            Ok(applied) => applied,
+            Ok(applied) => {
+                self.ledger.remember(&row.execution_id, row.seq).await;
+                applied
+            }
             Err(StoreError::Transient(e)) => return Err(Retry(e)),
             // A write that can never succeed (e.g. the execution outgrew an item) ends it.
             Err(e) => {
@@ -514,7 +525,23 @@ mod tests {
         }
     }
 
-    type H = Handler<Flows, Store, DryRun, Hooks>;
+    /// An in-memory ledger.
+    #[derive(Default)]
+    struct Ledger(Mutex<std::collections::HashSet<(String, u64)>>);
+
+    impl StepLedger for Ledger {
+        async fn recorded(&self, id: &str, seq: u64) -> bool {
+            self.0
+                .lock()
+                .expect("lock")
+                .contains(&(id.to_string(), seq))
+        }
+        async fn remember(&self, id: &str, seq: u64) {
+            self.0.lock().expect("lock").insert((id.to_string(), seq));
+        }
+    }
+
+    type H = Handler<Flows, Store, DryRun, Hooks, Ledger>;
 
     fn handler(enabled: bool) -> H {
         let mut flows = Flows::default();
@@ -548,6 +575,7 @@ mod tests {
             store: Store::default(),
             effects: DryRun,
             deliveries: Hooks::default(),
+            ledger: Ledger::default(),
             default_trigger_table: "t".into(),
             trigger_ttl_secs: 60,
         }
@@ -608,6 +636,13 @@ mod tests {
                 pollster::block_on(h.handle(event(&[first])));
             }
             drain(&h, twice);
+            if twice {
+                // The ledger recognised the repeats: the webhook went out once.
+                assert_eq!(
+                    *h.deliveries.sent.lock().expect("lock"),
+                    vec!["x1:1:0".to_string()]
+                );
+            }
             let (seq, st, trace, _) = status(&h, "x1");
             assert_eq!(st, "OK");
             assert_eq!(trace, vec!["a=true", "b=true"]);

@@ -31,7 +31,8 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let handler = Arc::new(handler::Handler {
         flows: AwsFlowSource::new(cfg.clone(), &sdk, Arc::clone(&limiter)),
         store: DynamoExecutions::new(aws_sdk_dynamodb::Client::new(&sdk), &cfg.executions_table),
-        effects: AwsEffects::new(limiter, Arc::clone(&http)),
+        effects: AwsEffects::new(Arc::clone(&limiter), Arc::clone(&http)),
+        ledger: limiter,
         deliveries: http,
         default_trigger_table: cfg.trigger_table.clone(),
         trigger_ttl_secs: i64::try_from(cfg.trigger_ttl.as_secs()).unwrap_or(i64::MAX),

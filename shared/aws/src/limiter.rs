@@ -108,6 +108,10 @@ impl RedisLimiter {
         }
     }
 
+    fn done_key(&self, execution_id: &str, seq: u64) -> String {
+        format!("{}:done:{execution_id}:{seq}", self.prefix)
+    }
+
     /// The config epoch (bumped by the release bridge on every applied release).
     pub async fn epoch(&self) -> Result<u64, RedisError> {
         let mut c = self.connection().await?;
@@ -121,6 +125,44 @@ impl RedisLimiter {
                 self.forget().await;
                 Err(RedisError(e.to_string()))
             }
+        }
+    }
+}
+
+/// How long a recorded step is remembered: well past the stream's retry window.
+const DONE_TTL_SECS: u64 = 3 * 3600;
+
+impl rulestream_core::ports::StepLedger for RedisLimiter {
+    async fn recorded(&self, execution_id: &str, seq: u64) -> bool {
+        let Ok(mut c) = self.connection().await else {
+            return false;
+        };
+        let r: Result<Option<String>, _> = redis::cmd("GET")
+            .arg(self.done_key(execution_id, seq))
+            .query_async(&mut c)
+            .await;
+        match r {
+            Ok(v) => v.is_some(),
+            Err(_) => {
+                self.forget().await;
+                false
+            }
+        }
+    }
+
+    async fn remember(&self, execution_id: &str, seq: u64) {
+        let Ok(mut c) = self.connection().await else {
+            return;
+        };
+        let r: Result<(), _> = redis::cmd("SET")
+            .arg(self.done_key(execution_id, seq))
+            .arg("1")
+            .arg("EX")
+            .arg(DONE_TTL_SECS)
+            .query_async(&mut c)
+            .await;
+        if r.is_err() {
+            self.forget().await;
         }
     }
 }

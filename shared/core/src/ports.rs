@@ -153,3 +153,25 @@ impl<T: Deliveries + Send + Sync> Deliveries for std::sync::Arc<T> {
         (**self).deliver(delivery)
     }
 }
+
+/// Remembers which steps were recorded, so a redelivered stream record is recognised before it
+/// runs its side effects again (rate-limit tokens, `http` rules, webhooks). A cache, not the
+/// source of truth: the conditional write still decides, and when the ledger cannot answer the
+/// step simply runs.
+pub trait StepLedger: Sync {
+    /// Whether step `seq` of `execution_id` is known to be recorded.
+    fn recorded(&self, execution_id: &str, seq: u64) -> impl Future<Output = bool> + Send;
+
+    /// Notes that step `seq` of `execution_id` is recorded.
+    fn remember(&self, execution_id: &str, seq: u64) -> impl Future<Output = ()> + Send;
+}
+
+impl<T: StepLedger + Send + Sync> StepLedger for std::sync::Arc<T> {
+    fn recorded(&self, execution_id: &str, seq: u64) -> impl Future<Output = bool> + Send {
+        (**self).recorded(execution_id, seq)
+    }
+
+    fn remember(&self, execution_id: &str, seq: u64) -> impl Future<Output = ()> + Send {
+        (**self).remember(execution_id, seq)
+    }
+}
