@@ -337,31 +337,13 @@ impl FlowSource for AwsFlowSource {
             .credentials_provider(provider)
             .build();
         let sm = aws_sdk_secretsmanager::Client::from_conf(sm_conf);
-        let secret = sm
-            .get_secret_value()
-            .secret_id(&source.secret_id)
-            .send()
+        let text = crate::secrets::secret_string(&sm, &source.secret_id)
             .await
-            .map_err(|e| {
-                let missing = e
-                    .as_service_error()
-                    .is_some_and(|se| se.is_resource_not_found_exception());
-                // The error names the secret id only: never its value.
-                let msg = format!(
-                    "cannot read secret {}: {}",
-                    source.secret_id,
-                    aws_sdk_secretsmanager::error::DisplayErrorContext(&e)
-                );
-                if missing {
-                    StoreError::NotFound(msg)
-                } else {
-                    StoreError::Transient(msg)
-                }
+            .map_err(|e| match e {
+                crate::secrets::SecretError::Missing(m) => StoreError::NotFound(m),
+                crate::secrets::SecretError::Unavailable(m) => StoreError::Transient(m),
             })?;
-        let text = secret.secret_string().ok_or_else(|| {
-            StoreError::Invalid(format!("secret {} has no string value", source.secret_id))
-        })?;
-        let value: Value = serde_json::from_str(text).map_err(|_| {
+        let value: Value = serde_json::from_str(&text).map_err(|_| {
             StoreError::Invalid(format!(
                 "secret {} is not a JSON document",
                 source.secret_id

@@ -10,6 +10,7 @@ pub mod dynamo;
 pub mod effects;
 pub mod flows;
 pub mod limiter;
+pub mod secrets;
 pub mod webhooks;
 
 pub use config::Config;

@@ -100,32 +100,12 @@ impl Http {
         if let Some(k) = self.keys.get(secret_id).await {
             return Ok(k);
         }
-        let out = self
-            .secrets
-            .get_secret_value()
-            .secret_id(secret_id)
-            .send()
+        let key = crate::secrets::secret_string(&self.secrets, secret_id)
             .await
-            .map_err(|e| {
-                let missing = e
-                    .as_service_error()
-                    .is_some_and(|se| se.is_resource_not_found_exception());
-                let msg = format!(
-                    "signing secret {secret_id}: {}",
-                    aws_sdk_secretsmanager::error::DisplayErrorContext(&e)
-                );
-                if missing {
-                    EffectError::Failed(msg)
-                } else {
-                    EffectError::Unavailable(msg)
-                }
+            .map_err(|e| match e {
+                crate::secrets::SecretError::Missing(m) => EffectError::Failed(m),
+                crate::secrets::SecretError::Unavailable(m) => EffectError::Unavailable(m),
             })?;
-        let key = out
-            .secret_string()
-            .ok_or_else(|| {
-                EffectError::Failed(format!("signing secret {secret_id} has no string value"))
-            })?
-            .to_string();
         self.keys.put(secret_id.to_string(), key.clone()).await;
         Ok(key)
     }
