@@ -142,11 +142,22 @@ fn step_update(c: &StepCommit) -> Result<(String, HashMap<String, String>, Item)
     Ok((format!("SET {}", set.join(", ")), names, values))
 }
 
-fn transient<E: std::error::Error + 'static, R: std::fmt::Debug>(e: &SdkError<E, R>) -> StoreError {
-    StoreError::Transient(format!(
-        "dynamodb: {}",
+/// A failed call: a `ValidationException` (e.g. an item over 400 KB) will fail again, so it is
+/// `Invalid`; anything else may pass on a retry.
+pub(crate) fn store_error<E, R>(what: &str, e: &SdkError<E, R>) -> StoreError
+where
+    E: std::error::Error + aws_sdk_dynamodb::error::ProvideErrorMetadata + 'static,
+    R: std::fmt::Debug,
+{
+    let msg = format!(
+        "{what}: {}",
         aws_sdk_dynamodb::error::DisplayErrorContext(e)
-    ))
+    );
+    if e.as_service_error().and_then(|se| se.code()) == Some("ValidationException") {
+        StoreError::Invalid(msg)
+    } else {
+        StoreError::Transient(msg)
+    }
 }
 
 fn is_conditional_failure(debug: &str) -> bool {
@@ -192,7 +203,7 @@ impl ExecutionStore for DynamoExecutions {
                     .send()
                     .await
                     .map(|_| ())
-                    .map_err(|e| (format!("{e:?}"), transient(&e)))
+                    .map_err(|e| (format!("{e:?}"), store_error("dynamodb", &e)))
             } else if let Some(u) = exec_write.update() {
                 self.client
                     .update_item()
@@ -205,7 +216,7 @@ impl ExecutionStore for DynamoExecutions {
                     .send()
                     .await
                     .map(|_| ())
-                    .map_err(|e| (format!("{e:?}"), transient(&e)))
+                    .map_err(|e| (format!("{e:?}"), store_error("dynamodb", &e)))
             } else {
                 Ok(())
             };
@@ -234,7 +245,34 @@ impl ExecutionStore for DynamoExecutions {
         {
             Ok(_) => Ok(true),
             Err(e) if is_conditional_failure(&format!("{e:?}")) => Ok(false),
-            Err(e) => Err(transient(&e)),
+            Err(e) => Err(store_error("dynamodb", &e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_dynamodb::config::http::HttpResponse;
+    use aws_sdk_dynamodb::error::ErrorMetadata;
+    use aws_sdk_dynamodb::operation::put_item::PutItemError;
+    use aws_smithy_types::body::SdkBody;
+
+    fn service_error(code: &str) -> SdkError<PutItemError, HttpResponse> {
+        let err = PutItemError::generic(ErrorMetadata::builder().code(code).message("m").build());
+        let status = aws_smithy_runtime_api::http::StatusCode::try_from(400).expect("status");
+        SdkError::service_error(err, HttpResponse::new(status, SdkBody::empty()))
+    }
+
+    #[test]
+    fn validation_errors_are_permanent_and_others_retry() {
+        assert!(matches!(
+            store_error("t", &service_error("ValidationException")),
+            StoreError::Invalid(_)
+        ));
+        assert!(matches!(
+            store_error("t", &service_error("ProvisionedThroughputExceededException")),
+            StoreError::Transient(_)
+        ));
     }
 }

@@ -117,12 +117,7 @@ impl AwsFlowSource {
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await
-                .map_err(|e| {
-                    StoreError::Transient(format!(
-                        "catalog scan: {}",
-                        aws_sdk_dynamodb::error::DisplayErrorContext(&e)
-                    ))
-                })?;
+                .map_err(|e| crate::dynamo::store_error("catalog scan", &e))?;
             for item in out.items() {
                 let rule: MasterRule = serde_dynamo::from_item(item.clone()).map_err(|e| {
                     StoreError::Invalid(format!("catalog table holds an invalid rule: {e}"))
@@ -165,12 +160,7 @@ impl FlowSource for AwsFlowSource {
             .key("flow_id", AttributeValue::S(flow_id.to_string()))
             .send()
             .await
-            .map_err(|e| {
-                StoreError::Transient(format!(
-                    "clients table: {}",
-                    aws_sdk_dynamodb::error::DisplayErrorContext(&e)
-                ))
-            })?;
+            .map_err(|e| crate::dynamo::store_error("clients table", &e))?;
         let Some(item) = out.item else {
             return Err(StoreError::NotFound(format!(
                 "no client `{client_id}` with flow `{flow_id}` is registered"

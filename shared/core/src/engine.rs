@@ -284,47 +284,6 @@ fn compile_rule(
             None
         }
     };
-    if rule.use_rule.is_none() {
-        // `params` belongs to the master rule a `use` rule runs; anywhere else it is unbound.
-        let mut reads_params: Vec<String> = Vec::new();
-        if let Some(Decide::When(e)) = &decide
-            && e.paths().iter().any(|p| p[0] == "params")
-        {
-            reads_params.push(format!("{base}.when"));
-        }
-        for (gi, group) in rule.conditions.iter().flatten().enumerate() {
-            for (ci, c) in group.iter().enumerate() {
-                if c.field == "params" || c.field.starts_with("params.") {
-                    reads_params.push(format!("{base}.conditions[{gi}][{ci}].field"));
-                }
-            }
-        }
-        let transitions = rule
-            .on
-            .iter()
-            .map(|(k, t)| (format!("{base}.on{}", crate::validate::key_path(k)), t))
-            .chain(rule.default.iter().map(|t| (format!("{base}.default"), t)))
-            .chain(
-                rule.on_error
-                    .iter()
-                    .map(|t| (format!("{base}.on_error"), t)),
-            );
-        for (tpath, t) in transitions {
-            for (k, src) in &t.set {
-                if let Ok(e) = Expr::compile(src)
-                    && e.paths().iter().any(|p| p[0] == "params")
-                {
-                    reads_params.push(format!("{tpath}.set{}", crate::validate::key_path(k)));
-                }
-            }
-        }
-        for p in reads_params {
-            issues.push(issue(
-                &p,
-                "`params` is only available in a rule that `use`s a master rule".into(),
-            ));
-        }
-    }
     if rule.use_rule.is_none() && rule.params.is_some() {
         issues.push(issue(
             &format!("{base}.params"),
@@ -350,6 +309,46 @@ fn compile_rule(
     let on_error = rule.on_error.as_ref().and_then(|t| {
         compile_transition(flow, t, &format!("{base}.on_error"), index, tries, issues)
     });
+    if rule.use_rule.is_none() {
+        // `params` belongs to the master rule a `use` rule runs; anywhere else it is unbound.
+        let reads = |e: &Expr| e.paths().iter().any(|p| p[0] == "params");
+        let mut reads_params: Vec<String> = Vec::new();
+        if let Some(Decide::When(e)) = &decide
+            && reads(e)
+        {
+            reads_params.push(format!("{base}.when"));
+        }
+        for (gi, group) in rule.conditions.iter().flatten().enumerate() {
+            for (ci, c) in group.iter().enumerate() {
+                if c.field == "params" || c.field.starts_with("params.") {
+                    reads_params.push(format!("{base}.conditions[{gi}][{ci}].field"));
+                }
+            }
+        }
+        // The transitions' `set` expressions, as compiled above.
+        let compiled = rule
+            .on
+            .keys()
+            .filter_map(|k| {
+                on.get(k)
+                    .map(|t| (format!("{base}.on{}", crate::validate::key_path(k)), t))
+            })
+            .chain(default.iter().map(|t| (format!("{base}.default"), t)))
+            .chain(on_error.iter().map(|t| (format!("{base}.on_error"), t)));
+        for (tpath, t) in compiled {
+            for (k, e) in &t.set {
+                if reads(e) {
+                    reads_params.push(format!("{tpath}.set{}", crate::validate::key_path(k)));
+                }
+            }
+        }
+        for p in reads_params {
+            issues.push(issue(
+                &p,
+                "`params` is only available in a rule that `use`s a master rule".into(),
+            ));
+        }
+    }
     if issues.len() > before {
         return None;
     }
