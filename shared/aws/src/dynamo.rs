@@ -271,7 +271,10 @@ mod tests {
             StoreError::Invalid(_)
         ));
         assert!(matches!(
-            store_error("t", &service_error("ProvisionedThroughputExceededException")),
+            store_error(
+                "t",
+                &service_error("ProvisionedThroughputExceededException")
+            ),
             StoreError::Transient(_)
         ));
     }
