@@ -5,6 +5,9 @@
 #      (scripts/sam-translate.py), and cfn-lint checks that, errors and warnings. Step 1 alone lets
 #      through e.g. an unknown property in a function's event, a !GetAtt of a missing resource in
 #      Policies, or an IAM action that does not exist (cfn-lint skips those checks on SAM input).
+#   3. scripts/check-policies.py on that same generated CloudFormation: least privilege of the
+#      roles and the client writer policy, Redis TLS + AUTH, TTL and indexes of the tables; then
+#      its --self-test, which breaks the policies on purpose and expects each break caught.
 # Usage: scripts/check-template.sh [TEMPLATE]   (default: template.yaml at the repo root)
 # First run installs aws-sam-cli and cfn-lint (`bash localstack/install.sh sam`, ~1 min).
 set -euo pipefail
@@ -46,5 +49,13 @@ if ((rc & ~8)); then
   say "FAILED: findings above are in the generated CloudFormation, kept at $out"
   exit 1
 fi
+
+say "least-privilege checks of the generated CloudFormation (scripts/check-policies.py)"
+for mode in "" --self-test; do
+  if ! "$RULESTREAM_SAM_VENV/bin/python" "$ROOT/scripts/check-policies.py" ${mode:+"$mode"} "$out"; then
+    say "FAILED: check-policies.py${mode:+ $mode} (above), on the generated CloudFormation kept at $out"
+    exit 1
+  fi
+done
 rm -f "$out"
 say "OK"

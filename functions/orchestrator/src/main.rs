@@ -1,5 +1,5 @@
 //! Orchestrator Lambda: wires the adapters at cold start and hands each stream batch to
-//! [`handler::Handler`].
+//! [`handler::handle`].
 #![forbid(unsafe_code)]
 
 mod handler;
@@ -9,38 +9,34 @@ use std::sync::Arc;
 use aws_lambda_events::event::dynamodb::Event;
 use aws_lambda_events::event::streams::DynamoDbEventResponse;
 use lambda_runtime::{LambdaEvent, service_fn};
-use rulestream_aws::{
-    AwsEffects, AwsFlowSource, Config, DynamoExecutions, Egress, Http, RedisLimiter,
-};
+use rulestream_aws::{AwsEffects, AwsFlowSource, Config, DynamoJournal, Egress, Http, StateSealer};
+use rulestream_core::chain::Chain;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_current_span(false)
-        .without_time()
-        .init();
+    rulestream_aws::init_logging();
     let cfg = Config::from_env()?;
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let limiter = Arc::new(RedisLimiter::new(cfg.redis_url.as_deref(), &cfg.prefix)?);
+    let limiter = Arc::new(rulestream_aws::redis_from_config(&cfg, &sdk).await?);
     let http = Arc::new(Http::new(&sdk, Egress::parse(cfg.egress_allow.as_deref()))?);
-    let handler = Arc::new(handler::Handler {
+    let chain = Arc::new(Chain {
         flows: AwsFlowSource::new(cfg.clone(), &sdk, Arc::clone(&limiter)),
-        store: DynamoExecutions::new(aws_sdk_dynamodb::Client::new(&sdk), &cfg.executions_table),
+        journal: DynamoJournal::new(
+            aws_sdk_dynamodb::Client::new(&sdk),
+            &cfg.executions_table,
+            &cfg.steps_table,
+        ),
         effects: AwsEffects::new(Arc::clone(&limiter), Arc::clone(&http)),
-        ledger: limiter,
         deliveries: http,
-        default_trigger_table: cfg.trigger_table.clone(),
-        trigger_ttl_secs: i64::try_from(cfg.trigger_ttl.as_secs()).unwrap_or(i64::MAX),
+        sealer: StateSealer::from_secret(&sdk, &cfg.state_key_secret),
+        settings: cfg.chain_settings(),
     });
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Event>| {
-        let handler = Arc::clone(&handler);
+        let chain = Arc::clone(&chain);
         async move {
-            Ok::<DynamoDbEventResponse, lambda_runtime::Error>(handler.handle(event.payload).await)
+            Ok::<DynamoDbEventResponse, lambda_runtime::Error>(
+                handler::handle(&chain, event.payload).await,
+            )
         }
     }))
     .await

@@ -24,14 +24,30 @@ pub struct Config {
     pub trigger_table: String,
     /// `<prefix>-executions`.
     pub executions_table: String,
+    /// `<prefix>-steps`.
+    pub steps_table: String,
     /// `<prefix>-clients`.
     pub clients_table: String,
     /// `<prefix>-catalog`.
     pub catalog_table: String,
     /// `<prefix>-configs`.
     pub bucket: String,
-    /// `REDIS_URL`; without it, rate-limited rules behave as if Redis were down.
+    /// `REDIS_URL` (`rediss://` for TLS); without it, rate-limited rules behave as if Redis
+    /// were down.
     pub redis_url: Option<String>,
+    /// `REDIS_CA_FILE`: PEM of the CA that signed Redis's certificate (else the system roots).
+    pub redis_ca_file: Option<String>,
+    /// `REDIS_AUTH_SECRET`: Secrets Manager id of Redis's AUTH token.
+    pub redis_auth_secret: Option<String>,
+    /// `RULESTREAM_STATE_KEY_SECRET` (default `<prefix>-system/state-key`): the key that seals
+    /// the state carried between hops.
+    pub state_key_secret: String,
+    /// How long summaries and steps are kept (`RULESTREAM_RETENTION_DAYS`, default 90).
+    pub retention: Duration,
+    /// No progress for this long ends an execution `FAILED` (`RULESTREAM_STALL_SECS`, 900).
+    pub stall: Duration,
+    /// Waits before delivery attempts 2..8, ms (`RULESTREAM_DELIVERY_BACKOFF_MS`, comma list).
+    pub delivery_backoff_ms: Vec<i64>,
     /// How long trigger rows live (`RULESTREAM_TRIGGER_TTL_DAYS`, default 7).
     pub trigger_ttl: Duration,
     /// Hosts webhooks and `http` master rules may call (`RULESTREAM_EGRESS_ALLOW`).
@@ -42,6 +58,19 @@ pub struct Config {
 }
 
 impl Config {
+    /// The step loop's knobs.
+    pub fn chain_settings(&self) -> rulestream_core::chain::Settings {
+        let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+        rulestream_core::chain::Settings {
+            trigger_table: self.trigger_table.clone(),
+            trigger_ttl_secs: secs(self.trigger_ttl),
+            retention_secs: secs(self.retention),
+            delivery_backoff_ms: self.delivery_backoff_ms.clone(),
+            delivery_lease_ms: 30_000,
+            stall_secs: secs(self.stall),
+        }
+    }
+
     /// Reads the configuration from the environment.
     pub fn from_env() -> Result<Config, ConfigError> {
         Config::from_lookup(|k| std::env::var(k).ok())
@@ -72,10 +101,30 @@ impl Config {
         Ok(Config {
             trigger_table: format!("{prefix}-trigger"),
             executions_table: format!("{prefix}-executions"),
+            steps_table: format!("{prefix}-steps"),
             clients_table: format!("{prefix}-clients"),
             catalog_table: format!("{prefix}-catalog"),
             bucket: format!("{prefix}-configs"),
             redis_url: get("REDIS_URL").filter(|u| !u.is_empty()),
+            redis_ca_file: get("REDIS_CA_FILE").filter(|u| !u.is_empty()),
+            redis_auth_secret: get("REDIS_AUTH_SECRET").filter(|u| !u.is_empty()),
+            state_key_secret: get("RULESTREAM_STATE_KEY_SECRET")
+                .filter(|u| !u.is_empty())
+                .unwrap_or_else(|| format!("{prefix}-system/state-key")),
+            retention: Duration::from_secs(num("RULESTREAM_RETENTION_DAYS", 90)? * 86_400),
+            stall: Duration::from_secs(num("RULESTREAM_STALL_SECS", 900)?),
+            delivery_backoff_ms: match get("RULESTREAM_DELIVERY_BACKOFF_MS").filter(|v| !v.trim().is_empty()) {
+                None => rulestream_core::chain::Settings::default().delivery_backoff_ms,
+                Some(v) => v
+                    .split(',')
+                    .map(|x| x.trim().parse::<i64>().ok().filter(|n| *n >= 0))
+                    .collect::<Option<Vec<i64>>>()
+                    .filter(|l| !l.is_empty())
+                    .ok_or_else(|| ConfigError::Invalid {
+                        name: "RULESTREAM_DELIVERY_BACKOFF_MS",
+                        message: format!("`{v}` is not a comma-separated list of milliseconds"),
+                    })?,
+            },
             egress_allow: get("RULESTREAM_EGRESS_ALLOW"),
             trigger_ttl: Duration::from_secs(num("RULESTREAM_TRIGGER_TTL_DAYS", 7)? * 86_400),
             config_ttl: Duration::from_secs(num("RULESTREAM_CONFIG_TTL_SECS", 30)?),
@@ -94,6 +143,13 @@ mod tests {
         assert_eq!(c.trigger_table, "rulestream-trigger");
         assert_eq!(c.bucket, "rulestream-configs");
         assert!(c.redis_url.is_none());
+        assert_eq!(c.steps_table, "rulestream-steps");
+        assert_eq!(c.state_key_secret, "rulestream-system/state-key");
+        assert_eq!(c.chain_settings().delivery_backoff_ms.len(), 7);
+        let c = Config::from_lookup(|k| (k == "RULESTREAM_DELIVERY_BACKOFF_MS").then(|| "1, 2".into()))
+            .expect("backoff");
+        assert_eq!(c.delivery_backoff_ms, vec![1, 2]);
+        assert!(Config::from_lookup(|k| (k == "RULESTREAM_DELIVERY_BACKOFF_MS").then(|| "1,x".into())).is_err());
         let c = Config::from_lookup(|k| match k {
             "RULESTREAM_PREFIX" => Some("acme".into()),
             "REDIS_URL" => Some("redis://127.0.0.1:6390".into()),

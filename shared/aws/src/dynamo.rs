@@ -1,145 +1,60 @@
-//! The executions and trigger tables: one step committed in one conditional write.
+//! The executions summary, the steps table and the trigger table on DynamoDB: the core's
+//! [`Journal`].
 //!
-//! Layout (SPEC section 3). The executions item keeps `seq` as the seq of the next row to run;
-//! every commit is conditional on it, so a redelivered record (same seq) changes nothing. A
-//! continuing step is one `TransactWriteItems` (append the trace line + put row seq+1, itself
-//! conditional on not existing); a final step is one conditional write of the executions item.
+//! Layout (SPEC section 3): `<prefix>-executions` holds one summary per execution, written at the
+//! start and at the end (sparse index `running` while it runs; index `by-client` for listing);
+//! `<prefix>-steps` one small item per step (sparse index `pending` while a delivery is due);
+//! trigger rows seq n+1 are put with `attribute_not_exists`. No transaction: every write is one
+//! conditional single-item write, and the loop reads back what is there when a condition fails.
+
+use std::collections::HashMap;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
-use rulestream_core::execution::{StepCommit, Then, TriggerRow};
-use rulestream_core::ports::{ExecutionStore, StoreError};
-use serde_json::{Value, json};
-use std::collections::HashMap;
+use aws_sdk_dynamodb::types::AttributeValue;
+use rulestream_core::ports::{Journal, StoreError};
+use serde_json::Value;
 
-/// Executions and trigger rows on DynamoDB.
+/// Summaries, steps and trigger rows on DynamoDB.
 #[derive(Clone)]
-pub struct DynamoExecutions {
+pub struct DynamoJournal {
     client: Client,
     executions_table: String,
+    steps_table: String,
 }
 
 type Item = HashMap<String, AttributeValue>;
 
-impl DynamoExecutions {
-    /// An adapter writing to `executions_table` (the trigger table comes with each commit).
-    pub fn new(client: Client, executions_table: &str) -> DynamoExecutions {
-        DynamoExecutions {
+impl DynamoJournal {
+    /// An adapter over `executions_table` and `steps_table` (trigger tables come with each row).
+    pub fn new(client: Client, executions_table: &str, steps_table: &str) -> DynamoJournal {
+        DynamoJournal {
             client,
             executions_table: executions_table.to_string(),
+            steps_table: steps_table.to_string(),
         }
     }
 }
 
-fn av<T: serde::Serialize>(v: &T) -> Result<AttributeValue, StoreError> {
-    serde_dynamo::to_attribute_value(v)
-        .map_err(|e| StoreError::Invalid(format!("cannot encode: {e}")))
+fn to_item(v: &Value) -> Result<Item, StoreError> {
+    serde_dynamo::to_item(v).map_err(|e| StoreError::Invalid(format!("cannot encode item: {e}")))
 }
 
-/// Encodes a trigger row.
-pub fn trigger_item(row: &TriggerRow) -> Result<Item, StoreError> {
-    serde_dynamo::to_item(row)
-        .map_err(|e| StoreError::Invalid(format!("cannot encode trigger row: {e}")))
+fn from_item(i: Item) -> Result<Value, StoreError> {
+    serde_dynamo::from_item(i).map_err(|e| StoreError::Invalid(format!("cannot decode item: {e}")))
+}
+
+fn av(v: &Value) -> Result<AttributeValue, StoreError> {
+    serde_dynamo::to_attribute_value(v)
+        .map_err(|e| StoreError::Invalid(format!("cannot encode: {e}")))
 }
 
 fn s(v: &str) -> AttributeValue {
     AttributeValue::S(v.to_string())
 }
 
-fn n(v: u64) -> AttributeValue {
+fn n<T: ToString>(v: T) -> AttributeValue {
     AttributeValue::N(v.to_string())
-}
-
-/// The full executions item written at seq 0.
-fn first_item(c: &StepCommit) -> Result<Item, StoreError> {
-    let h = &c.header;
-    let trace: Vec<Value> = c
-        .record
-        .iter()
-        .map(|r| serde_json::to_value(r).unwrap_or(Value::Null))
-        .collect();
-    let mut doc = json!({
-        "execution_id": h.execution_id,
-        "client_id": h.client_id,
-        "flow_id": h.flow_id,
-        "flow_version": h.flow_version,
-        "status": "RUNNING",
-        "step": u64::from(c.record.is_some()),
-        "seq": c.seq + 1,
-        "started_at": h.started_at,
-        "updated_at": c.now,
-        "tags": [],
-        "trace": trace,
-    });
-    if let Some(r) = &h.rerun_of {
-        doc["rerun_of"] = json!(r);
-    }
-    if let Then::Finish(f) = &c.then {
-        doc["status"] = json!(f.status);
-        doc["finished_at"] = json!(c.now);
-        doc["output"] = Value::Object(f.output.clone());
-        doc["tags"] = json!(f.tags);
-        if let Some(r) = &f.reason {
-            doc["reason"] = json!(r);
-        }
-        if let Some(e) = &f.error {
-            doc["error"] = json!(e);
-        }
-        if let Some(r) = &f.route {
-            doc["route"] = json!(r);
-        }
-    }
-    serde_dynamo::to_item(doc)
-        .map_err(|e| StoreError::Invalid(format!("cannot encode execution: {e}")))
-}
-
-/// The update of an existing executions item for step `c.seq`.
-fn step_update(c: &StepCommit) -> Result<(String, HashMap<String, String>, Item), StoreError> {
-    let mut names = HashMap::from([
-        ("#trace".to_string(), "trace".to_string()),
-        ("#seq".to_string(), "seq".to_string()),
-        ("#step".to_string(), "step".to_string()),
-        ("#updated".to_string(), "updated_at".to_string()),
-    ]);
-    let trace: Vec<Value> = c
-        .record
-        .iter()
-        .map(|r| serde_json::to_value(r).unwrap_or(Value::Null))
-        .collect();
-    let mut values: Item = HashMap::from([
-        (":steps".to_string(), av(&trace)?),
-        (":empty".to_string(), AttributeValue::L(vec![])),
-        (":next".to_string(), n(c.seq + 1)),
-        (":one".to_string(), n(u64::from(c.record.is_some()))),
-        (":zero".to_string(), n(0)),
-        (":now".to_string(), s(&c.now)),
-    ]);
-    let mut set = vec![
-        "#trace = list_append(if_not_exists(#trace, :empty), :steps)".to_string(),
-        "#seq = :next".to_string(),
-        "#step = if_not_exists(#step, :zero) + :one".to_string(),
-        "#updated = :now".to_string(),
-    ];
-    if let Then::Finish(f) = &c.then {
-        for (name, attr, value) in [
-            ("#status", "status", Some(s(&f.status))),
-            ("#finished", "finished_at", Some(s(&c.now))),
-            ("#output", "output", Some(av(&f.output)?)),
-            ("#tags", "tags", Some(av(&f.tags)?)),
-            ("#reason", "reason", f.reason.as_deref().map(s)),
-            ("#error", "error", f.error.as_deref().map(s)),
-            ("#route", "route", f.route.as_deref().map(s)),
-        ] {
-            if let Some(v) = value {
-                let placeholder = format!(":{attr}");
-                names.insert(name.to_string(), attr.to_string());
-                values.insert(placeholder.clone(), v);
-                set.push(format!("{name} = {placeholder}"));
-            }
-        }
-    }
-    Ok((format!("SET {}", set.join(", ")), names, values))
 }
 
 /// A failed call: a `ValidationException` (e.g. an item over 400 KB) will fail again, so it is
@@ -160,93 +75,244 @@ where
     }
 }
 
-fn is_conditional_failure(debug: &str) -> bool {
-    debug.contains("ConditionalCheckFailed")
+/// Whether a failed call failed on its condition (the item was already written).
+fn conditional<E: aws_sdk_dynamodb::error::ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
+    e.as_service_error().and_then(|se| se.code()) == Some("ConditionalCheckFailedException")
 }
 
-impl ExecutionStore for DynamoExecutions {
-    async fn commit(&self, trigger_table: &str, c: &StepCommit) -> Result<bool, StoreError> {
-        let key = HashMap::from([("execution_id".to_string(), s(&c.header.execution_id))]);
-        let invalid = |e: aws_sdk_dynamodb::error::BuildError| StoreError::Invalid(e.to_string());
-        // The execution's own write: created at seq 0, else advanced from `seq`.
-        let exec_write = if c.seq == 0 {
-            let put = Put::builder()
-                .table_name(&self.executions_table)
-                .set_item(Some(first_item(c)?))
-                .condition_expression("attribute_not_exists(execution_id)")
-                .build()
-                .map_err(invalid)?;
-            TransactWriteItem::builder().put(put).build()
-        } else {
-            let (expr, mut names, mut values) = step_update(c)?;
-            values.insert(":expect".into(), n(c.seq));
-            names.insert("#seqc".into(), "seq".into());
-            let upd = Update::builder()
-                .table_name(&self.executions_table)
-                .set_key(Some(key))
-                .update_expression(expr)
-                .condition_expression("#seqc = :expect")
-                .set_expression_attribute_names(Some(names))
-                .set_expression_attribute_values(Some(values))
-                .build()
-                .map_err(invalid)?;
-            TransactWriteItem::builder().update(upd).build()
-        };
-        let Then::Continue(row) = &c.then else {
-            // A final step: one conditional write.
-            let r = if let Some(put) = exec_write.put() {
-                self.client
-                    .put_item()
-                    .table_name(put.table_name())
-                    .set_item(Some(put.item().clone()))
-                    .set_condition_expression(put.condition_expression().map(str::to_string))
-                    .send()
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| (format!("{e:?}"), store_error("dynamodb", &e)))
-            } else if let Some(u) = exec_write.update() {
-                self.client
-                    .update_item()
-                    .table_name(u.table_name())
-                    .set_key(Some(u.key().clone()))
-                    .update_expression(u.update_expression())
-                    .set_condition_expression(u.condition_expression().map(str::to_string))
-                    .set_expression_attribute_names(u.expression_attribute_names().cloned())
-                    .set_expression_attribute_values(u.expression_attribute_values().cloned())
-                    .send()
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| (format!("{e:?}"), store_error("dynamodb", &e)))
-            } else {
-                Ok(())
-            };
-            return match r {
-                Ok(()) => Ok(true),
-                Err((debug, _)) if is_conditional_failure(&debug) => Ok(false),
-                Err((_, e)) => Err(e),
-            };
-        };
-        let row_put = Put::builder()
-            .table_name(trigger_table)
-            .set_item(Some(trigger_item(row)?))
-            .condition_expression("attribute_not_exists(execution_id)")
-            .build()
-            .map_err(invalid)?;
-        let items = vec![
-            exec_write,
-            TransactWriteItem::builder().put(row_put).build(),
-        ];
-        match self
+/// `Ok(true)` written, `Ok(false)` its condition failed, `Err` otherwise.
+fn outcome<T, E, R>(what: &str, r: Result<T, SdkError<E, R>>) -> Result<bool, StoreError>
+where
+    E: std::error::Error + aws_sdk_dynamodb::error::ProvideErrorMetadata + 'static,
+    R: std::fmt::Debug,
+{
+    match r {
+        Ok(_) => Ok(true),
+        Err(e) if conditional(&e) => Ok(false),
+        Err(e) => Err(store_error(what, &e)),
+    }
+}
+
+impl DynamoJournal {
+    async fn put_if_absent(&self, table: &str, doc: &Value, key: &str) -> Result<bool, StoreError> {
+        let r = self
             .client
-            .transact_write_items()
-            .set_transact_items(Some(items))
+            .put_item()
+            .table_name(table)
+            .set_item(Some(to_item(doc)?))
+            .condition_expression("attribute_not_exists(#k)")
+            .expression_attribute_names("#k", key)
+            .send()
+            .await;
+        outcome(table, r)
+    }
+
+    async fn get(&self, table: &str, key: Item) -> Result<Option<Value>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(table)
+            .set_key(Some(key))
+            .consistent_read(true)
             .send()
             .await
-        {
-            Ok(_) => Ok(true),
-            Err(e) if is_conditional_failure(&format!("{e:?}")) => Ok(false),
-            Err(e) => Err(store_error("dynamodb", &e)),
+            .map_err(|e| store_error(table, &e))?;
+        out.item.map(from_item).transpose()
+    }
+
+    async fn query_steps(&self, id: &str, forward: bool, limit: Option<i32>) -> Result<Vec<Value>, StoreError> {
+        let mut out = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.steps_table)
+                .key_condition_expression("execution_id = :id")
+                .expression_attribute_values(":id", s(id))
+                .consistent_read(true)
+                .scan_index_forward(forward)
+                .set_limit(limit)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| store_error("steps query", &e))?;
+            for i in page.items.unwrap_or_default() {
+                out.push(from_item(i)?);
+            }
+            match page.last_evaluated_key {
+                Some(k) if limit.is_none() => start = Some(k),
+                _ => return Ok(out),
+            }
         }
+    }
+
+    async fn query_index(
+        &self,
+        table: &str,
+        index: &str,
+        hash: (&str, &str),
+        range_le: (&str, AttributeValue),
+        limit: i32,
+    ) -> Result<Vec<Value>, StoreError> {
+        let out = self
+            .client
+            .query()
+            .table_name(table)
+            .index_name(index)
+            .key_condition_expression("#h = :h AND #r <= :r")
+            .expression_attribute_names("#h", hash.0)
+            .expression_attribute_names("#r", range_le.0)
+            .expression_attribute_values(":h", s(hash.1))
+            .expression_attribute_values(":r", range_le.1)
+            .limit(limit)
+            .send()
+            .await
+            .map_err(|e| store_error(index, &e))?;
+        out.items.unwrap_or_default().into_iter().map(from_item).collect()
+    }
+}
+
+impl Journal for DynamoJournal {
+    async fn start(&self, summary: &Value) -> Result<bool, StoreError> {
+        self.put_if_absent(&self.executions_table, summary, "execution_id").await
+    }
+
+    async fn summary(&self, execution_id: &str) -> Result<Option<Value>, StoreError> {
+        let key = HashMap::from([("execution_id".to_string(), s(execution_id))]);
+        self.get(&self.executions_table, key).await
+    }
+
+    async fn finish(&self, execution_id: &str, finish: &Value) -> Result<bool, StoreError> {
+        let Some(fields) = finish.as_object() else {
+            return Err(StoreError::Invalid("a finish must be an object".into()));
+        };
+        let mut names: HashMap<String, String> = HashMap::new();
+        let mut values: Item = HashMap::new();
+        let mut set = Vec::new();
+        for (i, (k, v)) in fields.iter().filter(|(k, _)| k.as_str() != "execution_id").enumerate() {
+            names.insert(format!("#f{i}"), k.clone());
+            values.insert(format!(":v{i}"), av(v)?);
+            set.push(format!("#f{i} = :v{i}"));
+        }
+        names.insert("#st".into(), "status".into());
+        names.insert("#rs".into(), "running_shard".into());
+        values.insert(":running".into(), s(rulestream_core::chain::RUNNING));
+        let r = self
+            .client
+            .update_item()
+            .table_name(&self.executions_table)
+            .key("execution_id", s(execution_id))
+            .update_expression(format!("SET {} REMOVE #rs", set.join(", ")))
+            .condition_expression("attribute_not_exists(execution_id) OR #st = :running")
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
+            .send()
+            .await;
+        outcome("executions", r)
+    }
+
+    async fn put_step(&self, step: &Value) -> Result<bool, StoreError> {
+        self.put_if_absent(&self.steps_table, step, "execution_id").await
+    }
+
+    async fn step(&self, execution_id: &str, seq: u64) -> Result<Option<Value>, StoreError> {
+        let key = HashMap::from([
+            ("execution_id".to_string(), s(execution_id)),
+            ("seq".to_string(), n(seq)),
+        ]);
+        self.get(&self.steps_table, key).await
+    }
+
+    async fn steps(&self, execution_id: &str) -> Result<Vec<Value>, StoreError> {
+        self.query_steps(execution_id, true, None).await
+    }
+
+    async fn last_step(&self, execution_id: &str) -> Result<Option<Value>, StoreError> {
+        Ok(self.query_steps(execution_id, false, Some(1)).await?.into_iter().next())
+    }
+
+    async fn put_row(&self, table: &str, row: &Value) -> Result<bool, StoreError> {
+        self.put_if_absent(table, row, "execution_id").await
+    }
+
+    async fn claim_delivery(
+        &self,
+        execution_id: &str,
+        seq: u64,
+        attempt: u32,
+        shard: &str,
+        lease_until_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let cond = if attempt <= 1 {
+            "attribute_not_exists(#da) OR #da = :prev"
+        } else {
+            "#da = :prev"
+        };
+        let r = self
+            .client
+            .update_item()
+            .table_name(&self.steps_table)
+            .key("execution_id", s(execution_id))
+            .key("seq", n(seq))
+            .update_expression("SET #da = :attempt, #pd = :due, #ps = :shard")
+            .condition_expression(format!("attribute_exists(execution_id) AND ({cond})"))
+            .expression_attribute_names("#da", "delivery_attempts")
+            .expression_attribute_names("#pd", "pending_due")
+            .expression_attribute_names("#ps", "pending_shard")
+            .expression_attribute_values(":attempt", n(attempt))
+            .expression_attribute_values(":prev", n(attempt.saturating_sub(1)))
+            .expression_attribute_values(":due", n(lease_until_ms))
+            .expression_attribute_values(":shard", s(shard))
+            .send()
+            .await;
+        outcome("steps claim", r)
+    }
+
+    async fn record_delivery(
+        &self,
+        execution_id: &str,
+        seq: u64,
+        attempt: u32,
+        actions: &Value,
+        pending_due_ms: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.steps_table)
+            .key("execution_id", s(execution_id))
+            .key("seq", n(seq))
+            .expression_attribute_names("#a", "actions")
+            .expression_attribute_names("#pd", "pending_due")
+            .expression_attribute_values(":actions", av(actions)?);
+        req = match pending_due_ms {
+            Some(due) => req
+                .update_expression("SET #a = :actions, #pd = :due")
+                .expression_attribute_values(":due", n(due)),
+            None => req
+                .update_expression("SET #a = :actions REMOVE #pd, #ps, #ob")
+                .expression_attribute_names("#ps", "pending_shard")
+                .expression_attribute_names("#ob", "outbox"),
+        };
+        req = if attempt == 0 {
+            req.condition_expression("attribute_exists(execution_id)")
+        } else {
+            req.condition_expression("#da = :attempt")
+                .expression_attribute_names("#da", "delivery_attempts")
+                .expression_attribute_values(":attempt", n(attempt))
+        };
+        outcome("steps record", req.send().await)
+    }
+
+    async fn due_deliveries(&self, shard: &str, now_ms: i64, limit: i32) -> Result<Vec<Value>, StoreError> {
+        self.query_index(&self.steps_table, "pending", ("pending_shard", shard), ("pending_due", n(now_ms)), limit)
+            .await
+    }
+
+    async fn running_before(&self, shard: &str, before: &str, limit: i32) -> Result<Vec<Value>, StoreError> {
+        self.query_index(&self.executions_table, "running", ("running_shard", shard), ("started_at", s(before)), limit)
+            .await
     }
 }
 

@@ -288,7 +288,7 @@ impl FlowSource for AwsFlowSource {
         Ok(flow)
     }
 
-    async fn client_data(&self, source: &DataSource) -> Result<Value, StoreError> {
+    async fn client_data(&self, client_id: &str, source: &DataSource) -> Result<Value, StoreError> {
         if let Some(v) = self.data.get(source).await {
             return Ok(v);
         }
@@ -297,6 +297,7 @@ impl FlowSource for AwsFlowSource {
             .assume_role()
             .role_arn(&source.role_arn)
             .role_session_name("rulestream-orchestrator")
+            .external_id(client_id)
             .duration_seconds(900)
             .send()
             .await

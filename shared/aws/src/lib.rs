@@ -10,12 +10,61 @@ pub mod dynamo;
 pub mod effects;
 pub mod flows;
 pub mod limiter;
+pub mod sealer;
 pub mod secrets;
 pub mod webhooks;
 
 pub use config::Config;
-pub use dynamo::DynamoExecutions;
+pub use dynamo::DynamoJournal;
 pub use effects::AwsEffects;
 pub use flows::AwsFlowSource;
 pub use limiter::RedisLimiter;
+pub use sealer::StateSealer;
 pub use webhooks::{Egress, Http};
+
+/// Structured JSON logs (tracing), level from `RUST_LOG` (default `info`).
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_current_span(false)
+        .without_time()
+        .init();
+}
+
+/// Why the Redis client could not be built at cold start.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct WiringError(String);
+
+/// The Redis client of `cfg`: TLS with `rediss://` (trusting `REDIS_CA_FILE` when set), the AUTH
+/// token read from the `REDIS_AUTH_SECRET` secret when set.
+pub async fn redis_from_config(
+    cfg: &Config,
+    sdk: &aws_config::SdkConfig,
+) -> Result<RedisLimiter, WiringError> {
+    let ca = match &cfg.redis_ca_file {
+        None => None,
+        Some(path) => Some(
+            std::fs::read(path)
+                .map_err(|e| WiringError(format!("REDIS_CA_FILE {path}: {e}")))?,
+        ),
+    };
+    let password = match &cfg.redis_auth_secret {
+        None => None,
+        Some(id) => {
+            let sm = aws_sdk_secretsmanager::Client::new(sdk);
+            match secrets::secret_string(&sm, id).await {
+                Ok(p) => Some(p),
+                Err(secrets::SecretError::Missing(m) | secrets::SecretError::Unavailable(m)) => {
+                    return Err(WiringError(format!("REDIS_AUTH_SECRET: {m}")));
+                }
+            }
+        }
+    };
+    RedisLimiter::new(cfg.redis_url.as_deref(), ca, password.as_deref(), &cfg.prefix)
+        .map_err(|e| WiringError(e.to_string()))
+}

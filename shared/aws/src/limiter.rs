@@ -40,52 +40,123 @@ return allowed
 #[error("redis: {0}")]
 pub struct RedisError(String);
 
-/// A lazily connected, reconnecting Redis client with short timeouts (a rule must not wait
-/// long on a limiter: `fail_open` decides instead).
+/// After a failed connect or command, Redis is not asked again for this long: a blackholed
+/// Redis (accepts, never answers) costs one timeout per container per interval, not one per
+/// record.
+const COOL_DOWN: Duration = Duration::from_secs(5);
+/// Connect and command timeouts: a rule must not wait long on a limiter (`fail_open` decides).
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(80);
+const RESPONSE_TIMEOUT: Duration = Duration::from_millis(50);
+
+/// A lazily connected, reconnecting Redis client (TLS with `rediss://`, AUTH) with short
+/// timeouts. No lock is held across a network call.
 pub struct RedisLimiter {
     client: Option<Client>,
     prefix: String,
-    conn: Mutex<Option<MultiplexedConnection>>,
+    conn: std::sync::Mutex<Option<MultiplexedConnection>>,
+    connecting: Mutex<()>,
+    down_until: std::sync::Mutex<Option<std::time::Instant>>,
     script: Script,
 }
 
 impl RedisLimiter {
-    /// A limiter for `url` (`None`: no Redis, every call fails as unavailable).
-    pub fn new(url: Option<&str>, prefix: &str) -> Result<RedisLimiter, RedisError> {
-        let client = url
-            .map(Client::open)
-            .transpose()
-            .map_err(|e| RedisError(format!("invalid REDIS_URL: {e}")))?;
+    /// A limiter for `url` (`None`: no Redis, every call fails as unavailable). `rediss://` URLs
+    /// use TLS, trusting `ca_pem` when given (else the system roots); `password`, when given,
+    /// is the AUTH token (ElastiCache's, read from Secrets Manager at cold start).
+    pub fn new(
+        url: Option<&str>,
+        ca_pem: Option<Vec<u8>>,
+        password: Option<&str>,
+        prefix: &str,
+    ) -> Result<RedisLimiter, RedisError> {
+        let client = match url {
+            None => None,
+            Some(u) => {
+                let mut info = redis::IntoConnectionInfo::into_connection_info(u)
+                    .map_err(|e| RedisError(format!("invalid REDIS_URL: {}", e)))?;
+                if let Some(p) = password {
+                    let settings = info.redis_settings().clone().set_password(p);
+                    info = info.set_redis_settings(settings);
+                }
+                let built = if u.starts_with("rediss://") {
+                    Client::build_with_tls(
+                        info,
+                        redis::TlsCertificates {
+                            client_tls: None,
+                            root_cert: ca_pem,
+                        },
+                    )
+                } else {
+                    Client::open(info)
+                };
+                Some(built.map_err(|e| RedisError(format!("invalid REDIS_URL: {}", e)))?)
+            }
+        };
         Ok(RedisLimiter {
             client,
             prefix: prefix.to_string(),
-            conn: Mutex::new(None),
+            conn: std::sync::Mutex::new(None),
+            connecting: Mutex::new(()),
+            down_until: std::sync::Mutex::new(None),
             script: Script::new(TAKE),
         })
     }
 
+    fn cached(&self) -> Option<MultiplexedConnection> {
+        self.conn.lock().ok().and_then(|g| g.clone())
+    }
+
+    fn cooling_down(&self) -> bool {
+        self.down_until
+            .lock()
+            .ok()
+            .and_then(|g| *g)
+            .is_some_and(|t| std::time::Instant::now() < t)
+    }
+
     async fn connection(&self) -> Result<MultiplexedConnection, RedisError> {
-        let mut guard = self.conn.lock().await;
-        if let Some(c) = guard.as_ref() {
-            return Ok(c.clone());
+        if let Some(c) = self.cached() {
+            return Ok(c);
+        }
+        if self.cooling_down() {
+            return Err(RedisError("unavailable (cooling down after a failure)".into()));
         }
         let client = self
             .client
             .as_ref()
             .ok_or_else(|| RedisError("REDIS_URL is not set".into()))?;
+        // One connect at a time; the others wait for it rather than each dialling.
+        let _one = self.connecting.lock().await;
+        if let Some(c) = self.cached() {
+            return Ok(c);
+        }
+        if self.cooling_down() {
+            return Err(RedisError("unavailable (cooling down after a failure)".into()));
+        }
         let cfg = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(300)))
-            .set_response_timeout(Some(Duration::from_millis(300)));
-        let c = client
-            .get_multiplexed_async_connection_with_config(&cfg)
-            .await
-            .map_err(|e| RedisError(e.to_string()))?;
-        *guard = Some(c.clone());
-        Ok(c)
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT));
+        match client.get_multiplexed_async_connection_with_config(&cfg).await {
+            Ok(c) => {
+                if let Ok(mut g) = self.conn.lock() {
+                    *g = Some(c.clone());
+                }
+                Ok(c)
+            }
+            Err(e) => {
+                self.forget();
+                Err(RedisError(e.to_string()))
+            }
+        }
     }
 
-    async fn forget(&self) {
-        *self.conn.lock().await = None;
+    fn forget(&self) {
+        if let Ok(mut g) = self.conn.lock() {
+            *g = None;
+        }
+        if let Ok(mut g) = self.down_until.lock() {
+            *g = Some(std::time::Instant::now() + COOL_DOWN);
+        }
     }
 
     /// Takes one token from bucket `key`: `Ok(true)` when taken, `Ok(false)` when empty.
@@ -102,14 +173,10 @@ impl RedisLimiter {
         match r {
             Ok(n) => Ok(n == 1),
             Err(e) => {
-                self.forget().await;
+                self.forget();
                 Err(RedisError(e.to_string()))
             }
         }
-    }
-
-    fn done_key(&self, execution_id: &str, seq: u64) -> String {
-        format!("{}:done:{execution_id}:{seq}", self.prefix)
     }
 
     /// The config epoch (bumped by the release bridge on every applied release).
@@ -122,47 +189,9 @@ impl RedisLimiter {
         match r {
             Ok(v) => Ok(v.unwrap_or(0)),
             Err(e) => {
-                self.forget().await;
+                self.forget();
                 Err(RedisError(e.to_string()))
             }
-        }
-    }
-}
-
-/// How long a recorded step is remembered: well past the stream's retry window.
-const DONE_TTL_SECS: u64 = 3 * 3600;
-
-impl rulestream_core::ports::StepLedger for RedisLimiter {
-    async fn recorded(&self, execution_id: &str, seq: u64) -> bool {
-        let Ok(mut c) = self.connection().await else {
-            return false;
-        };
-        let r: Result<Option<String>, _> = redis::cmd("GET")
-            .arg(self.done_key(execution_id, seq))
-            .query_async(&mut c)
-            .await;
-        match r {
-            Ok(v) => v.is_some(),
-            Err(_) => {
-                self.forget().await;
-                false
-            }
-        }
-    }
-
-    async fn remember(&self, execution_id: &str, seq: u64) {
-        let Ok(mut c) = self.connection().await else {
-            return;
-        };
-        let r: Result<(), _> = redis::cmd("SET")
-            .arg(self.done_key(execution_id, seq))
-            .arg("1")
-            .arg("EX")
-            .arg(DONE_TTL_SECS)
-            .query_async(&mut c)
-            .await;
-        if r.is_err() {
-            self.forget().await;
         }
     }
 }

@@ -171,6 +171,29 @@ impl CompiledFlow {
         &self.flow.rules[self.start].id
     }
 
+    /// Whether outcomes are kept in the state (some rule reads `steps`).
+    pub fn reads_steps(&self) -> bool {
+        self.reads_steps
+    }
+
+    /// Whether deciding the rule about to run (`None`: the start rule) has side effects: a token
+    /// taken from a bucket, or a `lambda`/`http` master rule called. Such a step is looked up
+    /// before it is decided, so a redelivered record never decides it again.
+    pub fn decides_with_effects(&self, rule: Option<&str>) -> bool {
+        let idx = match rule {
+            None => self.start,
+            Some(id) => match self.index.get(id) {
+                Some(i) => *i,
+                None => return false,
+            },
+        };
+        let external = matches!(
+            self.rules.get(idx).map(|r| &r.decide),
+            Some(Decide::Master { kind, .. }) if *kind != MasterKind::Cel
+        );
+        external || self.flow.rules.get(idx).is_some_and(|r| r.rate_limit.is_some())
+    }
+
     fn trie(&self, root: &str) -> Option<&PathTrie> {
         self.tries.get(root).filter(|t| !t.is_empty())
     }
@@ -649,7 +672,7 @@ pub struct StepRecord {
 }
 
 /// Where an execution goes after a step.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Next {
     /// Run this rule at `seq + 1`.

@@ -5,15 +5,15 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::engine::{RunState, StepRecord};
+use crate::engine::RunState;
 use crate::gray;
 
-/// A row of the trigger table.
+/// A seq 0 row of the trigger table, as a client process inserts it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TriggerRow {
     /// The execution.
     pub execution_id: String,
-    /// 0 for the row a client inserts; n+1 for each row the orchestrator writes.
+    /// Always 0.
     pub seq: u64,
     /// The client.
     pub client_id: String,
@@ -22,24 +22,15 @@ pub struct TriggerRow {
     /// The client's input.
     #[serde(default)]
     pub input: Value,
-    /// Pins a version (seq 0), or the version picked at seq 0 (later rows).
+    /// Pins a version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flow_version: Option<u64>,
     /// Pipe-delimited subset of rule ids to run; the others are skipped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rules: Option<String>,
-    /// Carried between steps (rows written by the orchestrator).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub state: Option<RunState>,
-    /// When the execution started (RFC 3339), carried between steps.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub started_at: Option<String>,
     /// The execution this one reruns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rerun_of: Option<String>,
-    /// Where the client's data is read (carried so later steps need no clients-table read).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data_source: Option<DataSource>,
     /// TTL (epoch seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<i64>,
@@ -48,14 +39,19 @@ pub struct TriggerRow {
 impl TriggerRow {
     /// The `rules` subset as ids (`None`: every rule runs).
     pub fn subset(&self) -> Option<Vec<String>> {
-        self.rules.as_ref().map(|r| {
-            r.split('|')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-                .collect()
-        })
+        subset_of(self.rules.as_deref())
     }
+}
+
+/// A pipe-delimited `rules` subset as ids (`None`: every rule runs).
+pub fn subset_of(rules: Option<&str>) -> Option<Vec<String>> {
+    rules.map(|r| {
+        r.split('|')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    })
 }
 
 /// The release state of a client's flow (the `release` attribute of the clients table).
@@ -112,6 +108,106 @@ pub struct ClientFlow {
     pub data_source: Option<DataSource>,
 }
 
+/// Why an execution id is not acceptable for a client (SPEC section 3): `<client_id>:` followed by
+/// 1–128 characters of `[A-Za-z0-9._:-]`, client ids being `[a-z0-9][a-z0-9-]{0,62}`.
+pub fn check_execution_id(client_id: &str, execution_id: &str) -> Result<(), String> {
+    let ok_client = !client_id.is_empty()
+        && client_id.len() <= 63
+        && client_id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !client_id.starts_with('-');
+    if !ok_client {
+        return Err(format!(
+            "client_id `{}` is not a client id ([a-z0-9][a-z0-9-]{{0,62}})",
+            cut(client_id, 70)
+        ));
+    }
+    let Some(unique) = execution_id
+        .strip_prefix(client_id)
+        .and_then(|r| r.strip_prefix(':'))
+    else {
+        return Err(format!(
+            "execution_id `{}` does not start with `{client_id}:` (an execution id is `<client_id>:<unique>`)",
+            cut(execution_id, 140)
+        ));
+    };
+    if unique.is_empty()
+        || unique.len() > 128
+        || !unique
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+    {
+        return Err(format!(
+            "execution_id `{}`: after `{client_id}:` come 1-128 characters of [A-Za-z0-9._:-]",
+            cut(execution_id, 140)
+        ));
+    }
+    Ok(())
+}
+
+/// `s` cut to at most `max` characters (on a character boundary), with `…` when cut.
+pub fn cut(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => s.to_string(),
+        Some((i, _)) => format!("{}…", &s[..i]),
+    }
+}
+
+/// What the orchestrator carries from one hop to the next, sealed (encrypted and authenticated)
+/// inside the trigger row it writes: nobody else can forge it, and client data in it is never in
+/// clear in the trigger table or its stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Carried {
+    /// The client's input.
+    #[serde(default)]
+    pub input: Value,
+    /// The `rules` subset, as written at seq 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<String>,
+    /// The run state before the step this row runs.
+    pub state: RunState,
+    /// When the execution started (RFC 3339).
+    pub started_at: String,
+    /// The execution this one reruns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerun_of: Option<String>,
+    /// Client data read at seq 0 (absent when the client has no data source).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<Value>,
+}
+
+/// The clear part of a trigger row the orchestrator writes (seq > 0); `sealed` holds the rest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SealedRow {
+    /// The execution.
+    pub execution_id: String,
+    /// The seq of the step this row runs.
+    pub seq: u64,
+    /// The client.
+    pub client_id: String,
+    /// The flow.
+    pub flow_id: String,
+    /// The version picked at seq 0.
+    pub flow_version: u64,
+    /// TTL (epoch seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+    /// [`Carried`], sealed with the orchestrator's state key (base64).
+    pub sealed: String,
+}
+
+impl SealedRow {
+    /// The associated data the seal authenticates: every clear field that steers the step.
+    pub fn aad(&self) -> Vec<u8> {
+        format!(
+            "rulestream-row-v1\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}",
+            self.execution_id, self.seq, self.client_id, self.flow_id, self.flow_version
+        )
+        .into_bytes()
+    }
+}
+
 /// What is known of an execution at its start.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ExecutionHeader {
@@ -126,6 +222,7 @@ pub struct ExecutionHeader {
     /// RFC 3339.
     pub started_at: String,
     /// The execution this one reruns.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub rerun_of: Option<String>,
 }
 
@@ -146,26 +243,35 @@ pub struct Finish {
     pub route: Option<String>,
 }
 
-/// One step to persist, atomically: the trace line and either the next trigger row or the end.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StepCommit {
-    /// Who.
-    pub header: ExecutionHeader,
-    /// The seq of the row that ran (the executions item must be at this seq).
-    pub seq: u64,
-    /// The trace line, when a rule ran.
-    pub record: Option<StepRecord>,
-    /// What follows.
-    pub then: Then,
-    /// RFC 3339 time of the commit.
-    pub now: String,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// What follows a step.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Then {
-    /// Put this row (seq + 1) into the trigger table.
-    Continue(Box<TriggerRow>),
-    /// The execution ended.
-    Finish(Finish),
+    #[test]
+    fn execution_ids_carry_their_client() {
+        assert!(check_execution_id("acme-bank", "acme-bank:t-1").is_ok());
+        assert!(check_execution_id("acme-bank", "acme-bank:a:b.c_d-e").is_ok());
+        for (client, id) in [
+            ("acme-bank", "shopco:t-1"),
+            ("acme-bank", "acme-bank"),
+            ("acme-bank", "acme-bank:"),
+            ("acme-bank", "acme-bankx:1"),
+            ("acme-bank", "acme-bank:a b"),
+            ("acme-bank", "acme-bank:a/b"),
+            ("Acme", "Acme:1"),
+            ("-x", "-x:1"),
+            ("", ":1"),
+        ] {
+            assert!(check_execution_id(client, id).is_err(), "{client} {id}");
+        }
+        let long = format!("c:{}", "x".repeat(129));
+        assert!(check_execution_id("c", &long).is_err());
+        assert!(check_execution_id("c", &format!("c:{}", "x".repeat(128))).is_ok());
+    }
+
+    #[test]
+    fn cut_respects_characters() {
+        assert_eq!(cut("abc", 5), "abc");
+        assert_eq!(cut("ééé", 2), "éé…");
+    }
 }

@@ -7,7 +7,8 @@
 //! - [`gray`]: the stable gray-release bucket;
 //! - [`token_bucket`]: rate-limit maths;
 //! - [`engine`]: compiling a flow version and running it one step at a time;
-//! - [`ports`]: what the engine needs from outside (rate limiter, external rules).
+//! - [`ports`]: what the engine needs from outside (rate limiter, external rules, stores);
+//! - [`chain`]: the step loop every function runs (load, decide once, chain, deliver) and the sweep.
 //!
 //! No AWS SDK, Redis or Lambda runtime here: adapters live in `rulestream-aws`.
 #![forbid(unsafe_code)]
@@ -15,6 +16,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod catalog;
+pub mod chain;
 pub mod conditions;
 pub mod engine;
 pub mod execution;

@@ -105,31 +105,136 @@ pub trait FlowSource: Sync {
         version: u64,
     ) -> impl Future<Output = Result<std::sync::Arc<crate::CompiledFlow>, StoreError>> + Send;
 
-    /// The client's data, read in the client's own environment.
+    /// The client's data, read in the client's own environment (the role is assumed with
+    /// `ExternalId` = `client_id`).
     fn client_data(
         &self,
+        client_id: &str,
         source: &crate::execution::DataSource,
     ) -> impl Future<Output = Result<Value, StoreError>> + Send;
 }
 
-/// Where executions are recorded and chained (executions and trigger tables).
-pub trait ExecutionStore: Sync {
-    /// Persists one step atomically: appends the trace line and either puts the next trigger row
-    /// or finalises the execution, on condition that the execution is at `commit.seq` (seq 0: that
-    /// it does not exist yet). `Ok(false)` when that condition fails: the step was already
-    /// recorded by an earlier delivery, and nothing changed.
-    fn commit(
+/// Where executions are recorded and chained: the executions summary, the steps table and the
+/// trigger table (SPEC section 3). Items travel as JSON documents; the adapter maps them.
+///
+/// Every write that could race with a redelivered record is conditional, and reports `Ok(false)`
+/// when its condition failed (the thing was already written): the caller then reads what is there
+/// instead of deciding again.
+pub trait Journal: Sync {
+    /// Puts the summary of a new execution, on condition that none exists.
+    fn start(&self, summary: &Value) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// The summary (consistent read).
+    fn summary(
         &self,
-        trigger_table: &str,
-        commit: &crate::execution::StepCommit,
+        execution_id: &str,
+    ) -> impl Future<Output = Result<Option<Value>, StoreError>> + Send;
+
+    /// Ends an execution: sets the final fields of `finish` (status, finished_at, output, reason,
+    /// error, tags, route, trace…), removes `running_shard`, on condition that it is `RUNNING`
+    /// (or does not exist yet, which creates it). `Ok(false)`: it had already ended.
+    fn finish(
+        &self,
+        execution_id: &str,
+        finish: &Value,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Puts a step item, on condition that the step does not exist.
+    fn put_step(&self, step: &Value) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// A step item (consistent read).
+    fn step(
+        &self,
+        execution_id: &str,
+        seq: u64,
+    ) -> impl Future<Output = Result<Option<Value>, StoreError>> + Send;
+
+    /// Every step item of an execution, in seq order (consistent read).
+    fn steps(
+        &self,
+        execution_id: &str,
+    ) -> impl Future<Output = Result<Vec<Value>, StoreError>> + Send;
+
+    /// The step item with the highest seq, if any.
+    fn last_step(
+        &self,
+        execution_id: &str,
+    ) -> impl Future<Output = Result<Option<Value>, StoreError>> + Send;
+
+    /// Puts a trigger row into `table`, on condition that it does not exist.
+    fn put_row(
+        &self,
+        table: &str,
+        row: &Value,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Claims delivery attempt `attempt` (1-based) of a step: on condition that the step's
+    /// `delivery_attempts` is `attempt - 1` (absent counts as 0), sets it to `attempt` and moves
+    /// `pending_due` to `lease_until_ms`, so a crashed sender's work is picked up after the lease.
+    /// `Ok(false)`: someone else claimed it.
+    fn claim_delivery(
+        &self,
+        execution_id: &str,
+        seq: u64,
+        attempt: u32,
+        shard: &str,
+        lease_until_ms: i64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Records the results of delivery attempt `attempt`: the step's `actions` list as it now
+    /// reads, and `pending_due` (`None`: nothing is pending any more, the step leaves the
+    /// pending index and its outbox is dropped). Conditional on `delivery_attempts = attempt`.
+    fn record_delivery(
+        &self,
+        execution_id: &str,
+        seq: u64,
+        attempt: u32,
+        actions: &Value,
+        pending_due_ms: Option<i64>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Steps with a delivery due at or before `now_ms` in `shard`, oldest first, at most `limit`.
+    fn due_deliveries(
+        &self,
+        shard: &str,
+        now_ms: i64,
+        limit: i32,
+    ) -> impl Future<Output = Result<Vec<Value>, StoreError>> + Send;
+
+    /// Summaries of executions still `RUNNING` in `shard` that started before `before`
+    /// (RFC 3339), oldest first, at most `limit`.
+    fn running_before(
+        &self,
+        shard: &str,
+        before: &str,
+        limit: i32,
+    ) -> impl Future<Output = Result<Vec<Value>, StoreError>> + Send;
+}
+
+/// Seals what one hop carries to the next (authenticated encryption under the orchestrator's own
+/// key), so a trigger row nobody but the orchestrator could have written is recognised.
+pub trait Sealer: Sync {
+    /// Encrypts and authenticates `plain`, binding `aad`; returns printable text.
+    fn seal(
+        &self,
+        aad: &[u8],
+        plain: &[u8],
+    ) -> impl Future<Output = Result<String, StoreError>> + Send;
+
+    /// Opens what [`Sealer::seal`] produced with the same `aad`. `Err(Invalid)`: it was not
+    /// sealed by us (forged or altered); `Err(Transient)`: the key could not be loaded.
+    fn open(
+        &self,
+        aad: &[u8],
+        sealed: &str,
+    ) -> impl Future<Output = Result<Vec<u8>, StoreError>> + Send;
 }
 
 /// One `call_webhook` delivery of a step.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Delivery {
     /// `<execution_id>:<seq>:<action index>`, sent as the `Idempotency-Key` header: a retried
-    /// step sends the same key, so the receiver can drop the repeat.
+    /// delivery sends the same key, so the receiver can drop the repeat.
     pub idempotency_key: String,
     /// Where to POST.
     pub url: String,
@@ -137,41 +242,20 @@ pub struct Delivery {
     pub secret_id: Option<String>,
     /// Request timeout.
     pub timeout_ms: Option<u64>,
-    /// The JSON body.
-    pub body: Value,
+    /// The JSON body, as sent.
+    pub body: String,
 }
 
 /// Delivers a step's webhooks.
 pub trait Deliveries: Sync {
-    /// POSTs `delivery` (signed when it has a secret). `Err` when the receiver could not be
-    /// reached or did not answer 2xx: the step is retried with the same idempotency key.
+    /// POSTs `delivery` (signed when it has a secret). `Err(Unavailable)` when the receiver could
+    /// not be reached or answered 5xx/429 (a later attempt may succeed); `Err(Failed)` when it
+    /// never will (4xx, a redirect, a blocked address, a missing signing key).
     fn deliver(&self, delivery: &Delivery) -> impl Future<Output = Result<(), EffectError>> + Send;
 }
 
 impl<T: Deliveries + Send + Sync> Deliveries for std::sync::Arc<T> {
     fn deliver(&self, delivery: &Delivery) -> impl Future<Output = Result<(), EffectError>> + Send {
         (**self).deliver(delivery)
-    }
-}
-
-/// Remembers which steps were recorded, so a redelivered stream record is recognised before it
-/// runs its side effects again (rate-limit tokens, `http` rules, webhooks). A cache, not the
-/// source of truth: the conditional write still decides, and when the ledger cannot answer the
-/// step simply runs.
-pub trait StepLedger: Sync {
-    /// Whether step `seq` of `execution_id` is known to be recorded.
-    fn recorded(&self, execution_id: &str, seq: u64) -> impl Future<Output = bool> + Send;
-
-    /// Notes that step `seq` of `execution_id` is recorded.
-    fn remember(&self, execution_id: &str, seq: u64) -> impl Future<Output = ()> + Send;
-}
-
-impl<T: StepLedger + Send + Sync> StepLedger for std::sync::Arc<T> {
-    fn recorded(&self, execution_id: &str, seq: u64) -> impl Future<Output = bool> + Send {
-        (**self).recorded(execution_id, seq)
-    }
-
-    fn remember(&self, execution_id: &str, seq: u64) -> impl Future<Output = ()> + Send {
-        (**self).remember(execution_id, seq)
     }
 }

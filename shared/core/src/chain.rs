@@ -1,0 +1,1070 @@
+//! The step loop, written once and generic over the ports: load, decide, record, chain, deliver.
+//!
+//! One trigger row runs one step of one execution (SPEC section 3):
+//!
+//! 1. **Load.** A seq 0 row is a client's: its id must carry its client, the version is picked
+//!    (gray, SPEC section 4), client data is read, and the summary is put (`RUNNING`). A later
+//!    row is the orchestrator's own: its carried state is sealed ([`Sealer`]); a row whose seal
+//!    does not open was not written by us and is never run — no rule, no client data, no token,
+//!    no delivery, nothing written.
+//! 2. **Decide once.** The step is decided and put as its item in the steps table, with its
+//!    pending deliveries (an outbox), on condition that it does not exist. A redelivered record
+//!    finds it (before deciding, when the decision has effects: a token, an external rule) and
+//!    goes on from what is recorded, so a step is never decided twice.
+//! 3. **Chain.** From the recorded step: the next row (sealed) is put, conditionally, or the
+//!    summary is finished with the trace.
+//! 4. **Deliver.** Pending deliveries go out after that, each attempt claimed on the step item
+//!    first, so one attempt is one POST; results are recorded on the item. A failed attempt is
+//!    retried by the sweeper on a backoff schedule, up to 8 attempts: a receiver that is down
+//!    never holds the chain or the shard.
+//!
+//! [`sweep`] is the scheduled side: due deliveries, and executions with no progress (ended
+//! `FAILED` with a reason naming the rule and the cause).
+
+use std::sync::Arc;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::engine::{ExecutionMeta, Next, RunState, Session, gray_key_value};
+use crate::execution::{
+    Carried, ExecutionHeader, SealedRow, TriggerRow, check_execution_id, cut, subset_of,
+};
+use crate::model::{ActionType, FAILED};
+use crate::ports::{
+    Deliveries, Delivery, EffectError, Effects, FlowSource, Journal, Sealer, StoreError,
+};
+use crate::CompiledFlow;
+
+/// Status of an execution that has not ended.
+pub const RUNNING: &str = "RUNNING";
+/// Delivery attempts before a delivery is recorded as failed (SPEC section 1, Actions).
+pub const MAX_DELIVERY_ATTEMPTS: u32 = 8;
+/// Shards of the sparse `pending` and `running` indexes.
+pub const SHARDS: u32 = 16;
+/// An explain value longer than this is cut (SPEC section 1, Trace).
+pub const EXPLAIN_VALUE_CHARS: usize = 256;
+/// What an `output` may weigh (JSON bytes); over it the execution ends `FAILED`.
+pub const OUTPUT_LIMIT_BYTES: usize = 64 * 1024;
+/// What the trace kept in the summary may weigh; past it, the first and last steps and a count.
+pub const TRACE_LIMIT_BYTES: usize = 200 * 1024;
+/// How a value read from `client` shows in a trace.
+pub const CLIENT_DATA: &str = "<client data>";
+
+/// A record that must be retried (a batch item failure).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct Retry(pub String);
+
+/// Knobs of the loop, read once at cold start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The trigger table, when a record does not name its own.
+    pub trigger_table: String,
+    /// Lifetime of trigger rows, seconds.
+    pub trigger_ttl_secs: i64,
+    /// Lifetime of summaries and steps, seconds (SPEC section 7, retention).
+    pub retention_secs: i64,
+    /// Wait before attempts 2, 3, … of a delivery, milliseconds.
+    pub delivery_backoff_ms: Vec<i64>,
+    /// How long a claimed delivery attempt is someone's before the sweeper may take it over.
+    pub delivery_lease_ms: i64,
+    /// An execution with no progress for this long is ended `FAILED` by the sweeper.
+    pub stall_secs: i64,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            trigger_table: "rulestream-trigger".into(),
+            trigger_ttl_secs: 7 * 86_400,
+            retention_secs: 90 * 86_400,
+            delivery_backoff_ms: vec![5_000, 15_000, 30_000, 60_000, 90_000, 120_000, 150_000],
+            delivery_lease_ms: 30_000,
+            stall_secs: 900,
+        }
+    }
+}
+
+impl Settings {
+    /// Wait after failed attempt `attempt` (1-based).
+    pub fn backoff_after(&self, attempt: u32) -> i64 {
+        let i = usize::try_from(attempt.saturating_sub(1)).unwrap_or(usize::MAX);
+        self.delivery_backoff_ms
+            .get(i)
+            .or(self.delivery_backoff_ms.last())
+            .copied()
+            .unwrap_or(60_000)
+    }
+}
+
+/// The loop with the capabilities it needs.
+pub struct Chain<F, J, E, D, S> {
+    /// Flows, releases and client data.
+    pub flows: F,
+    /// Summaries, steps and trigger rows.
+    pub journal: J,
+    /// Rate limiter and external rules.
+    pub effects: E,
+    /// Webhook deliveries.
+    pub deliveries: D,
+    /// Seals carried state.
+    pub sealer: S,
+    /// Knobs.
+    pub settings: Settings,
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// The shard (`"0"`…`"15"`) of an execution in the sparse indexes.
+pub fn shard_of(execution_id: &str) -> String {
+    let h = Sha256::digest(execution_id.as_bytes());
+    (u32::from(h[0]) % SHARDS).to_string()
+}
+
+/// `scheme://host[:port]` of a URL: what traces and logs show of it (paths and queries may hold
+/// secrets, e.g. a chat webhook's token).
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<not a url>".into();
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    format!("{scheme}://{host}")
+}
+
+fn str_of<'a>(v: &'a Value, k: &str) -> &'a str {
+    v.get(k).and_then(Value::as_str).unwrap_or_default()
+}
+
+/// A step item as the loop reads it back.
+#[derive(Debug, Clone, Deserialize)]
+struct StepView {
+    seq: u64,
+    rule: String,
+    outcome: String,
+    #[serde(default)]
+    set: Map<String, Value>,
+    #[serde(default)]
+    actions: Vec<ActionView>,
+    next: Next,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct ActionView {
+    #[serde(rename = "type")]
+    kind: ActionType,
+    #[serde(default)]
+    tag: Option<String>,
+    #[serde(default)]
+    queue: Option<String>,
+}
+
+/// The state after a recorded step: what deciding it did to `before`, replayed from the record
+/// (the same whether the step was decided now or by an earlier delivery).
+fn advance(before: &RunState, step: &StepView, reads_steps: bool) -> RunState {
+    let mut s = before.clone();
+    for (k, v) in &step.set {
+        s.ctx.insert(k.clone(), v.clone());
+    }
+    if reads_steps {
+        s.steps
+            .insert(step.rule.clone(), Value::String(step.outcome.clone()));
+    }
+    for a in &step.actions {
+        match a.kind {
+            ActionType::AddTag => {
+                if let Some(t) = &a.tag
+                    && !s.tags.contains(t)
+                {
+                    s.tags.push(t.clone());
+                }
+            }
+            ActionType::RouteTo => s.route.clone_from(&a.queue),
+            _ => {}
+        }
+    }
+    s.seq = step.seq + 1;
+    if let Next::Rule { rule } = &step.next {
+        s.rule = Some(rule.clone());
+    }
+    s
+}
+
+/// Cuts long values and hides client data in a step's explain (SPEC section 1, Trace).
+fn sanitize_explain(explain: &mut Value) {
+    let Some(conds) = explain.get_mut("conditions").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for c in conds {
+        let from_client = {
+            let f = str_of(c, "field");
+            f == "client" || f.starts_with("client.") || f.starts_with("client[")
+        };
+        if let Some(actual) = c.get_mut("actual") {
+            if from_client {
+                *actual = Value::String(CLIENT_DATA.into());
+            } else {
+                cut_value(actual);
+            }
+        }
+        if let Some(expected) = c.get_mut("expected") {
+            cut_value(expected);
+        }
+    }
+}
+
+fn cut_value(v: &mut Value) {
+    match v {
+        Value::String(s) if s.chars().count() > EXPLAIN_VALUE_CHARS => {
+            *s = cut(s, EXPLAIN_VALUE_CHARS);
+        }
+        Value::Array(_) | Value::Object(_) => {
+            let text = v.to_string();
+            if text.len() > EXPLAIN_VALUE_CHARS {
+                *v = Value::String(cut(&text, EXPLAIN_VALUE_CHARS));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Fields of a step item that are bookkeeping, not trace.
+const NOT_TRACE: [&str; 10] = [
+    "execution_id",
+    "client_id",
+    "flow_id",
+    "flow_version",
+    "outbox",
+    "pending_shard",
+    "pending_due",
+    "delivery_attempts",
+    "expires_at",
+    "trace_version",
+];
+
+/// A step item as a trace line.
+pub fn trace_line(step: &Value) -> Value {
+    let mut line = step.clone();
+    if let Some(o) = line.as_object_mut() {
+        for k in NOT_TRACE {
+            o.remove(k);
+        }
+    }
+    line
+}
+
+/// The trace kept in a summary: every step, or past [`TRACE_LIMIT_BYTES`] the first and last
+/// ones; with the total count.
+pub fn bounded_trace(steps: &[Value]) -> (Vec<Value>, usize) {
+    let lines: Vec<Value> = steps.iter().map(trace_line).collect();
+    let size: usize = lines.iter().map(|l| l.to_string().len()).sum();
+    if size <= TRACE_LIMIT_BYTES {
+        return (lines, steps.len());
+    }
+    let mut keep = 10usize;
+    loop {
+        if lines.len() <= 2 * keep && keep > 0 {
+            keep -= 1;
+            continue;
+        }
+        let kept: Vec<Value> = lines[..keep]
+            .iter()
+            .chain(&lines[lines.len() - keep..])
+            .cloned()
+            .collect();
+        let size: usize = kept.iter().map(|l| l.to_string().len()).sum();
+        if size <= TRACE_LIMIT_BYTES || keep == 0 {
+            return (kept, steps.len());
+        }
+        keep /= 2;
+    }
+}
+
+/// Replays recorded steps from the start: the state after the last of them.
+fn replay(steps: &[Value], reads_steps: bool) -> RunState {
+    let mut state = RunState::default();
+    for s in steps {
+        if let Ok(view) = serde_json::from_value::<StepView>(s.clone()) {
+            state = advance(&state, &view, reads_steps);
+        }
+    }
+    state
+}
+
+enum Load {
+    Ok(Arc<CompiledFlow>),
+    Fail(String),
+}
+
+impl<F, J, E, D, S> Chain<F, J, E, D, S>
+where
+    F: FlowSource,
+    J: Journal,
+    E: Effects,
+    D: Deliveries,
+    S: Sealer,
+{
+    /// Runs the step of one trigger row (a stream image as JSON) from `table` (`None`: the
+    /// configured trigger table). `Err` only for what a retry may fix.
+    pub async fn run_row(&self, table: Option<&str>, image: Value) -> Result<(), Retry> {
+        let table = table.unwrap_or(&self.settings.trigger_table).to_string();
+        let seq = image.get("seq").and_then(Value::as_u64);
+        if seq == Some(0) && image.get("sealed").is_none() {
+            self.start_row(&table, image).await
+        } else {
+            self.continue_row(&table, image).await
+        }
+    }
+
+    async fn load(&self, client: &str, flow: &str, version: u64) -> Result<Load, Retry> {
+        match self.flows.flow_version(client, flow, version).await {
+            Ok(f) => Ok(Load::Ok(f)),
+            Err(StoreError::Transient(e)) => Err(Retry(e)),
+            Err(e) => Ok(Load::Fail(e.to_string())),
+        }
+    }
+
+    fn summary_doc(&self, h: &ExecutionHeader, status: &str) -> Value {
+        let mut doc = json!({
+            "execution_id": h.execution_id,
+            "client_id": h.client_id,
+            "flow_id": h.flow_id,
+            "flow_version": h.flow_version,
+            "status": status,
+            "started_at": h.started_at,
+            "expires_at": Utc::now().timestamp() + self.settings.retention_secs,
+        });
+        if let Some(r) = &h.rerun_of {
+            doc["rerun_of"] = json!(r);
+        }
+        doc
+    }
+
+    /// Ends a seq 0 row that cannot start: a FAILED summary, only if the id is unused.
+    async fn fail_start(&self, h: ExecutionHeader, reason: String) -> Result<(), Retry> {
+        tracing::warn!(execution_id = %h.execution_id, client_id = %h.client_id, reason = %reason, "execution failed at start");
+        let mut doc = self.summary_doc(&h, FAILED);
+        doc["finished_at"] = json!(rfc3339(Utc::now()));
+        doc["reason"] = json!(reason);
+        doc["error"] = json!(reason);
+        doc["output"] = json!({});
+        doc["tags"] = json!([]);
+        doc["trace"] = json!([]);
+        match self.journal.start(&doc).await {
+            Ok(_) => Ok(()),
+            Err(StoreError::Transient(e)) => Err(Retry(e)),
+            Err(e) => {
+                tracing::error!(execution_id = %h.execution_id, error = %e, "cannot record the failure");
+                Ok(())
+            }
+        }
+    }
+
+    async fn start_row(&self, table: &str, image: Value) -> Result<(), Retry> {
+        let now = Utc::now();
+        let Some(id) = image
+            .get("execution_id")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+        else {
+            tracing::error!("trigger row without an execution_id dropped");
+            return Ok(());
+        };
+        let mut header = ExecutionHeader {
+            execution_id: id.clone(),
+            client_id: cut(str_of(&image, "client_id"), 63),
+            flow_id: cut(str_of(&image, "flow_id"), 128),
+            flow_version: 0,
+            started_at: rfc3339(now),
+            rerun_of: None,
+        };
+        let row: TriggerRow = match serde_json::from_value(image) {
+            Ok(r) => r,
+            Err(e) => {
+                return self
+                    .fail_start(header, format!("malformed trigger row: {e}"))
+                    .await;
+            }
+        };
+        if let Err(why) = check_execution_id(&row.client_id, &row.execution_id) {
+            return self
+                .fail_start(header, format!("malformed trigger row: {why}"))
+                .await;
+        }
+        if row.flow_id.is_empty() {
+            return self
+                .fail_start(header, "malformed trigger row: flow_id is empty".into())
+                .await;
+        }
+        if subset_of(row.rules.as_deref()).is_some_and(|s| s.is_empty()) {
+            return self
+                .fail_start(
+                    header,
+                    "malformed trigger row: `rules` names no rule (omit it to run every rule)"
+                        .into(),
+                )
+                .await;
+        }
+        header.rerun_of.clone_from(&row.rerun_of);
+        let cf = match self.flows.client_flow(&row.client_id, &row.flow_id).await {
+            Ok(cf) => cf,
+            Err(StoreError::Transient(e)) => return Err(Retry(e)),
+            Err(e) => return self.fail_start(header, e.to_string()).await,
+        };
+        if !cf.enabled {
+            let why = format!("client `{}` flow `{}` is disabled", row.client_id, row.flow_id);
+            return self.fail_start(header, why).await;
+        }
+        let version = match (row.flow_version, cf.release.candidate) {
+            (Some(v), _) => v,
+            (None, None) => cf.release.stable,
+            (None, Some(_)) => {
+                let stable = match self.load(&row.client_id, &row.flow_id, cf.release.stable).await? {
+                    Load::Ok(f) => f,
+                    Load::Fail(why) => return self.fail_start(header, why).await,
+                };
+                let key = gray_key_value(&stable, &row.execution_id, &row.input, None, &Map::new());
+                cf.release.pick(&row.client_id, &row.flow_id, None, &key)
+            }
+        };
+        header.flow_version = version;
+        let flow = match self.load(&row.client_id, &row.flow_id, version).await? {
+            Load::Ok(f) => f,
+            Load::Fail(why) => return self.fail_start(header, why).await,
+        };
+        let client = match &cf.data_source {
+            None => None,
+            Some(src) => match self.flows.client_data(&row.client_id, src).await {
+                Ok(v) => Some(v),
+                Err(StoreError::Transient(e)) => return Err(Retry(e)),
+                Err(e) => return self.fail_start(header, format!("client data: {e}")).await,
+            },
+        };
+        let mut doc = self.summary_doc(&header, RUNNING);
+        doc["running_shard"] = json!(shard_of(&id));
+        let fresh = match self.journal.start(&doc).await {
+            Ok(b) => b,
+            Err(StoreError::Transient(e)) => return Err(Retry(e)),
+            Err(e) => return self.fail_start(header, format!("cannot record the start: {e}")).await,
+        };
+        let mut flow = flow;
+        if !fresh {
+            // A redelivered seq 0 record, or an id used before.
+            let existing = match self.journal.summary(&id).await {
+                Ok(Some(s)) => s,
+                Ok(None) => return Err(Retry(format!("summary of {id} vanished"))),
+                Err(StoreError::Transient(e)) => return Err(Retry(e)),
+                Err(e) => return Err(Retry(e.to_string())),
+            };
+            if str_of(&existing, "status") != RUNNING {
+                tracing::warn!(execution_id = %id, "seq 0 row of an execution that already ended: ignored");
+                return Ok(());
+            }
+            // Go on with what the first delivery recorded (the release may have moved since).
+            header.started_at = str_of(&existing, "started_at").to_string();
+            let recorded = existing.get("flow_version").and_then(Value::as_u64).unwrap_or(version);
+            if recorded != version {
+                header.flow_version = recorded;
+                flow = match self.load(&row.client_id, &row.flow_id, recorded).await? {
+                    Load::Ok(f) => f,
+                    Load::Fail(why) => {
+                        return self.end_failed(&header, &RunState::default(), why).await;
+                    }
+                };
+            }
+        }
+        let carried = Carried {
+            input: row.input,
+            rules: row.rules,
+            state: RunState::default(),
+            started_at: header.started_at.clone(),
+            rerun_of: row.rerun_of,
+            client,
+        };
+        self.hop(table, header, flow, carried).await
+    }
+
+    async fn continue_row(&self, table: &str, image: Value) -> Result<(), Retry> {
+        let id = str_of(&image, "execution_id").to_string();
+        let seq = image.get("seq").and_then(Value::as_u64);
+        let row: SealedRow = match serde_json::from_value(image) {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!(execution_id = %cut(&id, 200), seq, "trigger row not written by the orchestrator (no seal): ignored, nothing run");
+                return Ok(());
+            }
+        };
+        let plain = match self.sealer.open(&row.aad(), &row.sealed).await {
+            Ok(p) => p,
+            Err(StoreError::Transient(e)) => return Err(Retry(e)),
+            Err(_) => {
+                tracing::warn!(execution_id = %cut(&id, 200), seq, "trigger row whose seal does not open (forged or altered): ignored, nothing run");
+                return Ok(());
+            }
+        };
+        let carried: Carried = match serde_json::from_slice::<Carried>(&plain) {
+            Ok(c) if c.state.seq == row.seq => c,
+            _ => {
+                tracing::error!(execution_id = %row.execution_id, seq = row.seq, "sealed state does not match its row: ignored");
+                return Ok(());
+            }
+        };
+        let header = ExecutionHeader {
+            execution_id: row.execution_id.clone(),
+            client_id: row.client_id.clone(),
+            flow_id: row.flow_id.clone(),
+            flow_version: row.flow_version,
+            started_at: carried.started_at.clone(),
+            rerun_of: carried.rerun_of.clone(),
+        };
+        let flow = match self.load(&row.client_id, &row.flow_id, row.flow_version).await? {
+            Load::Ok(f) => f,
+            Load::Fail(why) => return self.end_failed(&header, &carried.state, why).await,
+        };
+        self.hop(table, header, flow, carried).await
+    }
+
+    /// Decides the step of `carried` (unless it is recorded already), records it, chains, and
+    /// delivers.
+    async fn hop(
+        &self,
+        table: &str,
+        header: ExecutionHeader,
+        flow: Arc<CompiledFlow>,
+        carried: Carried,
+    ) -> Result<(), Retry> {
+        let started = std::time::Instant::now();
+        let id = header.execution_id.clone();
+        let seq = carried.state.seq;
+        if flow.decides_with_effects(carried.state.rule.as_deref()) {
+            match self.journal.step(&id, seq).await {
+                Ok(Some(step)) => {
+                    return self.after_step(table, &header, &flow, carried, step, started, true).await;
+                }
+                Ok(None) => {}
+                Err(StoreError::Transient(e)) => return Err(Retry(e)),
+                Err(e) => return Err(Retry(e.to_string())),
+            }
+        }
+        let meta = ExecutionMeta {
+            execution_id: id.clone(),
+            client_id: header.client_id.clone(),
+            flow_id: header.flow_id.clone(),
+            flow_version: header.flow_version,
+        };
+        let now = Utc::now();
+        let result = {
+            let mut session = Session::new(
+                &flow,
+                meta,
+                &carried.input,
+                carried.client.as_ref(),
+                now,
+                subset_of(carried.rules.as_deref()),
+                carried.state.clone(),
+            );
+            let taken = u32::try_from(seq).unwrap_or(u32::MAX);
+            session.step(&self.effects, taken).await
+        };
+        let Some(record) = result.record else {
+            // No rule ran (max_steps exceeded, a rule that does not exist): the end.
+            let (reason, error) = match &result.next {
+                Next::Done { reason, error, .. } => (reason.clone(), error.clone()),
+                Next::Rule { .. } => (None, None),
+            };
+            let why = reason.or(error).unwrap_or_else(|| "the execution cannot go on".into());
+            return self.end_failed(&header, &carried.state, why).await;
+        };
+        let status = match &result.next {
+            Next::Done { status, .. } => status.clone(),
+            Next::Rule { .. } => RUNNING.to_string(),
+        };
+        let reason = match &result.next {
+            Next::Done { reason, .. } => reason.clone(),
+            Next::Rule { .. } => None,
+        };
+        // The public context the deliveries carry (never `client`).
+        let mut after = carried.state.clone();
+        for (k, v) in &record.set {
+            after.ctx.insert(k.clone(), v.clone());
+        }
+        let mut doc = match serde_json::to_value(&record) {
+            Ok(v) => v,
+            Err(e) => return Err(Retry(format!("cannot encode step: {e}"))),
+        };
+        let now_ms = now.timestamp_millis();
+        let mut outbox = Vec::new();
+        if let Some(actions) = doc.get_mut("actions").and_then(Value::as_array_mut) {
+            let mut tags = after.tags.clone();
+            for a in record.actions.iter().filter(|a| a.action.kind == ActionType::AddTag) {
+                if let Some(t) = &a.action.tag
+                    && !tags.contains(t)
+                {
+                    tags.push(t.clone());
+                }
+            }
+            for (i, a) in actions.iter_mut().enumerate() {
+                let Some(planned) = record.actions.get(i) else { continue };
+                if planned.action.kind != ActionType::CallWebhook {
+                    continue;
+                }
+                let Some(url) = planned.action.url.clone() else { continue };
+                a["url"] = json!(redact_url(&url));
+                if let Some(secret) = &planned.action.secret_id
+                    && !secret.starts_with(&format!("rulestream/{}/", header.client_id))
+                {
+                    a["delivery"] = json!({"status": "failed", "attempts": 0,
+                        "last": format!("signing secret `{secret}` is not one of client `{}` (rulestream/{}/…)", header.client_id, header.client_id)});
+                    continue;
+                }
+                let body = json!({
+                    "idempotency_key": planned.idempotency_key,
+                    "execution": {"id": id, "client_id": header.client_id, "flow_id": header.flow_id,
+                                  "flow_version": header.flow_version, "seq": seq},
+                    "rule": record.rule,
+                    "outcome": record.outcome,
+                    "status": status,
+                    "reason": reason,
+                    "output": after.ctx,
+                    "tags": tags,
+                });
+                a["delivery"] = json!({"status": "pending", "attempts": 0});
+                outbox.push(json!({
+                    "index": i,
+                    "key": planned.idempotency_key,
+                    "url": url,
+                    "secret_id": planned.action.secret_id,
+                    "timeout_ms": planned.action.timeout_ms,
+                    "body": body.to_string(),
+                }));
+            }
+        }
+        if let Some(explain) = doc.get_mut("explain") {
+            sanitize_explain(explain);
+        }
+        doc["execution_id"] = json!(id);
+        doc["client_id"] = json!(header.client_id);
+        doc["flow_id"] = json!(header.flow_id);
+        doc["flow_version"] = json!(header.flow_version);
+        doc["decided_at"] = json!(rfc3339(now));
+        doc["next"] = serde_json::to_value(&result.next).unwrap_or(Value::Null);
+        doc["expires_at"] = json!(now.timestamp() + self.settings.retention_secs);
+        if !outbox.is_empty() {
+            doc["outbox"] = Value::Array(outbox);
+            doc["pending_shard"] = json!(shard_of(&id));
+            doc["pending_due"] = json!(now_ms + self.settings.delivery_lease_ms);
+        }
+        match self.journal.put_step(&doc).await {
+            Ok(true) => self.after_step(table, &header, &flow, carried, doc, started, false).await,
+            Ok(false) => match self.journal.step(&id, seq).await {
+                Ok(Some(stored)) => {
+                    self.after_step(table, &header, &flow, carried, stored, started, true).await
+                }
+                Ok(None) => Err(Retry(format!("step {seq} of {id} is neither new nor recorded"))),
+                Err(e) => Err(Retry(e.to_string())),
+            },
+            Err(StoreError::Transient(e)) => Err(Retry(e)),
+            Err(e) => {
+                let why = format!("cannot record step {seq} (rule `{}`): {e}", record.rule);
+                self.end_failed(&header, &carried.state, why).await
+            }
+        }
+    }
+
+    /// Goes on from a recorded step: the next row or the end, then its deliveries.
+    #[allow(clippy::too_many_arguments)]
+    async fn after_step(
+        &self,
+        table: &str,
+        header: &ExecutionHeader,
+        flow: &CompiledFlow,
+        carried: Carried,
+        step: Value,
+        started: std::time::Instant,
+        redelivered: bool,
+    ) -> Result<(), Retry> {
+        let view: StepView = match serde_json::from_value(step.clone()) {
+            Ok(v) => v,
+            Err(e) => {
+                let why = format!("step {} of {} cannot be read: {e}", carried.state.seq, header.execution_id);
+                return self.end_failed(header, &carried.state, why).await;
+            }
+        };
+        let state = advance(&carried.state, &view, flow.reads_steps());
+        match &view.next {
+            Next::Rule { .. } => {
+                let next = Carried { state, ..carried };
+                self.put_next(table, header, next).await?;
+            }
+            Next::Done { status, reason, error } => {
+                self.end(header, &state, status, reason.clone(), error.clone()).await?;
+            }
+        }
+        deliver_pending(&self.journal, &self.deliveries, &self.settings, &step).await;
+        tracing::info!(
+            execution_id = %header.execution_id,
+            client_id = %header.client_id,
+            flow_id = %header.flow_id,
+            flow_version = header.flow_version,
+            seq = view.seq,
+            rule = %view.rule,
+            outcome = %view.outcome,
+            next = %match &view.next { Next::Rule { rule } => format!("goto {rule}"), Next::Done { status, .. } => format!("complete {status}") },
+            redelivered,
+            duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            "step"
+        );
+        Ok(())
+    }
+
+    async fn put_next(&self, table: &str, h: &ExecutionHeader, next: Carried) -> Result<(), Retry> {
+        let plain = serde_json::to_vec(&next).map_err(|e| Retry(format!("cannot encode state: {e}")))?;
+        let mut row = SealedRow {
+            execution_id: h.execution_id.clone(),
+            seq: next.state.seq,
+            client_id: h.client_id.clone(),
+            flow_id: h.flow_id.clone(),
+            flow_version: h.flow_version,
+            expires_at: Some(Utc::now().timestamp() + self.settings.trigger_ttl_secs),
+            sealed: String::new(),
+        };
+        row.sealed = match self.sealer.seal(&row.aad(), &plain).await {
+            Ok(s) => s,
+            Err(StoreError::Transient(e)) => return Err(Retry(e)),
+            Err(e) => return self.end_failed(h, &next.state, format!("cannot seal the state: {e}")).await,
+        };
+        let item = serde_json::to_value(&row).map_err(|e| Retry(e.to_string()))?;
+        match self.journal.put_row(table, &item).await {
+            Ok(_) => Ok(()),
+            Err(StoreError::Transient(e)) => Err(Retry(e)),
+            Err(e) => {
+                let why = format!("cannot write row {} (before rule `{}`): {e}", row.seq, next.state.rule.as_deref().unwrap_or("?"));
+                self.end_failed(h, &next.state, why).await
+            }
+        }
+    }
+
+    async fn end_failed(&self, h: &ExecutionHeader, state: &RunState, why: String) -> Result<(), Retry> {
+        tracing::warn!(execution_id = %h.execution_id, reason = %why, "execution failed");
+        self.end(h, state, FAILED, Some(why.clone()), Some(why)).await
+    }
+
+    async fn end(
+        &self,
+        h: &ExecutionHeader,
+        state: &RunState,
+        status: &str,
+        reason: Option<String>,
+        error: Option<String>,
+    ) -> Result<(), Retry> {
+        finish(&self.journal, &self.settings, h, state, status, reason, error).await
+    }
+}
+
+/// Writes the end of an execution: the final fields and the trace read from the steps table.
+/// An output over its bound ends it `FAILED` instead; a summary DynamoDB refuses is replaced by a
+/// small `FAILED` one, so an execution always ends.
+pub async fn finish<J: Journal>(
+    journal: &J,
+    settings: &Settings,
+    h: &ExecutionHeader,
+    state: &RunState,
+    status: &str,
+    reason: Option<String>,
+    error: Option<String>,
+) -> Result<(), Retry> {
+    let steps = match journal.steps(&h.execution_id).await {
+        Ok(s) => s,
+        Err(StoreError::Transient(e)) => return Err(Retry(e)),
+        Err(_) => Vec::new(),
+    };
+    let (trace, total) = bounded_trace(&steps);
+    let output = Value::Object(state.ctx.clone());
+    let output_len = output.to_string().len();
+    let (status, reason, error, output) = if output_len > OUTPUT_LIMIT_BYTES {
+        let why = format!(
+            "output is {output_len} bytes, over the {OUTPUT_LIMIT_BYTES}-byte bound (status would have been {status})"
+        );
+        (FAILED.to_string(), Some(why.clone()), Some(why), json!({}))
+    } else {
+        (status.to_string(), reason, error, output)
+    };
+    let now = Utc::now();
+    let mut doc = json!({
+        "execution_id": h.execution_id,
+        "client_id": h.client_id,
+        "flow_id": h.flow_id,
+        "flow_version": h.flow_version,
+        "started_at": h.started_at,
+        "status": status,
+        "finished_at": rfc3339(now),
+        "output": output,
+        "tags": state.tags,
+        "trace": trace,
+        "steps_total": total,
+        "expires_at": now.timestamp() + settings.retention_secs,
+    });
+    for (k, v) in [("reason", &reason), ("error", &error), ("route", &state.route), ("rerun_of", &h.rerun_of)] {
+        if let Some(v) = v {
+            doc[k] = json!(v);
+        }
+    }
+    match journal.finish(&h.execution_id, &doc).await {
+        Ok(_) => Ok(()),
+        Err(StoreError::Transient(e)) => Err(Retry(e)),
+        Err(e) => {
+            let why = format!("cannot record the end ({status}): {e}");
+            tracing::error!(execution_id = %h.execution_id, error = %why, "summary refused; recording a small FAILED one");
+            doc["status"] = json!(FAILED);
+            doc["reason"] = json!(why);
+            doc["error"] = json!(why);
+            doc["output"] = json!({});
+            doc["trace"] = json!([]);
+            journal.finish(&h.execution_id, &doc).await.map(|_| ()).map_err(|e| Retry(e.to_string()))
+        }
+    }
+}
+
+/// Sends what is pending in a step's outbox: one claimed attempt, all pending deliveries of the
+/// step at once, results recorded on the step. Never fails the caller: what is left pending is
+/// due again on the backoff schedule (the sweeper sends it), and after the last attempt it is
+/// recorded as failed.
+pub async fn deliver_pending<J: Journal, D: Deliveries>(
+    journal: &J,
+    deliveries: &D,
+    settings: &Settings,
+    step: &Value,
+) {
+    let Some(outbox) = step.get("outbox").and_then(Value::as_array) else {
+        return;
+    };
+    let id = str_of(step, "execution_id").to_string();
+    let Some(seq) = step.get("seq").and_then(Value::as_u64) else { return };
+    let mut actions = step.get("actions").cloned().unwrap_or_else(|| json!([]));
+    let pending: Vec<&Value> = outbox
+        .iter()
+        .filter(|o| {
+            let i = o.get("index").and_then(Value::as_u64).unwrap_or(u64::MAX) as usize;
+            actions.get(i).and_then(|a| a.get("delivery")).map(|d| str_of(d, "status")) == Some("pending")
+        })
+        .collect();
+    let done = step.get("delivery_attempts").and_then(Value::as_u64).unwrap_or(0);
+    let attempt = u32::try_from(done).unwrap_or(u32::MAX).saturating_add(1);
+    let shard = shard_of(&id);
+    let now = Utc::now();
+    if pending.is_empty() {
+        // Nothing left to send: make sure the step leaves the pending index.
+        let _ = journal.record_delivery(&id, seq, u32::try_from(done).unwrap_or(0), &actions, None).await;
+        return;
+    }
+    if attempt > MAX_DELIVERY_ATTEMPTS {
+        return;
+    }
+    let lease = now.timestamp_millis() + settings.delivery_lease_ms;
+    match journal.claim_delivery(&id, seq, attempt, &shard, lease).await {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(e) => {
+            tracing::warn!(execution_id = %id, seq, error = %e, "cannot claim a delivery attempt; the sweeper retries it");
+            return;
+        }
+    }
+    let sends = pending.iter().map(|o| {
+        let d = Delivery {
+            idempotency_key: str_of(o, "key").to_string(),
+            url: str_of(o, "url").to_string(),
+            secret_id: o.get("secret_id").and_then(Value::as_str).map(str::to_string),
+            timeout_ms: o.get("timeout_ms").and_then(Value::as_u64),
+            body: str_of(o, "body").to_string(),
+        };
+        async move { (o, deliveries.deliver(&d).await) }
+    });
+    let results = futures::future::join_all(sends).await;
+    let at = rfc3339(Utc::now());
+    let mut still_pending = false;
+    for (o, res) in results {
+        let i = o.get("index").and_then(Value::as_u64).unwrap_or(u64::MAX) as usize;
+        let Some(a) = actions.get_mut(i) else { continue };
+        let (status, last) = match &res {
+            Ok(()) => ("delivered", "delivered".to_string()),
+            Err(EffectError::Unavailable(e)) if attempt < MAX_DELIVERY_ATTEMPTS => {
+                still_pending = true;
+                ("pending", format!("retrying: {e}"))
+            }
+            Err(EffectError::Unavailable(e)) => (
+                "failed",
+                format!("failed after {MAX_DELIVERY_ATTEMPTS} attempts: {e}"),
+            ),
+            Err(e) => ("failed", format!("failed: {e}")),
+        };
+        if status != "delivered" {
+            tracing::warn!(key = %str_of(o, "key"), attempt, result = %last, "webhook not delivered");
+        }
+        let mut history = a
+            .get("delivery")
+            .and_then(|d| d.get("results"))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        history.push(json!({"attempt": attempt, "at": at, "result": last}));
+        a["delivery"] = json!({"status": status, "attempts": attempt, "last": last, "results": history});
+    }
+    let due = still_pending.then(|| Utc::now().timestamp_millis() + settings.backoff_after(attempt));
+    if let Err(e) = journal.record_delivery(&id, seq, attempt, &actions, due).await {
+        tracing::warn!(execution_id = %id, seq, error = %e, "cannot record delivery results; the attempt will be retried after its lease");
+    }
+}
+
+/// What one sweep did.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct SweepReport {
+    /// Steps whose due deliveries were attempted.
+    pub deliveries: usize,
+    /// Executions ended `FAILED` for lack of progress.
+    pub stalled: usize,
+    /// Calls that failed (logged).
+    pub errors: usize,
+}
+
+/// The scheduled side of the loop: sends due deliveries, and ends as `FAILED` every execution
+/// with no progress for `settings.stall_secs`. Idempotent and safe to run concurrently: every
+/// write is conditional.
+pub async fn sweep<J: Journal, D: Deliveries>(journal: &J, deliveries: &D, settings: &Settings) -> SweepReport {
+    let mut report = SweepReport::default();
+    let now = Utc::now();
+    for shard in 0..SHARDS {
+        let shard = shard.to_string();
+        match journal.due_deliveries(&shard, now.timestamp_millis(), 100).await {
+            Ok(steps) => {
+                for s in steps {
+                    deliver_pending(journal, deliveries, settings, &s).await;
+                    report.deliveries += 1;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(shard, error = %e, "cannot list due deliveries");
+                report.errors += 1;
+            }
+        }
+    }
+    let before = rfc3339(now - chrono::Duration::seconds(settings.stall_secs));
+    for shard in 0..SHARDS {
+        let shard = shard.to_string();
+        let running = match journal.running_before(&shard, &before, 100).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(shard, error = %e, "cannot list running executions");
+                report.errors += 1;
+                continue;
+            }
+        };
+        for summary in running {
+            match end_if_stalled(journal, settings, &summary, now).await {
+                Ok(true) => report.stalled += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(execution_id = %str_of(&summary, "execution_id"), error = %e, "cannot end a stalled execution");
+                    report.errors += 1;
+                }
+            }
+        }
+    }
+    report
+}
+
+async fn end_if_stalled<J: Journal>(
+    journal: &J,
+    settings: &Settings,
+    summary: &Value,
+    now: DateTime<Utc>,
+) -> Result<bool, Retry> {
+    let id = str_of(summary, "execution_id").to_string();
+    let last = journal.last_step(&id).await.map_err(|e| Retry(e.to_string()))?;
+    let since = last
+        .as_ref()
+        .map(|s| str_of(s, "decided_at"))
+        .unwrap_or_else(|| str_of(summary, "started_at"));
+    let Ok(since_t) = DateTime::parse_from_rfc3339(since) else {
+        return Ok(false);
+    };
+    let idle = (now - since_t.with_timezone(&Utc)).num_seconds();
+    if idle < settings.stall_secs {
+        return Ok(false);
+    }
+    let why = match &last {
+        Some(s) => format!(
+            "no progress for {idle}s after step {} (rule `{}`, outcome `{}`): the step that follows never ran (its record may have reached the on-failure destination)",
+            s.get("seq").and_then(Value::as_u64).unwrap_or(0),
+            str_of(s, "rule"),
+            str_of(s, "outcome")
+        ),
+        None => format!("no progress for {idle}s: the first step never ran"),
+    };
+    let steps = journal.steps(&id).await.map_err(|e| Retry(e.to_string()))?;
+    let reads_steps = false;
+    let state = replay(&steps, reads_steps);
+    let h = ExecutionHeader {
+        execution_id: id.clone(),
+        client_id: str_of(summary, "client_id").to_string(),
+        flow_id: str_of(summary, "flow_id").to_string(),
+        flow_version: summary.get("flow_version").and_then(Value::as_u64).unwrap_or(0),
+        started_at: str_of(summary, "started_at").to_string(),
+        rerun_of: summary.get("rerun_of").and_then(Value::as_str).map(str::to_string),
+    };
+    tracing::warn!(execution_id = %id, reason = %why, "stalled execution ended");
+    finish(journal, settings, &h, &state, FAILED, Some(why.clone()), Some(why)).await?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_show_scheme_host_and_port_only() {
+        assert_eq!(redact_url("https://hooks.slack.com/services/T0/B0/XYZ?x=1"), "https://hooks.slack.com");
+        assert_eq!(redact_url("http://user:pw@127.0.0.1:8080/a"), "http://127.0.0.1:8080");
+        assert_eq!(redact_url("nonsense"), "<not a url>");
+    }
+
+    #[test]
+    fn explain_values_are_cut_and_client_data_hidden() {
+        let mut e = json!({"type": "conditions", "conditions": [
+            {"field": "client.limit", "actual": 5, "expected": 3},
+            {"field": "input.x", "actual": "y".repeat(300), "expected": [1, 2]},
+        ]});
+        sanitize_explain(&mut e);
+        assert_eq!(e["conditions"][0]["actual"], CLIENT_DATA);
+        let cut_len = e["conditions"][1]["actual"].as_str().map(|s| s.chars().count());
+        assert_eq!(cut_len, Some(EXPLAIN_VALUE_CHARS + 1));
+    }
+
+    #[test]
+    fn traces_past_their_bound_keep_the_ends_and_the_count() {
+        let steps: Vec<Value> = (0..500)
+            .map(|i| json!({"seq": i, "rule": "r", "blob": "x".repeat(1000)}))
+            .collect();
+        let (kept, total) = bounded_trace(&steps);
+        assert_eq!(total, 500);
+        assert!(kept.len() < 500 && kept.len() >= 2);
+        assert_eq!(kept[0]["seq"], 0);
+        assert_eq!(kept[kept.len() - 1]["seq"], 499);
+        let small: Vec<Value> = (0..3).map(|i| json!({"seq": i, "outbox": []})).collect();
+        let (kept, _) = bounded_trace(&small);
+        assert_eq!(kept.len(), 3);
+        assert!(kept[0].get("outbox").is_none());
+    }
+
+    #[test]
+    fn shards_are_stable_and_in_range() {
+        let s = shard_of("acme:1");
+        assert_eq!(s, shard_of("acme:1"));
+        assert!(s.parse::<u32>().is_ok_and(|n| n < SHARDS));
+    }
+}
