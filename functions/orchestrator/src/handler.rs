@@ -16,7 +16,10 @@ pub fn table_of(arn: Option<&str>) -> Option<String> {
 }
 
 /// Handles a batch: the response lists the records to retry.
-pub async fn handle<F, J, E, D, S>(chain: &Chain<F, J, E, D, S>, event: Event) -> DynamoDbEventResponse
+pub async fn handle<F, J, E, D, S>(
+    chain: &Chain<F, J, E, D, S>,
+    event: Event,
+) -> DynamoDbEventResponse
 where
     F: FlowSource,
     J: Journal,
@@ -24,7 +27,8 @@ where
     D: Deliveries,
     S: Sealer,
 {
-    let results = futures::future::join_all(event.records.iter().map(|r| handle_record(chain, r))).await;
+    let results =
+        futures::future::join_all(event.records.iter().map(|r| handle_record(chain, r))).await;
     let mut resp = DynamoDbEventResponse::default();
     for (rec, res) in event.records.iter().zip(results) {
         if let Err(Retry(why)) = res {
@@ -42,7 +46,10 @@ where
 }
 
 /// Handles one record.
-pub async fn handle_record<F, J, E, D, S>(chain: &Chain<F, J, E, D, S>, rec: &EventRecord) -> Result<(), Retry>
+pub async fn handle_record<F, J, E, D, S>(
+    chain: &Chain<F, J, E, D, S>,
+    rec: &EventRecord,
+) -> Result<(), Retry>
 where
     F: FlowSource,
     J: Journal,

@@ -12,8 +12,11 @@ use lambda_runtime::{LambdaEvent, service_fn};
 use rulestream_aws::{AwsEffects, AwsFlowSource, Config, DynamoJournal, Egress, Http, StateSealer};
 use rulestream_core::chain::Chain;
 
-#[tokio::main]
-async fn main() -> Result<(), lambda_runtime::Error> {
+fn main() -> Result<(), lambda_runtime::Error> {
+    rulestream_aws::run_function(run)
+}
+
+async fn run() -> Result<(), lambda_runtime::Error> {
     rulestream_aws::init_logging();
     let cfg = Config::from_env()?;
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;

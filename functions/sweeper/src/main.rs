@@ -10,8 +10,11 @@ use lambda_runtime::{LambdaEvent, service_fn};
 use rulestream_aws::{Config, DynamoJournal, Egress, Http};
 use serde_json::Value;
 
-#[tokio::main]
-async fn main() -> Result<(), lambda_runtime::Error> {
+fn main() -> Result<(), lambda_runtime::Error> {
+    rulestream_aws::run_function(run)
+}
+
+async fn run() -> Result<(), lambda_runtime::Error> {
     rulestream_aws::init_logging();
     let cfg = Config::from_env()?;
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
@@ -23,7 +26,11 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let http = Arc::new(Http::new(&sdk, Egress::parse(cfg.egress_allow.as_deref()))?);
     let settings = Arc::new(cfg.chain_settings());
     lambda_runtime::run(service_fn(move |_event: LambdaEvent<Value>| {
-        let (journal, http, settings) = (Arc::clone(&journal), Arc::clone(&http), Arc::clone(&settings));
+        let (journal, http, settings) = (
+            Arc::clone(&journal),
+            Arc::clone(&http),
+            Arc::clone(&settings),
+        );
         async move {
             let report = rulestream_core::chain::sweep(&*journal, &*http, &settings).await;
             tracing::info!(
@@ -32,7 +39,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
                 errors = report.errors,
                 "sweep"
             );
-            Ok::<Value, lambda_runtime::Error>(serde_json::to_value(report)?)
+            Ok::<Value, lambda_runtime::Error>(serde_json::to_value(report).unwrap_or(Value::Null))
         }
     }))
     .await

@@ -160,9 +160,47 @@ impl Stack {
     }
 }
 
-/// A fresh execution id with a readable prefix.
-pub fn new_id(tag: &str) -> String {
-    format!("{tag}-{}", uuid::Uuid::new_v4())
+/// A fresh execution id of `client` (`<client_id>:<unique>`, SPEC section 3) with a readable tag.
+pub fn new_id(client: &str, tag: &str) -> String {
+    format!("{client}:{tag}-{}", uuid::Uuid::new_v4())
+}
+
+/// A connection to the stack's Redis (TLS, AUTH: the URL and CA that `localstack/env.sh` exports).
+pub async fn redis_conn() -> redis::aio::MultiplexedConnection {
+    let url = std::env::var("REDIS_URL").expect("REDIS_URL is set by localstack/env.sh");
+    let ca = std::env::var("REDIS_CA_FILE")
+        .ok()
+        .map(|p| std::fs::read(p).expect("REDIS_CA_FILE is readable"));
+    let client = if url.starts_with("rediss://") {
+        redis::Client::build_with_tls(
+            url.as_str(),
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: ca,
+            },
+        )
+    } else {
+        redis::Client::open(url.as_str())
+    }
+    .expect("valid REDIS_URL");
+    client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis answers")
+}
+
+/// `redis-cli` aimed at the stack's Redis (TLS and AUTH when the stack uses them).
+pub fn redis_cli() -> std::process::Command {
+    let port = std::env::var("RULESTREAM_REDIS_PORT").unwrap_or_else(|_| "6390".into());
+    let mut c = std::process::Command::new("redis-cli");
+    c.args(["-h", "127.0.0.1", "-p", &port]);
+    if let Ok(ca) = std::env::var("REDIS_CA_FILE") {
+        c.args(["--tls", "--cacert", &ca]);
+    }
+    if let Ok(token) = std::env::var("RULESTREAM_REDIS_TOKEN") {
+        c.args(["-a", &token, "--no-auth-warning"]);
+    }
+    c
 }
 
 /// Rule ids of an execution's trace, in order.

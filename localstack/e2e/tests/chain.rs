@@ -17,7 +17,7 @@ async fn every_sample_flow_reaches_its_expected_status() {
     let mut rows = Vec::new();
     let mut expected = Vec::new();
     for (client, flow, c) in &cases {
-        let id = new_id("sample");
+        let id = new_id(client, "sample");
         rows.push(json!({"execution_id": id, "seq": 0, "client_id": client, "flow_id": flow, "input": c["input"]}));
         expected.push((id, c.clone()));
     }
@@ -42,7 +42,7 @@ async fn every_sample_flow_reaches_its_expected_status() {
             ));
         }
         assert_eq!(
-            e["step"].as_u64(),
+            e["steps_total"].as_u64(),
             Some(path(e).len() as u64),
             "{id}: step count"
         );
@@ -81,7 +81,7 @@ fn normalized_raw(e: &Value) -> Value {
         })
         .unwrap_or_default();
     json!({"status": e["status"], "reason": e["reason"], "error": e["error"], "output": e["output"],
-           "tags": e["tags"], "route": e["route"], "step": e["step"], "trace": trace})
+           "tags": e["tags"], "route": e["route"], "steps_total": e["steps_total"], "trace": trace})
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,8 +90,8 @@ async fn every_record_delivered_twice_changes_nothing() {
     let cases = examples();
     let (mut once, mut twice, mut pairs) = (Vec::new(), Vec::new(), Vec::new());
     for (client, flow, c) in &cases {
-        let a = new_id("once");
-        let b = new_id("twice");
+        let a = new_id(client, "once");
+        let b = new_id(client, "twice");
         once.push(json!({"execution_id": a, "seq": 0, "client_id": client, "flow_id": flow, "input": c["input"]}));
         twice.push(json!({"execution_id": b, "seq": 0, "client_id": client, "flow_id": flow, "input": c["input"]}));
         pairs.push((a, b));
@@ -129,7 +129,7 @@ async fn every_record_delivered_twice_changes_nothing() {
 async fn poison_rows_fail_clearly_and_good_rows_in_the_same_batch_complete() {
     let stack = Stack::from_env().await;
     let (client, flow, good) = examples().into_iter().next().expect("an example");
-    let good_id = new_id("good");
+    let good_id = new_id(&client, "good");
     let poison = [
         (
             "missing",
@@ -157,7 +157,8 @@ async fn poison_rows_fail_clearly_and_good_rows_in_the_same_batch_complete() {
     ];
     let mut ids = vec![good_id.clone()];
     for (tag, mut row, _) in poison.clone() {
-        let id = new_id(tag);
+        let owner = row["client_id"].as_str().unwrap_or("e2e").to_string();
+        let id = new_id(&owner, tag);
         row["execution_id"] = json!(id);
         rows.push(row);
         ids.push(id);
@@ -184,7 +185,7 @@ async fn a_goto_cycle_stops_at_max_steps() {
         "rules": [{"id": "ping", "when": "has(input.stop)", "on": {"true": {"complete": "DONE"}, "false": {"goto": "pong"}}},
                   {"id": "pong", "when": "true", "on": {"true": {"goto": "ping"}}}]});
     stack.register_flow(&flow).await;
-    let id = new_id("cycle");
+    let id = new_id("e2e", "cycle");
     stack
         .trigger(&stack.table("trigger"), &json!({"execution_id": id, "seq": 0, "client_id": "e2e", "flow_id": "cycle", "input": {}}))
         .await;
@@ -211,7 +212,7 @@ async fn two_hundred_concurrent_executions_all_finish() {
                   {"id": "end", "when": "true", "on": {"true": {"complete": "SMALL"}}}]});
     stack.register_flow(&flow).await;
     let rows: Vec<Value> = (0..200)
-        .map(|n| json!({"execution_id": new_id("load"), "seq": 0, "client_id": "e2e", "flow_id": "load", "input": {"n": n}}))
+        .map(|n| json!({"execution_id": new_id("e2e", "load"), "seq": 0, "client_id": "e2e", "flow_id": "load", "input": {"n": n}}))
         .collect();
     let ids: Vec<String> = rows
         .iter()

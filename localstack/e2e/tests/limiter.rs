@@ -8,7 +8,11 @@ use rulestream_aws::RedisLimiter;
 fn limiter() -> RedisLimiter {
     let url =
         std::env::var("REDIS_URL").expect("REDIS_URL is set by localstack/env.sh (run `make e2e`)");
-    RedisLimiter::new(Some(&url), "rs-e2e-limiter").expect("valid REDIS_URL")
+    // The local Redis speaks TLS only (rediss://, like ElastiCache with transit encryption).
+    let ca = std::env::var("REDIS_CA_FILE")
+        .ok()
+        .map(|p| std::fs::read(p).expect("REDIS_CA_FILE is readable"));
+    RedisLimiter::new(Some(&url), ca, None, "rs-e2e-limiter").expect("valid REDIS_URL")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,6 +57,6 @@ async fn concurrent_takers_never_get_more_than_the_burst() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_redis_is_an_error_not_a_grant() {
-    let l = RedisLimiter::new(Some("redis://127.0.0.1:1"), "x").expect("valid url");
+    let l = RedisLimiter::new(Some("redis://127.0.0.1:1"), None, None, "x").expect("valid url");
     assert!(l.take("k", 1.0, 1.0).await.is_err());
 }

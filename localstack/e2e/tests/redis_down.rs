@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use rulestream_e2e::{Stack, new_id, path, repo};
+use rulestream_e2e::{Stack, new_id, path, redis_cli, repo};
 use serde_json::json;
 
 struct RestartRedis;
@@ -34,7 +34,7 @@ async fn with_redis_down_fail_open_rules_pass_and_others_are_limited() {
     stack.register_flow(&flow).await;
 
     // Redis up: both rules pass.
-    let up = new_id("redis-up");
+    let up = new_id("e2e", "redis-up");
     stack
         .trigger(&stack.table("trigger"), &json!({"execution_id": up, "seq": 0, "client_id": "e2e", "flow_id": "limits", "input": {}}))
         .await;
@@ -43,25 +43,21 @@ async fn with_redis_down_fail_open_rules_pass_and_others_are_limited() {
         .await;
     assert_eq!(done[&up]["status"], "PASSED");
 
-    let port = std::env::var("RULESTREAM_REDIS_PORT").unwrap_or_else(|_| "6390".into());
     let _restart = RestartRedis;
-    let stopped = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port, "shutdown", "nosave"])
+    let stopped = redis_cli()
+        .args(["shutdown", "nosave"])
         .status()
         .expect("redis-cli runs");
     // `shutdown` closes the connection before answering, so its exit code says nothing; check
     // that Redis is really gone.
     let _ = stopped;
-    let ping = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port, "ping"])
-        .output()
-        .expect("redis-cli runs");
+    let ping = redis_cli().arg("ping").output().expect("redis-cli runs");
     assert!(
         !String::from_utf8_lossy(&ping.stdout).contains("PONG"),
         "redis is still up"
     );
 
-    let down = new_id("redis-down");
+    let down = new_id("e2e", "redis-down");
     stack
         .trigger(&stack.table("trigger"), &json!({"execution_id": down, "seq": 0, "client_id": "e2e", "flow_id": "limits", "input": {}}))
         .await;

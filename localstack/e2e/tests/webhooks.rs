@@ -102,7 +102,7 @@ async fn webhooks_are_signed_and_delivered_once_per_key_and_http_rules_answer() 
     let (base, seen) = receiver().await;
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let secrets = aws_sdk_secretsmanager::Client::new(&sdk);
-    let secret_id = format!("e2e/hook-key-{}", uuid::Uuid::new_v4());
+    let secret_id = format!("rulestream/e2e/hook-key-{}", uuid::Uuid::new_v4());
     secrets
         .create_secret()
         .name(&secret_id)
@@ -122,11 +122,7 @@ async fn webhooks_are_signed_and_delivered_once_per_key_and_http_rules_answer() 
         .send()
         .await
         .expect("put catalog rule");
-    let redis = redis::Client::open(std::env::var("REDIS_URL").expect("REDIS_URL")).expect("url");
-    let mut conn = redis
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
+    let mut conn = rulestream_e2e::redis_conn().await;
     let _: i64 = redis::cmd("INCR")
         .arg(format!("{}:epoch", stack.prefix))
         .query_async(&mut conn)
@@ -146,8 +142,8 @@ async fn webhooks_are_signed_and_delivered_once_per_key_and_http_rules_answer() 
                                          {"type": "add_tag", "tag": "notified"}]}}}]});
     stack.register_flow(&flow).await;
 
-    let once = new_id("hook-once");
-    let twice = new_id("hook-twice");
+    let once = new_id("e2e", "hook-once");
+    let twice = new_id("e2e", "hook-twice");
     let row = |id: &str| json!({"execution_id": id, "seq": 0, "client_id": "e2e", "flow_id": flow_id, "input": {"amount": 10}});
     stack.trigger(&stack.table("trigger"), &row(&once)).await;
     stack
@@ -187,7 +183,12 @@ async fn webhooks_are_signed_and_delivered_once_per_key_and_http_rules_answer() 
                 Some(key.as_str()),
                 "one key per action"
             );
+            // The signature covers `<timestamp>.<body>` (replay protection).
+            let ts = h
+                .header("x-rulestream-timestamp")
+                .expect("timestamp header");
             let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"s3cr3t-signing-key").expect("key");
+            mac.update(format!("{ts}.").as_bytes());
             mac.update(&h.body);
             let want: String = mac
                 .finalize()
@@ -207,8 +208,8 @@ async fn webhooks_are_signed_and_delivered_once_per_key_and_http_rules_answer() 
                 "the secret never travels"
             );
         }
-        // Even when every record comes twice, the step ledger recognises the repeat before it
-        // runs the step again: one POST.
+        // Even when every record comes twice, the step is decided once and its delivery attempt
+        // claimed once: one POST.
         assert_eq!(hooks.len(), 1, "{id}: one POST per action");
     }
 }

@@ -113,7 +113,9 @@ impl Config {
                 .unwrap_or_else(|| format!("{prefix}-system/state-key")),
             retention: Duration::from_secs(num("RULESTREAM_RETENTION_DAYS", 90)? * 86_400),
             stall: Duration::from_secs(num("RULESTREAM_STALL_SECS", 900)?),
-            delivery_backoff_ms: match get("RULESTREAM_DELIVERY_BACKOFF_MS").filter(|v| !v.trim().is_empty()) {
+            delivery_backoff_ms: match get("RULESTREAM_DELIVERY_BACKOFF_MS")
+                .filter(|v| !v.trim().is_empty())
+            {
                 None => rulestream_core::chain::Settings::default().delivery_backoff_ms,
                 Some(v) => v
                     .split(',')
@@ -146,10 +148,14 @@ mod tests {
         assert_eq!(c.steps_table, "rulestream-steps");
         assert_eq!(c.state_key_secret, "rulestream-system/state-key");
         assert_eq!(c.chain_settings().delivery_backoff_ms.len(), 7);
-        let c = Config::from_lookup(|k| (k == "RULESTREAM_DELIVERY_BACKOFF_MS").then(|| "1, 2".into()))
-            .expect("backoff");
+        let c =
+            Config::from_lookup(|k| (k == "RULESTREAM_DELIVERY_BACKOFF_MS").then(|| "1, 2".into()))
+                .expect("backoff");
         assert_eq!(c.delivery_backoff_ms, vec![1, 2]);
-        assert!(Config::from_lookup(|k| (k == "RULESTREAM_DELIVERY_BACKOFF_MS").then(|| "1,x".into())).is_err());
+        assert!(
+            Config::from_lookup(|k| (k == "RULESTREAM_DELIVERY_BACKOFF_MS").then(|| "1,x".into()))
+                .is_err()
+        );
         let c = Config::from_lookup(|k| match k {
             "RULESTREAM_PREFIX" => Some("acme".into()),
             "REDIS_URL" => Some("redis://127.0.0.1:6390".into()),

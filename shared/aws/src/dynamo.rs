@@ -120,7 +120,12 @@ impl DynamoJournal {
         out.item.map(from_item).transpose()
     }
 
-    async fn query_steps(&self, id: &str, forward: bool, limit: Option<i32>) -> Result<Vec<Value>, StoreError> {
+    async fn query_steps(
+        &self,
+        id: &str,
+        forward: bool,
+        limit: Option<i32>,
+    ) -> Result<Vec<Value>, StoreError> {
         let mut out = Vec::new();
         let mut start: Option<Item> = None;
         loop {
@@ -169,13 +174,18 @@ impl DynamoJournal {
             .send()
             .await
             .map_err(|e| store_error(index, &e))?;
-        out.items.unwrap_or_default().into_iter().map(from_item).collect()
+        out.items
+            .unwrap_or_default()
+            .into_iter()
+            .map(from_item)
+            .collect()
     }
 }
 
 impl Journal for DynamoJournal {
     async fn start(&self, summary: &Value) -> Result<bool, StoreError> {
-        self.put_if_absent(&self.executions_table, summary, "execution_id").await
+        self.put_if_absent(&self.executions_table, summary, "execution_id")
+            .await
     }
 
     async fn summary(&self, execution_id: &str) -> Result<Option<Value>, StoreError> {
@@ -190,7 +200,11 @@ impl Journal for DynamoJournal {
         let mut names: HashMap<String, String> = HashMap::new();
         let mut values: Item = HashMap::new();
         let mut set = Vec::new();
-        for (i, (k, v)) in fields.iter().filter(|(k, _)| k.as_str() != "execution_id").enumerate() {
+        for (i, (k, v)) in fields
+            .iter()
+            .filter(|(k, _)| k.as_str() != "execution_id")
+            .enumerate()
+        {
             names.insert(format!("#f{i}"), k.clone());
             values.insert(format!(":v{i}"), av(v)?);
             set.push(format!("#f{i} = :v{i}"));
@@ -213,7 +227,8 @@ impl Journal for DynamoJournal {
     }
 
     async fn put_step(&self, step: &Value) -> Result<bool, StoreError> {
-        self.put_if_absent(&self.steps_table, step, "execution_id").await
+        self.put_if_absent(&self.steps_table, step, "execution_id")
+            .await
     }
 
     async fn step(&self, execution_id: &str, seq: u64) -> Result<Option<Value>, StoreError> {
@@ -229,7 +244,11 @@ impl Journal for DynamoJournal {
     }
 
     async fn last_step(&self, execution_id: &str) -> Result<Option<Value>, StoreError> {
-        Ok(self.query_steps(execution_id, false, Some(1)).await?.into_iter().next())
+        Ok(self
+            .query_steps(execution_id, false, Some(1))
+            .await?
+            .into_iter()
+            .next())
     }
 
     async fn put_row(&self, table: &str, row: &Value) -> Result<bool, StoreError> {
@@ -305,14 +324,36 @@ impl Journal for DynamoJournal {
         outcome("steps record", req.send().await)
     }
 
-    async fn due_deliveries(&self, shard: &str, now_ms: i64, limit: i32) -> Result<Vec<Value>, StoreError> {
-        self.query_index(&self.steps_table, "pending", ("pending_shard", shard), ("pending_due", n(now_ms)), limit)
-            .await
+    async fn due_deliveries(
+        &self,
+        shard: &str,
+        now_ms: i64,
+        limit: i32,
+    ) -> Result<Vec<Value>, StoreError> {
+        self.query_index(
+            &self.steps_table,
+            "pending",
+            ("pending_shard", shard),
+            ("pending_due", n(now_ms)),
+            limit,
+        )
+        .await
     }
 
-    async fn running_before(&self, shard: &str, before: &str, limit: i32) -> Result<Vec<Value>, StoreError> {
-        self.query_index(&self.executions_table, "running", ("running_shard", shard), ("started_at", s(before)), limit)
-            .await
+    async fn running_before(
+        &self,
+        shard: &str,
+        before: &str,
+        limit: i32,
+    ) -> Result<Vec<Value>, StoreError> {
+        self.query_index(
+            &self.executions_table,
+            "running",
+            ("running_shard", shard),
+            ("started_at", s(before)),
+            limit,
+        )
+        .await
     }
 }
 

@@ -49,8 +49,7 @@ pub async fn redis_from_config(
     let ca = match &cfg.redis_ca_file {
         None => None,
         Some(path) => Some(
-            std::fs::read(path)
-                .map_err(|e| WiringError(format!("REDIS_CA_FILE {path}: {e}")))?,
+            std::fs::read(path).map_err(|e| WiringError(format!("REDIS_CA_FILE {path}: {e}")))?,
         ),
     };
     let password = match &cfg.redis_auth_secret {
@@ -65,6 +64,43 @@ pub async fn redis_from_config(
             }
         }
     };
-    RedisLimiter::new(cfg.redis_url.as_deref(), ca, password.as_deref(), &cfg.prefix)
-        .map_err(|e| WiringError(e.to_string()))
+    RedisLimiter::new(
+        cfg.redis_url.as_deref(),
+        ca,
+        password.as_deref(),
+        &cfg.prefix,
+    )
+    .map_err(|e| WiringError(e.to_string()))
+}
+
+/// Stack of the threads that run a function: larger than the CEL red zone
+/// ([`rulestream_core::expr::STACK_RED_ZONE`]), so any expression within the limits evaluates in
+/// place. Reserved, not committed: untouched pages cost nothing.
+pub const FUNCTION_STACK: usize = 64 * 1024 * 1024;
+
+/// Runs a function's main future on a multi-threaded runtime whose threads (and the one that
+/// drives `main`) have [`FUNCTION_STACK`].
+pub fn run_function<M, F>(main: M) -> F::Output
+where
+    M: FnOnce() -> F + Send + 'static,
+    F: std::future::Future,
+    F::Output: Send + 'static,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(FUNCTION_STACK)
+        .build();
+    let driver = std::thread::Builder::new()
+        .name("main-big-stack".into())
+        .stack_size(FUNCTION_STACK)
+        .spawn(move || match rt {
+            Ok(rt) => Ok(rt.block_on(main())),
+            Err(e) => Err(e),
+        });
+    match driver.map(std::thread::JoinHandle::join) {
+        Ok(Ok(Ok(out))) => out,
+        Ok(Ok(Err(e))) => panic!("cannot build the tokio runtime: {e}"),
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(e) => panic!("cannot start the main thread: {e}"),
+    }
 }

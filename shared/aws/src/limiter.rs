@@ -119,7 +119,9 @@ impl RedisLimiter {
             return Ok(c);
         }
         if self.cooling_down() {
-            return Err(RedisError("unavailable (cooling down after a failure)".into()));
+            return Err(RedisError(
+                "unavailable (cooling down after a failure)".into(),
+            ));
         }
         let client = self
             .client
@@ -131,12 +133,17 @@ impl RedisLimiter {
             return Ok(c);
         }
         if self.cooling_down() {
-            return Err(RedisError("unavailable (cooling down after a failure)".into()));
+            return Err(RedisError(
+                "unavailable (cooling down after a failure)".into(),
+            ));
         }
         let cfg = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT));
-        match client.get_multiplexed_async_connection_with_config(&cfg).await {
+        match client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await
+        {
             Ok(c) => {
                 if let Ok(mut g) = self.conn.lock() {
                     *g = Some(c.clone());

@@ -36,8 +36,9 @@ impl Keys {
     fn parse(text: &str) -> Result<Keys, StoreError> {
         let trimmed = text.trim();
         if trimmed.starts_with('{') {
-            let v: Value = serde_json::from_str(trimmed)
-                .map_err(|_| StoreError::Invalid("the state key secret is not valid JSON".into()))?;
+            let v: Value = serde_json::from_str(trimmed).map_err(|_| {
+                StoreError::Invalid("the state key secret is not valid JSON".into())
+            })?;
             let current = v
                 .get("current")
                 .and_then(Value::as_str)
@@ -191,9 +192,13 @@ mod tests {
     fn a_rotated_key_still_opens_rows_sealed_before() {
         let old = StateSealer::fixed("old-key-0123456789abc");
         let sealed = pollster_block(old.seal(b"a", b"state")).expect("seal");
-        let rotated =
-            StateSealer::fixed(r#"{"current": "new-key-0123456789abc", "previous": "old-key-0123456789abc"}"#);
-        assert_eq!(pollster_block(rotated.open(b"a", &sealed)).expect("open"), b"state");
+        let rotated = StateSealer::fixed(
+            r#"{"current": "new-key-0123456789abc", "previous": "old-key-0123456789abc"}"#,
+        );
+        assert_eq!(
+            pollster_block(rotated.open(b"a", &sealed)).expect("open"),
+            b"state"
+        );
         assert!(StateSealer::fixed("short").keys.get().is_none());
         assert!(pollster_block(StateSealer::fixed("short").seal(b"a", b"b")).is_err());
     }

@@ -117,8 +117,7 @@ impl Egress {
 
     fn entry_for(&self, host: &str, port: u16) -> Option<&Allowed> {
         self.0.iter().find(|a| {
-            (a.host == "*" || a.host == host)
-                && a.ports.as_ref().is_none_or(|p| p.contains(&port))
+            (a.host == "*" || a.host == host) && a.ports.as_ref().is_none_or(|p| p.contains(&port))
         })
     }
 
@@ -129,7 +128,9 @@ impl Egress {
         let parsed = reqwest::Url::parse(url)
             .map_err(|_| EffectError::Failed(format!("`{shown}` is not a URL")))?;
         if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(EffectError::Failed(format!("`{shown}` is not an http(s) URL")));
+            return Err(EffectError::Failed(format!(
+                "`{shown}` is not an http(s) URL"
+            )));
         }
         let host = parsed
             .host_str()
@@ -280,7 +281,9 @@ impl Http {
     ) -> Result<Value, EffectError> {
         self.egress.check(url)?;
         let shown = rulestream_core::chain::redact_url(url);
-        let timeout = timeout_ms.map_or(DEFAULT_TIMEOUT, Duration::from_millis).min(MAX_TIMEOUT);
+        let timeout = timeout_ms
+            .map_or(DEFAULT_TIMEOUT, Duration::from_millis)
+            .min(MAX_TIMEOUT);
         let mut req = self
             .client
             .post(url)
@@ -304,7 +307,9 @@ impl Http {
             )));
         }
         if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-            return Err(EffectError::Unavailable(format!("POST {shown}: HTTP {status}")));
+            return Err(EffectError::Unavailable(format!(
+                "POST {shown}: HTTP {status}"
+            )));
         }
         if !status.is_success() {
             return Err(EffectError::Failed(format!("POST {shown}: HTTP {status}")));
@@ -382,7 +387,10 @@ mod tests {
         assert!(e.check("http://127.0.0.1:8080/x").is_ok());
         assert!(e.check("http://127.0.0.1:8081/x").is_err(), "another port");
         assert!(e.check("https://hooks.example.com/a").is_ok());
-        assert!(e.check("https://hooks.example.com:8443/a").is_err(), "not 80/443");
+        assert!(
+            e.check("https://hooks.example.com:8443/a").is_err(),
+            "not 80/443"
+        );
         assert!(e.check("https://api.example.org:9999/a").is_ok());
         assert!(e.check("https://169.254.169.254/latest").is_err());
         assert!(e.check("ftp://127.0.0.1/x").is_err());
@@ -403,19 +411,40 @@ mod tests {
         assert!(!e.address_allowed("hooks.example.com", ip("10.1.2.3")));
         assert!(!e.address_allowed("hooks.example.com", ip("127.0.0.1")));
         assert!(e.address_allowed("localhost", ip("127.0.0.1")));
-        assert!(e.address_allowed("anything", ip("127.0.0.2")), "listed literal");
+        assert!(
+            e.address_allowed("anything", ip("127.0.0.2")),
+            "listed literal"
+        );
     }
 
     #[test]
     fn the_address_classifier() {
         for internal in [
-            "10.0.0.1", "172.16.0.1", "192.168.1.1", "127.0.0.1", "169.254.169.254", "0.0.0.0",
-            "100.64.0.1", "224.0.0.1", "::1", "::", "fd00::1", "fe80::1", "::ffff:10.0.0.1",
-            "::ffff:127.0.0.1", "::ffff:169.254.169.254", "64:ff9b::a00:1",
+            "10.0.0.1",
+            "172.16.0.1",
+            "192.168.1.1",
+            "127.0.0.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "224.0.0.1",
+            "::1",
+            "::",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a00:1",
         ] {
             assert!(is_internal(internal.parse().expect("ip")), "{internal}");
         }
-        for public in ["93.184.216.34", "1.1.1.1", "2606:4700::1111", "::ffff:1.1.1.1"] {
+        for public in [
+            "93.184.216.34",
+            "1.1.1.1",
+            "2606:4700::1111",
+            "::ffff:1.1.1.1",
+        ] {
             assert!(!is_internal(public.parse().expect("ip")), "{public}");
         }
     }

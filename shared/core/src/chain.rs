@@ -28,6 +28,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
+use crate::CompiledFlow;
 use crate::engine::{ExecutionMeta, Next, RunState, Session, gray_key_value};
 use crate::execution::{
     Carried, ExecutionHeader, SealedRow, TriggerRow, check_execution_id, cut, subset_of,
@@ -36,7 +37,6 @@ use crate::model::{ActionType, FAILED};
 use crate::ports::{
     Deliveries, Delivery, EffectError, Effects, FlowSource, Journal, Sealer, StoreError,
 };
-use crate::CompiledFlow;
 
 /// Status of an execution that has not ended.
 pub const RUNNING: &str = "RUNNING";
@@ -418,14 +418,20 @@ where
             Err(e) => return self.fail_start(header, e.to_string()).await,
         };
         if !cf.enabled {
-            let why = format!("client `{}` flow `{}` is disabled", row.client_id, row.flow_id);
+            let why = format!(
+                "client `{}` flow `{}` is disabled",
+                row.client_id, row.flow_id
+            );
             return self.fail_start(header, why).await;
         }
         let version = match (row.flow_version, cf.release.candidate) {
             (Some(v), _) => v,
             (None, None) => cf.release.stable,
             (None, Some(_)) => {
-                let stable = match self.load(&row.client_id, &row.flow_id, cf.release.stable).await? {
+                let stable = match self
+                    .load(&row.client_id, &row.flow_id, cf.release.stable)
+                    .await?
+                {
                     Load::Ok(f) => f,
                     Load::Fail(why) => return self.fail_start(header, why).await,
                 };
@@ -451,7 +457,11 @@ where
         let fresh = match self.journal.start(&doc).await {
             Ok(b) => b,
             Err(StoreError::Transient(e)) => return Err(Retry(e)),
-            Err(e) => return self.fail_start(header, format!("cannot record the start: {e}")).await,
+            Err(e) => {
+                return self
+                    .fail_start(header, format!("cannot record the start: {e}"))
+                    .await;
+            }
         };
         let mut flow = flow;
         if !fresh {
@@ -468,7 +478,10 @@ where
             }
             // Go on with what the first delivery recorded (the release may have moved since).
             header.started_at = str_of(&existing, "started_at").to_string();
-            let recorded = existing.get("flow_version").and_then(Value::as_u64).unwrap_or(version);
+            let recorded = existing
+                .get("flow_version")
+                .and_then(Value::as_u64)
+                .unwrap_or(version);
             if recorded != version {
                 header.flow_version = recorded;
                 flow = match self.load(&row.client_id, &row.flow_id, recorded).await? {
@@ -523,7 +536,10 @@ where
             started_at: carried.started_at.clone(),
             rerun_of: carried.rerun_of.clone(),
         };
-        let flow = match self.load(&row.client_id, &row.flow_id, row.flow_version).await? {
+        let flow = match self
+            .load(&row.client_id, &row.flow_id, row.flow_version)
+            .await?
+        {
             Load::Ok(f) => f,
             Load::Fail(why) => return self.end_failed(&header, &carried.state, why).await,
         };
@@ -545,7 +561,9 @@ where
         if flow.decides_with_effects(carried.state.rule.as_deref()) {
             match self.journal.step(&id, seq).await {
                 Ok(Some(step)) => {
-                    return self.after_step(table, &header, &flow, carried, step, started, true).await;
+                    return self
+                        .after_step(table, &header, &flow, carried, step, started, true)
+                        .await;
                 }
                 Ok(None) => {}
                 Err(StoreError::Transient(e)) => return Err(Retry(e)),
@@ -578,7 +596,9 @@ where
                 Next::Done { reason, error, .. } => (reason.clone(), error.clone()),
                 Next::Rule { .. } => (None, None),
             };
-            let why = reason.or(error).unwrap_or_else(|| "the execution cannot go on".into());
+            let why = reason
+                .or(error)
+                .unwrap_or_else(|| "the execution cannot go on".into());
             return self.end_failed(&header, &carried.state, why).await;
         };
         let status = match &result.next {
@@ -602,7 +622,11 @@ where
         let mut outbox = Vec::new();
         if let Some(actions) = doc.get_mut("actions").and_then(Value::as_array_mut) {
             let mut tags = after.tags.clone();
-            for a in record.actions.iter().filter(|a| a.action.kind == ActionType::AddTag) {
+            for a in record
+                .actions
+                .iter()
+                .filter(|a| a.action.kind == ActionType::AddTag)
+            {
                 if let Some(t) = &a.action.tag
                     && !tags.contains(t)
                 {
@@ -610,11 +634,15 @@ where
                 }
             }
             for (i, a) in actions.iter_mut().enumerate() {
-                let Some(planned) = record.actions.get(i) else { continue };
+                let Some(planned) = record.actions.get(i) else {
+                    continue;
+                };
                 if planned.action.kind != ActionType::CallWebhook {
                     continue;
                 }
-                let Some(url) = planned.action.url.clone() else { continue };
+                let Some(url) = planned.action.url.clone() else {
+                    continue;
+                };
                 a["url"] = json!(redact_url(&url));
                 if let Some(secret) = &planned.action.secret_id
                     && !secret.starts_with(&format!("rulestream/{}/", header.client_id))
@@ -661,12 +689,18 @@ where
             doc["pending_due"] = json!(now_ms + self.settings.delivery_lease_ms);
         }
         match self.journal.put_step(&doc).await {
-            Ok(true) => self.after_step(table, &header, &flow, carried, doc, started, false).await,
+            Ok(true) => {
+                self.after_step(table, &header, &flow, carried, doc, started, false)
+                    .await
+            }
             Ok(false) => match self.journal.step(&id, seq).await {
                 Ok(Some(stored)) => {
-                    self.after_step(table, &header, &flow, carried, stored, started, true).await
+                    self.after_step(table, &header, &flow, carried, stored, started, true)
+                        .await
                 }
-                Ok(None) => Err(Retry(format!("step {seq} of {id} is neither new nor recorded"))),
+                Ok(None) => Err(Retry(format!(
+                    "step {seq} of {id} is neither new nor recorded"
+                ))),
                 Err(e) => Err(Retry(e.to_string())),
             },
             Err(StoreError::Transient(e)) => Err(Retry(e)),
@@ -692,7 +726,10 @@ where
         let view: StepView = match serde_json::from_value(step.clone()) {
             Ok(v) => v,
             Err(e) => {
-                let why = format!("step {} of {} cannot be read: {e}", carried.state.seq, header.execution_id);
+                let why = format!(
+                    "step {} of {} cannot be read: {e}",
+                    carried.state.seq, header.execution_id
+                );
                 return self.end_failed(header, &carried.state, why).await;
             }
         };
@@ -702,8 +739,13 @@ where
                 let next = Carried { state, ..carried };
                 self.put_next(table, header, next).await?;
             }
-            Next::Done { status, reason, error } => {
-                self.end(header, &state, status, reason.clone(), error.clone()).await?;
+            Next::Done {
+                status,
+                reason,
+                error,
+            } => {
+                self.end(header, &state, status, reason.clone(), error.clone())
+                    .await?;
             }
         }
         deliver_pending(&self.journal, &self.deliveries, &self.settings, &step).await;
@@ -724,7 +766,8 @@ where
     }
 
     async fn put_next(&self, table: &str, h: &ExecutionHeader, next: Carried) -> Result<(), Retry> {
-        let plain = serde_json::to_vec(&next).map_err(|e| Retry(format!("cannot encode state: {e}")))?;
+        let plain =
+            serde_json::to_vec(&next).map_err(|e| Retry(format!("cannot encode state: {e}")))?;
         let mut row = SealedRow {
             execution_id: h.execution_id.clone(),
             seq: next.state.seq,
@@ -737,22 +780,36 @@ where
         row.sealed = match self.sealer.seal(&row.aad(), &plain).await {
             Ok(s) => s,
             Err(StoreError::Transient(e)) => return Err(Retry(e)),
-            Err(e) => return self.end_failed(h, &next.state, format!("cannot seal the state: {e}")).await,
+            Err(e) => {
+                return self
+                    .end_failed(h, &next.state, format!("cannot seal the state: {e}"))
+                    .await;
+            }
         };
         let item = serde_json::to_value(&row).map_err(|e| Retry(e.to_string()))?;
         match self.journal.put_row(table, &item).await {
             Ok(_) => Ok(()),
             Err(StoreError::Transient(e)) => Err(Retry(e)),
             Err(e) => {
-                let why = format!("cannot write row {} (before rule `{}`): {e}", row.seq, next.state.rule.as_deref().unwrap_or("?"));
+                let why = format!(
+                    "cannot write row {} (before rule `{}`): {e}",
+                    row.seq,
+                    next.state.rule.as_deref().unwrap_or("?")
+                );
                 self.end_failed(h, &next.state, why).await
             }
         }
     }
 
-    async fn end_failed(&self, h: &ExecutionHeader, state: &RunState, why: String) -> Result<(), Retry> {
+    async fn end_failed(
+        &self,
+        h: &ExecutionHeader,
+        state: &RunState,
+        why: String,
+    ) -> Result<(), Retry> {
         tracing::warn!(execution_id = %h.execution_id, reason = %why, "execution failed");
-        self.end(h, state, FAILED, Some(why.clone()), Some(why)).await
+        self.end(h, state, FAILED, Some(why.clone()), Some(why))
+            .await
     }
 
     async fn end(
@@ -763,7 +820,16 @@ where
         reason: Option<String>,
         error: Option<String>,
     ) -> Result<(), Retry> {
-        finish(&self.journal, &self.settings, h, state, status, reason, error).await
+        finish(
+            &self.journal,
+            &self.settings,
+            h,
+            state,
+            status,
+            reason,
+            error,
+        )
+        .await
     }
 }
 
@@ -810,7 +876,12 @@ pub async fn finish<J: Journal>(
         "steps_total": total,
         "expires_at": now.timestamp() + settings.retention_secs,
     });
-    for (k, v) in [("reason", &reason), ("error", &error), ("route", &state.route), ("rerun_of", &h.rerun_of)] {
+    for (k, v) in [
+        ("reason", &reason),
+        ("error", &error),
+        ("route", &state.route),
+        ("rerun_of", &h.rerun_of),
+    ] {
         if let Some(v) = v {
             doc[k] = json!(v);
         }
@@ -826,7 +897,11 @@ pub async fn finish<J: Journal>(
             doc["error"] = json!(why);
             doc["output"] = json!({});
             doc["trace"] = json!([]);
-            journal.finish(&h.execution_id, &doc).await.map(|_| ()).map_err(|e| Retry(e.to_string()))
+            journal
+                .finish(&h.execution_id, &doc)
+                .await
+                .map(|_| ())
+                .map_err(|e| Retry(e.to_string()))
         }
     }
 }
@@ -845,29 +920,43 @@ pub async fn deliver_pending<J: Journal, D: Deliveries>(
         return;
     };
     let id = str_of(step, "execution_id").to_string();
-    let Some(seq) = step.get("seq").and_then(Value::as_u64) else { return };
+    let Some(seq) = step.get("seq").and_then(Value::as_u64) else {
+        return;
+    };
     let mut actions = step.get("actions").cloned().unwrap_or_else(|| json!([]));
     let pending: Vec<&Value> = outbox
         .iter()
         .filter(|o| {
             let i = o.get("index").and_then(Value::as_u64).unwrap_or(u64::MAX) as usize;
-            actions.get(i).and_then(|a| a.get("delivery")).map(|d| str_of(d, "status")) == Some("pending")
+            actions
+                .get(i)
+                .and_then(|a| a.get("delivery"))
+                .map(|d| str_of(d, "status"))
+                == Some("pending")
         })
         .collect();
-    let done = step.get("delivery_attempts").and_then(Value::as_u64).unwrap_or(0);
+    let done = step
+        .get("delivery_attempts")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
     let attempt = u32::try_from(done).unwrap_or(u32::MAX).saturating_add(1);
     let shard = shard_of(&id);
     let now = Utc::now();
     if pending.is_empty() {
         // Nothing left to send: make sure the step leaves the pending index.
-        let _ = journal.record_delivery(&id, seq, u32::try_from(done).unwrap_or(0), &actions, None).await;
+        let _ = journal
+            .record_delivery(&id, seq, u32::try_from(done).unwrap_or(0), &actions, None)
+            .await;
         return;
     }
     if attempt > MAX_DELIVERY_ATTEMPTS {
         return;
     }
     let lease = now.timestamp_millis() + settings.delivery_lease_ms;
-    match journal.claim_delivery(&id, seq, attempt, &shard, lease).await {
+    match journal
+        .claim_delivery(&id, seq, attempt, &shard, lease)
+        .await
+    {
         Ok(true) => {}
         Ok(false) => return,
         Err(e) => {
@@ -879,7 +968,10 @@ pub async fn deliver_pending<J: Journal, D: Deliveries>(
         let d = Delivery {
             idempotency_key: str_of(o, "key").to_string(),
             url: str_of(o, "url").to_string(),
-            secret_id: o.get("secret_id").and_then(Value::as_str).map(str::to_string),
+            secret_id: o
+                .get("secret_id")
+                .and_then(Value::as_str)
+                .map(str::to_string),
             timeout_ms: o.get("timeout_ms").and_then(Value::as_u64),
             body: str_of(o, "body").to_string(),
         };
@@ -890,7 +982,9 @@ pub async fn deliver_pending<J: Journal, D: Deliveries>(
     let mut still_pending = false;
     for (o, res) in results {
         let i = o.get("index").and_then(Value::as_u64).unwrap_or(u64::MAX) as usize;
-        let Some(a) = actions.get_mut(i) else { continue };
+        let Some(a) = actions.get_mut(i) else {
+            continue;
+        };
         let (status, last) = match &res {
             Ok(()) => ("delivered", "delivered".to_string()),
             Err(EffectError::Unavailable(e)) if attempt < MAX_DELIVERY_ATTEMPTS => {
@@ -913,10 +1007,15 @@ pub async fn deliver_pending<J: Journal, D: Deliveries>(
             .cloned()
             .unwrap_or_default();
         history.push(json!({"attempt": attempt, "at": at, "result": last}));
-        a["delivery"] = json!({"status": status, "attempts": attempt, "last": last, "results": history});
+        a["delivery"] =
+            json!({"status": status, "attempts": attempt, "last": last, "results": history});
     }
-    let due = still_pending.then(|| Utc::now().timestamp_millis() + settings.backoff_after(attempt));
-    if let Err(e) = journal.record_delivery(&id, seq, attempt, &actions, due).await {
+    let due =
+        still_pending.then(|| Utc::now().timestamp_millis() + settings.backoff_after(attempt));
+    if let Err(e) = journal
+        .record_delivery(&id, seq, attempt, &actions, due)
+        .await
+    {
         tracing::warn!(execution_id = %id, seq, error = %e, "cannot record delivery results; the attempt will be retried after its lease");
     }
 }
@@ -935,12 +1034,19 @@ pub struct SweepReport {
 /// The scheduled side of the loop: sends due deliveries, and ends as `FAILED` every execution
 /// with no progress for `settings.stall_secs`. Idempotent and safe to run concurrently: every
 /// write is conditional.
-pub async fn sweep<J: Journal, D: Deliveries>(journal: &J, deliveries: &D, settings: &Settings) -> SweepReport {
+pub async fn sweep<J: Journal, D: Deliveries>(
+    journal: &J,
+    deliveries: &D,
+    settings: &Settings,
+) -> SweepReport {
     let mut report = SweepReport::default();
     let now = Utc::now();
     for shard in 0..SHARDS {
         let shard = shard.to_string();
-        match journal.due_deliveries(&shard, now.timestamp_millis(), 100).await {
+        match journal
+            .due_deliveries(&shard, now.timestamp_millis(), 100)
+            .await
+        {
             Ok(steps) => {
                 for s in steps {
                     deliver_pending(journal, deliveries, settings, &s).await;
@@ -985,7 +1091,10 @@ async fn end_if_stalled<J: Journal>(
     now: DateTime<Utc>,
 ) -> Result<bool, Retry> {
     let id = str_of(summary, "execution_id").to_string();
-    let last = journal.last_step(&id).await.map_err(|e| Retry(e.to_string()))?;
+    let last = journal
+        .last_step(&id)
+        .await
+        .map_err(|e| Retry(e.to_string()))?;
     let since = last
         .as_ref()
         .map(|s| str_of(s, "decided_at"))
@@ -1013,12 +1122,27 @@ async fn end_if_stalled<J: Journal>(
         execution_id: id.clone(),
         client_id: str_of(summary, "client_id").to_string(),
         flow_id: str_of(summary, "flow_id").to_string(),
-        flow_version: summary.get("flow_version").and_then(Value::as_u64).unwrap_or(0),
+        flow_version: summary
+            .get("flow_version")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
         started_at: str_of(summary, "started_at").to_string(),
-        rerun_of: summary.get("rerun_of").and_then(Value::as_str).map(str::to_string),
+        rerun_of: summary
+            .get("rerun_of")
+            .and_then(Value::as_str)
+            .map(str::to_string),
     };
     tracing::warn!(execution_id = %id, reason = %why, "stalled execution ended");
-    finish(journal, settings, &h, &state, FAILED, Some(why.clone()), Some(why)).await?;
+    finish(
+        journal,
+        settings,
+        &h,
+        &state,
+        FAILED,
+        Some(why.clone()),
+        Some(why),
+    )
+    .await?;
     Ok(true)
 }
 
@@ -1028,8 +1152,14 @@ mod tests {
 
     #[test]
     fn urls_show_scheme_host_and_port_only() {
-        assert_eq!(redact_url("https://hooks.slack.com/services/T0/B0/XYZ?x=1"), "https://hooks.slack.com");
-        assert_eq!(redact_url("http://user:pw@127.0.0.1:8080/a"), "http://127.0.0.1:8080");
+        assert_eq!(
+            redact_url("https://hooks.slack.com/services/T0/B0/XYZ?x=1"),
+            "https://hooks.slack.com"
+        );
+        assert_eq!(
+            redact_url("http://user:pw@127.0.0.1:8080/a"),
+            "http://127.0.0.1:8080"
+        );
         assert_eq!(redact_url("nonsense"), "<not a url>");
     }
 
@@ -1041,7 +1171,9 @@ mod tests {
         ]});
         sanitize_explain(&mut e);
         assert_eq!(e["conditions"][0]["actual"], CLIENT_DATA);
-        let cut_len = e["conditions"][1]["actual"].as_str().map(|s| s.chars().count());
+        let cut_len = e["conditions"][1]["actual"]
+            .as_str()
+            .map(|s| s.chars().count());
         assert_eq!(cut_len, Some(EXPLAIN_VALUE_CHARS + 1));
     }
 

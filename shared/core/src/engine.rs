@@ -191,7 +191,12 @@ impl CompiledFlow {
             self.rules.get(idx).map(|r| &r.decide),
             Some(Decide::Master { kind, .. }) if *kind != MasterKind::Cel
         );
-        external || self.flow.rules.get(idx).is_some_and(|r| r.rate_limit.is_some())
+        external
+            || self
+                .flow
+                .rules
+                .get(idx)
+                .is_some_and(|r| r.rate_limit.is_some())
     }
 
     fn trie(&self, root: &str) -> Option<&PathTrie> {
@@ -529,7 +534,7 @@ fn compile_transition(
         }
     }
     for (ai, a) in t.actions.iter().enumerate() {
-        if let Err(m) = crate::validate::check_action(a) {
+        if let Err(m) = crate::validate::check_action(a, &flow.client_id) {
             issues.push(issue(&format!("{path}.actions[{ai}]"), m));
         }
     }

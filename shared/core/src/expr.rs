@@ -75,12 +75,97 @@ pub enum CompileError {
         /// The parser's explanation.
         message: String,
     },
+    /// The expression is over a size limit (SPEC section 1, Limits).
+    #[error("{message}")]
+    TooLarge {
+        /// Which limit, and by how much.
+        message: String,
+    },
     /// The expression reads a variable that no rule can see.
     #[error("unknown variable `{name}` (known: input, ctx, client, params, steps, execution, now)")]
     UnknownVariable {
         /// The variable.
         name: String,
     },
+}
+
+/// The longest CEL expression, in characters (SPEC section 1, Limits).
+pub const MAX_EXPR_CHARS: usize = 4096;
+/// The deepest nesting of parentheses, brackets, braces and calls.
+pub const MAX_NESTING: usize = 64;
+
+/// Checks the size limits before the parser sees the text, so no expression can exhaust the
+/// stack of the parser or the evaluator.
+pub fn check_limits(source: &str) -> Result<(), CompileError> {
+    let n = source.chars().count();
+    if n > MAX_EXPR_CHARS {
+        return Err(CompileError::TooLarge {
+            message: format!(
+                "the expression is {n} characters long; the limit is {MAX_EXPR_CHARS}"
+            ),
+        });
+    }
+    let depth = nesting(source);
+    if depth > MAX_NESTING {
+        return Err(CompileError::TooLarge {
+            message: format!(
+                "the expression nests parentheses, brackets, braces and calls {depth} deep; the limit is {MAX_NESTING}"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Stack that must be left before the parser or evaluator runs; below it, `f` runs on a fresh
+/// segment of [`STACK_SEGMENT`]. The functions run on threads with a stack larger than this red
+/// zone, so this never allocates there; a small stack (a test thread, a CLI) grows instead of
+/// overflowing. An expression within the limits needs far less, in any build.
+pub const STACK_RED_ZONE: usize = 48 * 1024 * 1024;
+/// Size of a fresh stack segment.
+pub const STACK_SEGMENT: usize = 512 * 1024 * 1024;
+
+fn with_stack<R>(f: impl FnOnce() -> R) -> R {
+    stacker::maybe_grow(STACK_RED_ZONE, STACK_SEGMENT, f)
+}
+
+/// How deep `(`, `[` and `{` nest in `src`, outside string literals.
+pub fn nesting(src: &str) -> usize {
+    let b = src.as_bytes();
+    let (mut i, mut depth, mut max) = (0usize, 0usize, 0usize);
+    while i < b.len() {
+        match b[i] {
+            q @ (b'"' | b'\'') => {
+                let triple = i + 2 < b.len() && b[i + 1] == q && b[i + 2] == q;
+                let raw = i > 0 && matches!(b[i - 1], b'r' | b'R');
+                i += if triple { 3 } else { 1 };
+                while i < b.len() {
+                    if !raw && b[i] == b'\\' {
+                        i += 2;
+                        continue;
+                    }
+                    if triple {
+                        if i + 2 < b.len() && b[i] == q && b[i + 1] == q && b[i + 2] == q {
+                            i += 3;
+                            break;
+                        }
+                    } else if b[i] == q {
+                        i += 1;
+                        break;
+                    }
+                    i += 1;
+                }
+                continue;
+            }
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    max
 }
 
 /// Arithmetic operators, rewritten to functions that promote a mix of `int`/`uint` and `double`
@@ -192,6 +277,11 @@ pub struct Expr {
 impl Expr {
     /// Parses `source`, rejecting syntax errors (with their position) and unknown variables.
     pub fn compile(source: &str) -> Result<Expr, Vec<CompileError>> {
+        check_limits(source).map_err(|e| vec![e])?;
+        with_stack(|| Expr::compile_within_limits(source))
+    }
+
+    fn compile_within_limits(source: &str) -> Result<Expr, Vec<CompileError>> {
         let program = env().compile(source).map_err(|errs| {
             errs.errors
                 .iter()
@@ -244,7 +334,7 @@ impl Expr {
 
     /// Evaluates against `ctx`.
     pub fn eval(&self, ctx: &cel::Context<'_, '_>) -> Result<CelValue, String> {
-        CelValue::resolve(&self.ast, ctx).map_err(|e| e.to_string())
+        with_stack(|| CelValue::resolve(&self.ast, ctx).map_err(|e| e.to_string()))
     }
 }
 

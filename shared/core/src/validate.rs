@@ -343,6 +343,15 @@ fn best_effort_flow(doc: &Value) -> (Option<Flow>, Vec<usize>) {
 
 /// Layer 3 checks that need the whole flow (the compiler checks each rule).
 fn check_flow(flow: &Flow, out: &mut Vec<Finding>) {
+    if flow.rules.len() > MAX_RULES {
+        out.push(error(
+            "$.rules",
+            format!(
+                "a flow has at most {MAX_RULES} rules (this one has {})",
+                flow.rules.len()
+            ),
+        ));
+    }
     if flow.version == 0 {
         out.push(error("$.version", "version must be 1 or more"));
     }
@@ -546,6 +555,12 @@ pub fn check_op_value(c: &Condition) -> Result<(), String> {
             "`contains` needs a single value (a substring, or an item to find in a list)".into(),
         ),
         (Op::Contains, Some(_)) => Ok(()),
+        (Op::Matches, Some(Value::String(p))) if p.chars().count() > MAX_PATTERN_CHARS => {
+            Err(format!(
+                "a `matches` pattern is at most {MAX_PATTERN_CHARS} characters (this one has {})",
+                p.chars().count()
+            ))
+        }
         (Op::StartsWith | Op::Matches, Some(Value::String(_))) => Ok(()),
         (Op::StartsWith | Op::Matches, Some(v)) => {
             Err(format!("`{op}` needs a string value, not {}", json_type(v)))
@@ -553,8 +568,31 @@ pub fn check_op_value(c: &Condition) -> Result<(), String> {
     }
 }
 
-/// Checks that an action has the fields its type needs and no others.
-pub fn check_action(a: &Action) -> Result<(), String> {
+/// The most rules a flow may have (SPEC section 1, Limits).
+pub const MAX_RULES: usize = 200;
+/// The longest `matches` pattern, in characters.
+pub const MAX_PATTERN_CHARS: usize = 1000;
+/// The longest `timeout_ms` of a webhook or an external master rule.
+pub const MAX_TIMEOUT_MS: u64 = 10_000;
+
+/// Checks that an action has the fields its type needs and no others; a signing secret must be
+/// one of the flow's own client (`rulestream/<client_id>/…`, SPEC section 3).
+pub fn check_action(a: &Action, client_id: &str) -> Result<(), String> {
+    if let Some(t) = a.timeout_ms
+        && (t == 0 || t > MAX_TIMEOUT_MS)
+    {
+        return Err(format!(
+            "`timeout_ms` must be 1 to {MAX_TIMEOUT_MS}, got {t}"
+        ));
+    }
+    if let Some(secret) = &a.secret_id {
+        let own = format!("rulestream/{client_id}/");
+        if !secret.starts_with(&own) || secret.len() == own.len() {
+            return Err(format!(
+                "`secret_id` `{secret}` is not a secret of client `{client_id}`: it must be named `{own}<name>`"
+            ));
+        }
+    }
     let (required, optional) = a.kind.fields();
     let present = a.present_fields();
     let kind = a.kind.as_str();
@@ -590,6 +628,13 @@ pub fn check_action(a: &Action) -> Result<(), String> {
 pub fn check_master_rule(r: &MasterRule) -> Result<(), String> {
     if r.version == 0 {
         return Err("version must be 1 or more".into());
+    }
+    if let Some(t) = r.timeout_ms
+        && (t == 0 || t > MAX_TIMEOUT_MS)
+    {
+        return Err(format!(
+            "`timeout_ms` must be 1 to {MAX_TIMEOUT_MS}, got {t}"
+        ));
     }
     match r.kind {
         MasterKind::Cel => {

@@ -1,0 +1,600 @@
+//! The step loop against in-memory fakes of its ports (the real adapters are exercised by the e2e
+//! suite on the local stack): redelivery, forged rows, client identity, the outbox, the sweep.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use rulestream_core::chain::{Chain, Retry, Settings, sweep};
+use rulestream_core::execution::{ClientFlow, DataSource, Release};
+use rulestream_core::ports::{
+    Deliveries, Delivery, EffectError, FlowSource, Journal, Sealer, StoreError,
+};
+use rulestream_core::{Catalog, CompiledFlow, DryRun, validate_value};
+use serde_json::{Value, json};
+
+#[derive(Default)]
+struct Flows {
+    clients: HashMap<(String, String), ClientFlow>,
+    versions: HashMap<u64, Value>,
+    data_reads: Mutex<usize>,
+}
+
+impl FlowSource for Flows {
+    async fn client_flow(&self, c: &str, f: &str) -> Result<ClientFlow, StoreError> {
+        self.clients
+            .get(&(c.to_string(), f.to_string()))
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound(format!("no client `{c}` with flow `{f}`")))
+    }
+    async fn flow_version(
+        &self,
+        _c: &str,
+        _f: &str,
+        v: u64,
+    ) -> Result<Arc<CompiledFlow>, StoreError> {
+        let doc = self
+            .versions
+            .get(&v)
+            .ok_or_else(|| StoreError::NotFound(format!("no v{v}")))?;
+        validate_value(doc, &Catalog::new())
+            .flow
+            .map(Arc::new)
+            .ok_or_else(|| StoreError::Invalid(format!("v{v} is invalid")))
+    }
+    async fn client_data(&self, _c: &str, _s: &DataSource) -> Result<Value, StoreError> {
+        *self.data_reads.lock().expect("lock") += 1;
+        Ok(json!({"tier": "gold", "secret_limit": 123456789}))
+    }
+}
+
+/// Tables in memory: summaries, steps by (id, seq), trigger rows by table.
+#[derive(Default)]
+struct Mem {
+    summaries: Mutex<HashMap<String, Value>>,
+    steps: Mutex<BTreeMap<(String, u64), Value>>,
+    rows: Mutex<Vec<(String, Value)>>,
+    fail_next_step_put: Mutex<bool>,
+}
+
+impl Journal for Mem {
+    async fn start(&self, summary: &Value) -> Result<bool, StoreError> {
+        let id = summary["execution_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let mut s = self.summaries.lock().expect("lock");
+        if s.contains_key(&id) {
+            return Ok(false);
+        }
+        s.insert(id, summary.clone());
+        Ok(true)
+    }
+    async fn summary(&self, id: &str) -> Result<Option<Value>, StoreError> {
+        Ok(self.summaries.lock().expect("lock").get(id).cloned())
+    }
+    async fn finish(&self, id: &str, finish: &Value) -> Result<bool, StoreError> {
+        let mut s = self.summaries.lock().expect("lock");
+        let e = s
+            .entry(id.to_string())
+            .or_insert_with(|| json!({"execution_id": id, "status": "RUNNING"}));
+        if e["status"] != "RUNNING" {
+            return Ok(false);
+        }
+        for (k, v) in finish.as_object().expect("object") {
+            e[k] = v.clone();
+        }
+        if let Some(o) = e.as_object_mut() {
+            o.remove("running_shard");
+        }
+        Ok(true)
+    }
+    async fn put_step(&self, step: &Value) -> Result<bool, StoreError> {
+        if std::mem::take(&mut *self.fail_next_step_put.lock().expect("lock")) {
+            return Err(StoreError::Transient("throttled".into()));
+        }
+        let key = (
+            step["execution_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            step["seq"].as_u64().unwrap_or(0),
+        );
+        let mut s = self.steps.lock().expect("lock");
+        if s.contains_key(&key) {
+            return Ok(false);
+        }
+        s.insert(key, step.clone());
+        Ok(true)
+    }
+    async fn step(&self, id: &str, seq: u64) -> Result<Option<Value>, StoreError> {
+        Ok(self
+            .steps
+            .lock()
+            .expect("lock")
+            .get(&(id.to_string(), seq))
+            .cloned())
+    }
+    async fn steps(&self, id: &str) -> Result<Vec<Value>, StoreError> {
+        Ok(self
+            .steps
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|((i, _), _)| i == id)
+            .map(|(_, v)| v.clone())
+            .collect())
+    }
+    async fn last_step(&self, id: &str) -> Result<Option<Value>, StoreError> {
+        Ok(self.steps(id).await?.pop())
+    }
+    async fn put_row(&self, table: &str, row: &Value) -> Result<bool, StoreError> {
+        let mut rows = self.rows.lock().expect("lock");
+        if rows.iter().any(|(t, r)| {
+            t == table && r["execution_id"] == row["execution_id"] && r["seq"] == row["seq"]
+        }) {
+            return Ok(false);
+        }
+        rows.push((table.to_string(), row.clone()));
+        Ok(true)
+    }
+    async fn claim_delivery(
+        &self,
+        id: &str,
+        seq: u64,
+        attempt: u32,
+        shard: &str,
+        lease: i64,
+    ) -> Result<bool, StoreError> {
+        let mut s = self.steps.lock().expect("lock");
+        let Some(step) = s.get_mut(&(id.to_string(), seq)) else {
+            return Ok(false);
+        };
+        if step["delivery_attempts"].as_u64().unwrap_or(0) != u64::from(attempt - 1) {
+            return Ok(false);
+        }
+        step["delivery_attempts"] = json!(attempt);
+        step["pending_due"] = json!(lease);
+        step["pending_shard"] = json!(shard);
+        Ok(true)
+    }
+    async fn record_delivery(
+        &self,
+        id: &str,
+        seq: u64,
+        attempt: u32,
+        actions: &Value,
+        due: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let mut s = self.steps.lock().expect("lock");
+        let Some(step) = s.get_mut(&(id.to_string(), seq)) else {
+            return Ok(false);
+        };
+        if attempt > 0 && step["delivery_attempts"].as_u64() != Some(u64::from(attempt)) {
+            return Ok(false);
+        }
+        step["actions"] = actions.clone();
+        match due {
+            Some(d) => step["pending_due"] = json!(d),
+            None => {
+                let o = step.as_object_mut().expect("object");
+                for k in ["pending_due", "pending_shard", "outbox"] {
+                    o.remove(k);
+                }
+            }
+        }
+        Ok(true)
+    }
+    async fn due_deliveries(
+        &self,
+        shard: &str,
+        now_ms: i64,
+        _limit: i32,
+    ) -> Result<Vec<Value>, StoreError> {
+        Ok(self
+            .steps
+            .lock()
+            .expect("lock")
+            .values()
+            .filter(|s| {
+                s["pending_shard"] == shard
+                    && s["pending_due"].as_i64().is_some_and(|d| d <= now_ms)
+            })
+            .cloned()
+            .collect())
+    }
+    async fn running_before(
+        &self,
+        shard: &str,
+        before: &str,
+        _limit: i32,
+    ) -> Result<Vec<Value>, StoreError> {
+        Ok(self
+            .summaries
+            .lock()
+            .expect("lock")
+            .values()
+            .filter(|s| {
+                s["running_shard"] == shard && s["started_at"].as_str().is_some_and(|t| t <= before)
+            })
+            .cloned()
+            .collect())
+    }
+}
+
+/// A toy sealer: "sealed:" + hex(aad) + ":" + plaintext. It authenticates nothing cryptographically
+/// but keeps the contract: what it did not seal, or sealed for another row, does not open.
+struct ToySealer;
+
+impl Sealer for ToySealer {
+    async fn seal(&self, aad: &[u8], plain: &[u8]) -> Result<String, StoreError> {
+        Ok(format!(
+            "sealed:{}:{}",
+            hex(aad),
+            String::from_utf8_lossy(plain)
+        ))
+    }
+    async fn open(&self, aad: &[u8], sealed: &str) -> Result<Vec<u8>, StoreError> {
+        let prefix = format!("sealed:{}:", hex(aad));
+        sealed
+            .strip_prefix(&prefix)
+            .map(|p| p.as_bytes().to_vec())
+            .ok_or_else(|| StoreError::Invalid("does not open".into()))
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Records deliveries; answers "unavailable" `down` times first.
+#[derive(Default)]
+struct Hooks {
+    sent: Mutex<Vec<(String, String)>>,
+    down: Mutex<u32>,
+}
+
+impl Deliveries for Hooks {
+    async fn deliver(&self, d: &Delivery) -> Result<(), EffectError> {
+        {
+            let mut down = self.down.lock().expect("lock");
+            if *down > 0 {
+                *down -= 1;
+                return Err(EffectError::Unavailable(
+                    "receiver refused the connection".into(),
+                ));
+            }
+        }
+        self.sent
+            .lock()
+            .expect("lock")
+            .push((d.idempotency_key.clone(), d.body.clone()));
+        Ok(())
+    }
+}
+
+type C = Chain<Flows, Mem, DryRun, Hooks, ToySealer>;
+
+fn flow() -> Value {
+    json!({"client_id": "acme", "flow_id": "f", "version": 1, "terminal_statuses": ["OK", "NO"],
+           "rules": [{"id": "a", "when": "input.n > 1", "on": {"false": {"complete": "NO"}}},
+                     {"id": "b", "conditions": [[{"field": "client.tier", "op": "eq", "value": "gold"}]],
+                      "on": {"true": {"complete": "OK", "set": {"limit": "client.secret_limit"},
+                      "actions": [{"type": "call_webhook", "url": "http://127.0.0.1:1/hook/secret-token?sig=x"}, {"type": "add_tag", "tag": "t"}]}}}]})
+}
+
+fn chain() -> C {
+    let mut flows = Flows::default();
+    flows.clients.insert(
+        ("acme".into(), "f".into()),
+        ClientFlow {
+            client_id: "acme".into(),
+            flow_id: "f".into(),
+            enabled: true,
+            release: Release {
+                stable: 1,
+                candidate: None,
+                percent: 0.0,
+                generation: 1,
+            },
+            data_source: Some(DataSource {
+                role_arn: "arn:role".into(),
+                secret_id: "s".into(),
+            }),
+        },
+    );
+    flows.versions.insert(1, flow());
+    flows.versions.insert(2, json!({"client_id": "acme"}));
+    let settings = Settings {
+        delivery_backoff_ms: vec![0; 7],
+        delivery_lease_ms: 0,
+        stall_secs: 0,
+        ..Settings::default()
+    };
+    Chain {
+        flows,
+        journal: Mem::default(),
+        effects: DryRun,
+        deliveries: Hooks::default(),
+        sealer: ToySealer,
+        settings,
+    }
+}
+
+fn block<F: std::future::Future>(f: F) -> F::Output {
+    pollster::block_on(f)
+}
+
+/// Runs every row the chain wrote until none is left (`times` deliveries of each).
+fn drain(c: &C, times: usize) {
+    for _ in 0..50 {
+        let rows: Vec<(String, Value)> = std::mem::take(&mut *c.journal.rows.lock().expect("lock"));
+        if rows.is_empty() {
+            return;
+        }
+        for (table, row) in rows {
+            for _ in 0..times {
+                assert_eq!(block(c.run_row(Some(&table), row.clone())), Ok(()));
+            }
+        }
+    }
+}
+
+fn summary(c: &C, id: &str) -> Value {
+    c.journal
+        .summaries
+        .lock()
+        .expect("lock")
+        .get(id)
+        .cloned()
+        .expect("summary exists")
+}
+
+fn start(id: &str, input: Value) -> Value {
+    json!({"execution_id": id, "seq": 0, "client_id": "acme", "flow_id": "f", "input": input})
+}
+
+#[test]
+fn a_chain_runs_to_its_end_once_even_when_every_record_comes_twice() {
+    for times in [1, 2] {
+        let c = chain();
+        for _ in 0..times {
+            assert_eq!(
+                block(c.run_row(None, start("acme:x1", json!({"n": 5})))),
+                Ok(())
+            );
+        }
+        drain(&c, times);
+        let s = summary(&c, "acme:x1");
+        assert_eq!(s["status"], "OK");
+        let rules: Vec<&str> = s["trace"]
+            .as_array()
+            .expect("trace")
+            .iter()
+            .filter_map(|t| t["rule"].as_str())
+            .collect();
+        assert_eq!(rules, vec!["a", "b"]);
+        assert_eq!(s["tags"], json!(["t"]));
+        assert!(s.get("running_shard").is_none());
+        // One delivery, with its key; the URL in the trace is scheme://host:port only.
+        let sent = c.deliveries.sent.lock().expect("lock").clone();
+        assert_eq!(sent.len(), 1, "times={times}");
+        assert_eq!(sent[0].0, "acme:x1:1:0");
+        // The summary is written before the last step's deliveries go out (a slow receiver never
+        // delays the end); the step item records what happened.
+        let action = &s["trace"][1]["actions"][0];
+        assert_eq!(action["url"], "http://127.0.0.1:1");
+        assert_eq!(action["delivery"]["status"], "pending");
+        let step = c.journal.step_sync("acme:x1", 1);
+        assert_eq!(step["actions"][0]["delivery"]["status"], "delivered");
+        assert_eq!(step["actions"][0]["url"], "http://127.0.0.1:1");
+        // Client data: read once at seq 0 and carried; shown as <client data> in explain.
+        assert_eq!(*c.flows.data_reads.lock().expect("lock"), times);
+        assert_eq!(
+            s["trace"][1]["explain"]["conditions"][0]["actual"],
+            "<client data>"
+        );
+        // The trigger rows after seq 0 hold no input or client value in clear.
+        assert!(s.get("outbox").is_none());
+    }
+}
+
+#[test]
+fn rows_after_seq_0_are_sealed_and_forged_ones_never_run() {
+    let c = chain();
+    block(c.run_row(None, start("acme:s1", json!({"n": 5})))).expect("start");
+    let rows = c.journal.rows.lock().expect("lock").clone();
+    assert_eq!(rows.len(), 1);
+    let row = &rows[0].1;
+    assert!(row.get("input").is_none() && row.get("state").is_none());
+    assert!(row["sealed"].as_str().is_some());
+
+    let steps_before = c.journal.steps.lock().expect("lock").len();
+    // A forged seq 1 row: unsealed state, another client's data source, a webhook.
+    let forged = [
+        json!({"execution_id": "acme:s1", "seq": 1, "client_id": "acme", "flow_id": "f", "flow_version": 1,
+               "input": {"n": 5}, "state": {"seq": 1, "rule": "b"}, "data_source": {"role_arn": "arn:other", "secret_id": "other"}}),
+        // A genuine seal moved to another execution.
+        {
+            let mut r = row.clone();
+            r["execution_id"] = json!("acme:other");
+            r
+        },
+        // A genuine seal with its version changed.
+        {
+            let mut r = row.clone();
+            r["flow_version"] = json!(2);
+            r
+        },
+        json!({"execution_id": "acme:s9", "seq": 3, "sealed": "garbage", "client_id": "acme", "flow_id": "f", "flow_version": 1}),
+    ];
+    let reads = *c.flows.data_reads.lock().expect("lock");
+    for f in forged {
+        assert_eq!(block(c.run_row(None, f)), Ok(()), "ignored, not retried");
+    }
+    assert_eq!(
+        c.journal.steps.lock().expect("lock").len(),
+        steps_before,
+        "nothing decided"
+    );
+    assert_eq!(
+        *c.flows.data_reads.lock().expect("lock"),
+        reads,
+        "no client data read"
+    );
+    assert!(
+        c.deliveries.sent.lock().expect("lock").is_empty(),
+        "nothing delivered"
+    );
+    assert_eq!(
+        summary(&c, "acme:s1")["status"],
+        "RUNNING",
+        "the execution is untouched"
+    );
+    assert!(
+        !c.journal
+            .summaries
+            .lock()
+            .expect("lock")
+            .contains_key("acme:other")
+    );
+}
+
+#[test]
+fn seq_0_rows_must_carry_their_client_and_be_well_formed() {
+    let c = chain();
+    let cases = [
+        (
+            json!({"execution_id": "other:1", "seq": 0, "client_id": "acme", "flow_id": "f", "input": {}}),
+            "does not start with `acme:`",
+        ),
+        (
+            json!({"execution_id": "acme", "seq": 0, "client_id": "acme", "flow_id": "f", "input": {}}),
+            "does not start with `acme:`",
+        ),
+        (
+            json!({"execution_id": "acme:a b", "seq": 0, "client_id": "acme", "flow_id": "f", "input": {}}),
+            "[A-Za-z0-9._:-]",
+        ),
+        (
+            json!({"execution_id": "acme:e", "seq": 0, "client_id": "acme", "flow_id": "f", "input": {}, "rules": ""}),
+            "`rules` names no rule",
+        ),
+        (
+            json!({"execution_id": "acme:nf", "seq": 0}),
+            "missing field `client_id`",
+        ),
+        (
+            json!({"execution_id": "acme:wt", "seq": 0, "client_id": 7, "flow_id": "f"}),
+            "invalid type",
+        ),
+        (
+            json!({"execution_id": "nobody:1", "seq": 0, "client_id": "nobody", "flow_id": "f"}),
+            "no client `nobody`",
+        ),
+        (
+            json!({"execution_id": "acme:bv", "seq": 0, "client_id": "acme", "flow_id": "f", "flow_version": 2}),
+            "v2 is invalid",
+        ),
+    ];
+    for (row, why) in cases {
+        let id = row["execution_id"].as_str().expect("id").to_string();
+        assert_eq!(block(c.run_row(None, row)), Ok(()));
+        let s = summary(&c, &id);
+        assert_eq!(s["status"], "FAILED", "{id}");
+        assert!(
+            s["reason"].as_str().is_some_and(|r| r.contains(why)),
+            "{id}: {}",
+            s["reason"]
+        );
+    }
+    assert_eq!(*c.flows.data_reads.lock().expect("lock"), 0);
+    assert!(c.journal.steps.lock().expect("lock").is_empty());
+}
+
+#[test]
+fn a_transient_error_retries_only_that_record_and_the_step_is_decided_once() {
+    let c = chain();
+    *c.journal.fail_next_step_put.lock().expect("lock") = true;
+    let row = start("acme:t", json!({"n": 5}));
+    assert!(matches!(block(c.run_row(None, row.clone())), Err(Retry(_))));
+    assert_eq!(block(c.run_row(None, row)), Ok(()));
+    drain(&c, 1);
+    assert_eq!(summary(&c, "acme:t")["status"], "OK");
+}
+
+#[test]
+fn a_receiver_that_is_down_never_holds_the_chain_and_is_retried_by_the_sweep() {
+    let c = chain();
+    *c.deliveries.down.lock().expect("lock") = 3;
+    block(c.run_row(None, start("acme:w", json!({"n": 5})))).expect("start");
+    drain(&c, 1);
+    let s = summary(&c, "acme:w");
+    assert_eq!(
+        s["status"], "OK",
+        "the execution ended while its webhook is pending"
+    );
+    let step = c.journal.step_sync("acme:w", 1);
+    assert_eq!(step["actions"][0]["delivery"]["status"], "pending");
+    assert_eq!(step["delivery_attempts"], 1);
+    for _ in 0..3 {
+        block(sweep(&c.journal, &c.deliveries, &c.settings));
+    }
+    let step = c.journal.step_sync("acme:w", 1);
+    let d = &step["actions"][0]["delivery"];
+    assert_eq!(d["status"], "delivered", "{d}");
+    assert_eq!(d["attempts"], 4);
+    assert_eq!(d["results"].as_array().map(Vec::len), Some(4));
+    assert!(step.get("pending_due").is_none() && step.get("outbox").is_none());
+    assert_eq!(c.deliveries.sent.lock().expect("lock").len(), 1);
+}
+
+#[test]
+fn a_receiver_down_for_good_is_recorded_failed_after_eight_attempts() {
+    let c = chain();
+    *c.deliveries.down.lock().expect("lock") = 100;
+    block(c.run_row(None, start("acme:d", json!({"n": 5})))).expect("start");
+    drain(&c, 1);
+    for _ in 0..12 {
+        block(sweep(&c.journal, &c.deliveries, &c.settings));
+    }
+    let step = c.journal.step_sync("acme:d", 1);
+    let d = &step["actions"][0]["delivery"];
+    assert_eq!(d["status"], "failed");
+    assert_eq!(d["attempts"], 8);
+    assert!(
+        d["last"]
+            .as_str()
+            .is_some_and(|l| l.contains("after 8 attempts"))
+    );
+    assert!(step.get("pending_due").is_none());
+}
+
+#[test]
+fn the_sweep_ends_executions_that_stopped_making_progress() {
+    let c = chain();
+    block(c.run_row(None, start("acme:stuck", json!({"n": 5})))).expect("start");
+    // The seq 1 row is lost (e.g. its record reached the on-failure destination).
+    c.journal.rows.lock().expect("lock").clear();
+    let report = block(sweep(&c.journal, &c.deliveries, &c.settings));
+    assert_eq!(report.stalled, 1);
+    let s = summary(&c, "acme:stuck");
+    assert_eq!(s["status"], "FAILED");
+    let reason = s["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("after step 0 (rule `a`"), "{reason}");
+    // Idempotent: a second sweep changes nothing.
+    assert_eq!(
+        block(sweep(&c.journal, &c.deliveries, &c.settings)).stalled,
+        0
+    );
+}
+
+impl Mem {
+    fn step_sync(&self, id: &str, seq: u64) -> Value {
+        self.steps
+            .lock()
+            .expect("lock")
+            .get(&(id.to_string(), seq))
+            .cloned()
+            .expect("step")
+    }
+}
