@@ -163,9 +163,20 @@ async fn poison_rows_fail_clearly_and_good_rows_in_the_same_batch_complete() {
         rows.push(row);
         ids.push(id);
     }
+    // A seq 0 row for another client's id prefix.
+    let foreign = new_id("shopco", "foreign");
+    rows.push(json!({"execution_id": foreign, "seq": 0, "client_id": client, "flow_id": flow, "input": good["input"]}));
     stack.trigger_all(&stack.table("trigger"), &rows).await;
-    let done = stack.wait_all(&ids, DEADLINE).await;
+    let mut all = ids.clone();
+    all.push(foreign.clone());
+    let done = stack.wait_all(&all, DEADLINE).await;
     assert_eq!(done[&good_id]["status"], good["expect_status"]);
+    assert_eq!(done[&foreign]["status"], "FAILED");
+    let why = done[&foreign]["reason"].as_str().unwrap_or_default();
+    assert!(
+        why.contains(&format!("does not start with `{client}:`")),
+        "{why}"
+    );
     for ((tag, _, why), id) in poison.iter().zip(&ids[1..]) {
         let e = &done[id];
         assert_eq!(e["status"], "FAILED", "{tag}");

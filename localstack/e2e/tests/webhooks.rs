@@ -77,15 +77,22 @@ async fn receiver() -> (String, Arc<Mutex<Vec<Request>>>) {
                     } else {
                         "{}".to_string()
                     };
+                    let redirect = path == "/redirect";
                     log.lock().expect("lock").push(Request {
                         path,
                         headers,
                         body,
                     });
-                    let resp = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
-                        answer.len()
-                    );
+                    let resp = if redirect {
+                        // Somewhere else on this machine: a client that follows it re-POSTs the
+                        // body and its signature there.
+                        "HTTP/1.1 307 Temporary Redirect\r\nlocation: /landed\r\ncontent-length: 0\r\n\r\n".to_string()
+                    } else {
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
+                            answer.len()
+                        )
+                    };
                     if w.write_all(resp.as_bytes()).await.is_err() {
                         return;
                     }
@@ -212,4 +219,115 @@ async fn webhooks_are_signed_and_delivered_once_per_key_and_http_rules_answer() 
         // claimed once: one POST.
         assert_eq!(hooks.len(), 1, "{id}: one POST per action");
     }
+}
+
+/// The step item `seq` of an execution, as JSON.
+async fn step_item(stack: &Stack, id: &str, seq: u64) -> Option<Value> {
+    let out = stack
+        .ddb
+        .get_item()
+        .table_name(stack.table("steps"))
+        .key(
+            "execution_id",
+            aws_sdk_dynamodb::types::AttributeValue::S(id.to_string()),
+        )
+        .key(
+            "seq",
+            aws_sdk_dynamodb::types::AttributeValue::N(seq.to_string()),
+        )
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("get step");
+    out.item
+        .map(|i| serde_dynamo::from_item(i).expect("step decodes"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_row_runs_nothing_and_redirects_are_not_followed() {
+    let stack = Stack::from_env().await;
+    let (base, seen) = receiver().await;
+    let flow_id = format!("forge-{}", uuid::Uuid::new_v4().simple());
+    let flow = json!({"client_id": "e2e", "flow_id": flow_id, "version": 1,
+        "terminal_statuses": ["DONE"],
+        "rules": [
+            {"id": "first", "when": "true", "on": {"true": {"next": true}}},
+            {"id": "leak", "when": "true",
+             "on": {"true": {"complete": "DONE",
+                             "actions": [{"type": "call_webhook", "url": format!("{base}/redirect")}]}}}]});
+    stack.register_flow(&flow).await;
+
+    // A row nobody but the orchestrator may write: seq 1, with its own state and another
+    // client's data source, aimed at the webhook.
+    let forged = new_id("e2e", "forged");
+    stack
+        .trigger(&stack.table("trigger"), &json!({
+            "execution_id": forged, "seq": 1, "client_id": "e2e", "flow_id": flow_id,
+            "flow_version": 1, "input": {}, "state": {"seq": 1, "rule": "leak"},
+            "data_source": {"role_arn": "arn:aws:iam::000000000000:role/rulestream-client-acme-bank",
+                            "secret_id": "rulestream/acme-bank/client-data"}}))
+        .await;
+    // A genuine execution of the same flow, started after it.
+    let real = new_id("e2e", "real");
+    stack
+        .trigger(&stack.table("trigger"), &json!({"execution_id": real, "seq": 0, "client_id": "e2e", "flow_id": flow_id, "input": {}}))
+        .await;
+    let done = stack
+        .wait_all(std::slice::from_ref(&real), Duration::from_secs(120))
+        .await;
+    assert_eq!(done[&real]["status"], "DONE");
+
+    // The redirect was answered and not followed: recorded as a failed delivery.
+    let mut delivery = Value::Null;
+    for _ in 0..40 {
+        delivery =
+            step_item(&stack, &real, 1).await.expect("step 1")["actions"][0]["delivery"].clone();
+        if delivery["status"] != "pending" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(delivery["status"], "failed", "{delivery}");
+    assert!(
+        delivery["last"]
+            .as_str()
+            .is_some_and(|l| l.contains("redirects are not followed")),
+        "{delivery}"
+    );
+
+    // The forged row: no summary, no step, nothing delivered for it, and a log line saying so.
+    let state = std::env::var("RULESTREAM_STATE").expect("RULESTREAM_STATE is set by env.sh");
+    let log_path = std::path::Path::new(&state).join("lambda.log");
+    let mut logged = false;
+    for _ in 0..40 {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if log
+            .lines()
+            .any(|l| l.contains(&forged) && l.contains("ignored, nothing run"))
+        {
+            logged = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(logged, "the orchestrator logs the forged row it ignored");
+    assert!(
+        stack.execution(&forged).await.is_none(),
+        "no summary for a forged row"
+    );
+    assert!(
+        step_item(&stack, &forged, 1).await.is_none(),
+        "no step decided"
+    );
+    let seen = seen.lock().expect("lock").clone();
+    assert!(
+        seen.iter()
+            .all(|r| !String::from_utf8_lossy(&r.body).contains(&forged)),
+        "nothing delivered for the forged row"
+    );
+    assert!(
+        seen.iter().all(|r| r.path != "/landed"),
+        "the redirect was not followed"
+    );
+    assert_eq!(seen.iter().filter(|r| r.path == "/redirect").count(), 1);
 }
