@@ -60,7 +60,7 @@ pub struct AwsFlowSource {
     clients: Mutex<HashMap<(String, String), Cached<ClientFlow>>>,
     catalog: Mutex<Option<Cached<Arc<Catalog>>>>,
     flows: Mutex<HashMap<(String, String, u64), Arc<CompiledFlow>>>,
-    data: TtlCache<DataSource, Value>,
+    data: TtlCache<(String, DataSource), Value>,
 }
 
 impl AwsFlowSource {
@@ -289,7 +289,10 @@ impl FlowSource for AwsFlowSource {
     }
 
     async fn client_data(&self, client_id: &str, source: &DataSource) -> Result<Value, StoreError> {
-        if let Some(v) = self.data.get(source).await {
+        // Keyed by client too: two clients naming the same role each assume it with their own
+        // ExternalId.
+        let cache_key = (client_id.to_string(), source.clone());
+        if let Some(v) = self.data.get(&cache_key).await {
             return Ok(v);
         }
         let assumed = self
@@ -340,7 +343,7 @@ impl FlowSource for AwsFlowSource {
                 source.secret_id
             ))
         })?;
-        self.data.put(source.clone(), value.clone()).await;
+        self.data.put(cache_key, value.clone()).await;
         Ok(value)
     }
 }

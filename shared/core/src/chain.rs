@@ -212,8 +212,10 @@ fn sanitize_explain(explain: &mut Value) {
                 cut_value(actual);
             }
         }
-        if let Some(expected) = c.get_mut("expected") {
-            cut_value(expected);
+        for k in ["expected", "value"] {
+            if let Some(v) = c.get_mut(k) {
+                cut_value(v);
+            }
         }
     }
 }
@@ -950,6 +952,18 @@ pub async fn deliver_pending<J: Journal, D: Deliveries>(
         return;
     }
     if attempt > MAX_DELIVERY_ATTEMPTS {
+        // The last attempt was claimed and never recorded (its sender died): give up now, so
+        // the step leaves the pending index.
+        let done32 = u32::try_from(done).unwrap_or(u32::MAX);
+        for o in &pending {
+            let i = o.get("index").and_then(Value::as_u64).unwrap_or(u64::MAX) as usize;
+            if let Some(a) = actions.get_mut(i) {
+                let last = format!("failed after {MAX_DELIVERY_ATTEMPTS} attempts (the last one was not recorded)");
+                a["delivery"]["status"] = json!("failed");
+                a["delivery"]["last"] = json!(last);
+            }
+        }
+        let _ = journal.record_delivery(&id, seq, done32, &actions, None).await;
         return;
     }
     let lease = now.timestamp_millis() + settings.delivery_lease_ms;
