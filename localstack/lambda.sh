@@ -13,7 +13,8 @@
 # environment of `cargo lambda watch` plus its --env-file/--env-var values plus
 # AWS_LAMBDA_FUNCTION_NAME/AWS_LAMBDA_RUNTIME_API/... . We do both: export everything env.sh sets
 # and write it to .state/lambda.env, passed with --env-file, so the functions see AWS_ENDPOINT_URL,
-# the dummy credentials, AWS_REGION, RULESTREAM_PREFIX, REDIS_URL, KAFKA_BROKERS and RUST_LOG=info.
+# the dummy credentials, AWS_REGION, RULESTREAM_PREFIX, REDIS_URL (rediss://, with the AUTH token),
+# REDIS_CA_FILE (the local CA that signed Redis's certificate), KAFKA_BROKERS and RUST_LOG=info.
 #
 # `cargo lambda watch` binds the invoke port at once and compiles a function lazily, on its first
 # invocation. So `start` waits for the port, then sends the orchestrator one empty batch
@@ -67,8 +68,8 @@ start() {
     # The functions' environment (see the header). Values from env.sh never contain spaces/quotes.
     {
       for v in AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION AWS_DEFAULT_REGION \
-               AWS_EC2_METADATA_DISABLED AWS_ENDPOINT_URL RULESTREAM_PREFIX REDIS_URL KAFKA_BROKERS \
-               RUST_LOG; do
+               AWS_EC2_METADATA_DISABLED AWS_ENDPOINT_URL RULESTREAM_PREFIX REDIS_URL REDIS_CA_FILE \
+               KAFKA_BROKERS RUST_LOG; do
         echo "$v=${!v}"
       done
       # Per-service endpoint overrides (AWS_ENDPOINT_URL_DYNAMODB...) and every other RULESTREAM_*
