@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # Stops, by the PIDs in $RULESTREAM_STATE (localstack/.state/), what up.sh started, plus what
-# scripts/demo.sh and localstack/lambda.sh started: stream runners (runner*.pid) and `cargo lambda
-# watch` (lambda.pid). Removes the pidfiles. Fine if nothing runs.
+# scripts/demo.sh, localstack/e2e.sh and localstack/lambda.sh started: the sweeper's schedulers
+# (scheduler*.pid), stream runners (runner*.pid) and `cargo lambda watch` (lambda.pid). Removes
+# the pidfiles. Fine if nothing runs.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$HERE/env.sh"
 source "$HERE/procs.sh"
 S="$RULESTREAM_STATE"
 
-# Feeders first (runner.py: the local event source mappings), then the functions, then the stack.
+# Feeders first (scheduler.py: the sweeper's schedule; runner.py: the local event source
+# mappings), then the functions, then the stack.
 shopt -s nullglob
+for f in "$S"/scheduler*.pid; do
+  stop_pidfile "$(basename "$f" .pid)" scheduler.py down
+done
 for f in "$S"/runner*.pid; do
   stop_pidfile "$(basename "$f" .pid)" runner.py down
 done

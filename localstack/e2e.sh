@@ -1,30 +1,38 @@
 #!/usr/bin/env bash
 # The e2e suite on the real local stack: LocalStack (DynamoDB + Streams, S3, STS, Secrets
-# Manager), Redis, the orchestrator binary under `cargo lambda watch`, and two event-source
-# runners: one for <prefix>-trigger, one for <prefix>-trigger-dup that delivers every batch twice.
-# Brings the stack up from nothing, runs the tests, and stops what it started (KEEP_STACK=1 keeps
-# it running for a look around).
+# Manager), Redis (TLS + AUTH), the function binaries under `cargo lambda watch`, two event-source
+# runners: one for <prefix>-trigger, one for <prefix>-trigger-dup that delivers every batch twice,
+# and the scheduler that invokes the sweeper every RULESTREAM_SWEEP_INTERVAL_SECS (when
+# functions/sweeper exists). Brings the stack up from nothing, runs the tests, and stops what it
+# started (KEEP_STACK=1 keeps it running for a look around).
+#
+# The sweeper's timings are short here so retries and stalls show within seconds (each can be
+# overridden from the environment): a sweep every 2 s, an execution with no progress for 20 s is
+# stalled, delivery retries after 0.2, 0.4 ... 1.4 s. They are exported before lambda.sh starts
+# the functions (lambda.env carries every RULESTREAM_* variable) and the tests see them too.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/.." && pwd)"
 export RULESTREAM_PREFIX="${RULESTREAM_PREFIX:-rs-e2e}"
+export RULESTREAM_SWEEP_INTERVAL_SECS="${RULESTREAM_SWEEP_INTERVAL_SECS:-2}"
+export RULESTREAM_STALL_SECS="${RULESTREAM_STALL_SECS:-20}"
+export RULESTREAM_DELIVERY_BACKOFF_MS="${RULESTREAM_DELIVERY_BACKOFF_MS:-200,400,600,800,1000,1200,1400}"
 source "$HERE/env.sh"
+source "$HERE/procs.sh"
 S="$RULESTREAM_STATE"
 mkdir -p "$S"
 
 cleanup() {
   local rc=$?
+  stop_pidfile scheduler-e2e scheduler.py e2e
   for name in runner-e2e runner-e2e-dup; do
-    if [[ -f "$S/$name.pid" ]]; then
-      kill "$(cat "$S/$name.pid")" 2>/dev/null || true
-      rm -f "$S/$name.pid"
-    fi
+    stop_pidfile "$name" runner.py e2e
   done
   if [[ "${KEEP_STACK:-0}" != 1 ]]; then
     bash "$HERE/down.sh" || true
   fi
   if [[ $rc -ne 0 ]]; then
-    for log in lambda runner-e2e runner-e2e-dup; do
+    for log in lambda runner-e2e runner-e2e-dup scheduler-e2e; do
       [[ -f "$S/$log.log" ]] && { echo "---- tail of $S/$log.log ----"; tail -n 30 "$S/$log.log"; }
     done
   fi
@@ -46,6 +54,15 @@ start_runner() { # name table [extra args]
 }
 start_runner runner-e2e "$RULESTREAM_PREFIX-trigger"
 start_runner runner-e2e-dup "$RULESTREAM_PREFIX-trigger-dup" --duplicate
+
+# The local EventBridge schedule of the sweeper.
+if [[ -d "$REPO/functions/sweeper" ]]; then
+  (cd "$REPO" && exec setsid "$RULESTREAM_PY" "$HERE/scheduler.py" --function sweeper \
+    >"$S/scheduler-e2e.log" 2>&1 </dev/null) &
+  echo $! >"$S/scheduler-e2e.pid"
+else
+  echo "e2e: no functions/sweeper: the scheduler is not started"
+fi
 
 cd "$REPO"
 if cargo nextest --version >/dev/null 2>&1; then

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by every localstack/ script (and by a developer's shell: `source localstack/env.sh`).
 # Only sets variables; every value can be overridden from the environment beforehand.
 # Everything points at 127.0.0.1; nothing here contacts the network.
@@ -36,7 +37,16 @@ export AWS_REGION="${AWS_REGION:-us-east-1}"
 export AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-$AWS_REGION}"
 export AWS_EC2_METADATA_DISABLED=true
 export AWS_ENDPOINT_URL="${AWS_ENDPOINT_URL:-http://127.0.0.1:$RULESTREAM_AWS_PORT}"
-export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:$RULESTREAM_REDIS_PORT}"
+# Redis speaks TLS only and wants a password, like ElastiCache with transit encryption and an AUTH
+# token, so the functions' TLS + AUTH code path is the one tested. up.sh generates the CA and the
+# server certificate (127.0.0.1, localhost) into $RULESTREAM_STATE/tls/ once; REDIS_CA_FILE is that
+# CA (on AWS it is unset and the system roots are used). The token goes into REDIS_URL: URL-safe
+# characters only. redis-cli: use rs_redis_cli from procs.sh.
+export RULESTREAM_REDIS_TOKEN="${RULESTREAM_REDIS_TOKEN:-local-redis-token}"
+export REDIS_CA_FILE="${REDIS_CA_FILE:-$RULESTREAM_STATE/tls/ca.pem}"
+# A shell that sourced an older env.sh still holds its plain-text URL: replace that one.
+[[ "${REDIS_URL:-}" == "redis://127.0.0.1:$RULESTREAM_REDIS_PORT" ]] && unset REDIS_URL
+export REDIS_URL="${REDIS_URL:-rediss://:${RULESTREAM_REDIS_TOKEN}@127.0.0.1:$RULESTREAM_REDIS_PORT}"
 # Hosts the orchestrator may call (webhooks, http master rules): only this machine. The samples'
 # example.com URLs are therefore recorded as blocked, never contacted.
 export RULESTREAM_EGRESS_ALLOW="${RULESTREAM_EGRESS_ALLOW:-127.0.0.1,localhost}"

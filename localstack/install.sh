@@ -29,10 +29,12 @@ DDB_NPM_PKG='amplify-dynamodb-simulator@2.9.30'
 # pydantic and friends that must not move under LocalStack.
 SAM_PKGS=('aws-sam-cli==1.170.0' 'cfn-lint==1.58.0')
 
-# --- (a) Debian packages: redis-server, a JDK (DynamoDB Local + the agent jar), npm ----------------
+# --- (a) Debian packages: redis-server, openssl (Redis's local TLS certificates), a JDK (DynamoDB
+# Local + the agent jar), npm ---------------------------------------------------------------------
 step_apt() {
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
+command -v openssl >/dev/null     || missing+=(openssl)
 command -v javac >/dev/null       || missing+=(openjdk-17-jdk-headless)
 command -v npm >/dev/null         || missing+=(npm)
 if ((${#missing[@]})); then
@@ -41,7 +43,7 @@ if ((${#missing[@]})); then
   apt-get install -y -q "${missing[@]}" >/dev/null 2>&1 \
     || { apt-get update -q >/dev/null && apt-get install -y -q "${missing[@]}" >/dev/null; }
 else
-  say "apt packages present (redis-server, javac, npm)"
+  say "apt packages present (redis-server, openssl, javac, npm)"
 fi
 }
 

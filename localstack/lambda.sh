@@ -13,12 +13,17 @@
 # environment of `cargo lambda watch` plus its --env-file/--env-var values plus
 # AWS_LAMBDA_FUNCTION_NAME/AWS_LAMBDA_RUNTIME_API/... . We do both: export everything env.sh sets
 # and write it to .state/lambda.env, passed with --env-file, so the functions see AWS_ENDPOINT_URL,
-# the dummy credentials, AWS_REGION, RULESTREAM_PREFIX, REDIS_URL, KAFKA_BROKERS and RUST_LOG=info.
+# the dummy credentials, AWS_REGION, RULESTREAM_PREFIX, REDIS_URL (rediss://, with the AUTH token),
+# REDIS_CA_FILE (the local CA that signed Redis's certificate), KAFKA_BROKERS and RUST_LOG=info.
 #
 # `cargo lambda watch` binds the invoke port at once and compiles a function lazily, on its first
 # invocation. So `start` waits for the port, then sends the orchestrator one empty batch
 # ({"Records": []}) and waits for its answer: the first start compiles (deadline
-# RULESTREAM_LAMBDA_TIMEOUT, default 600 s). RULESTREAM_LAMBDA_WARMUP=0 skips that invocation.
+# RULESTREAM_LAMBDA_TIMEOUT, default 600 s). When functions/sweeper exists, the sweeper then gets
+# one EventBridge scheduled event (localstack/scheduler.py --print-event) the same way: it runs
+# one real sweep of $RULESTREAM_PREFIX's tables. RULESTREAM_LAMBDA_WARMUP=0 skips both invocations.
+# localstack/scheduler.py invokes the sweeper on its schedule afterwards (e2e.sh and
+# scripts/demo.sh start it).
 #
 # Knobs: RULESTREAM_LAMBDA_RELOAD=1 recompiles and restarts a function when sources change (the
 # default, --ignore-changes, keeps a demo stable while someone edits code); RULESTREAM_LAMBDA_RELEASE=1
@@ -37,7 +42,6 @@ ENV_FILE="$S/lambda.env"
 PORT="$RULESTREAM_LAMBDA_PORT"
 DEADLINE_S="${RULESTREAM_LAMBDA_TIMEOUT:-600}"
 PATTERN="lambda watch"  # how the pidfile's process is recognised (cargo lambda watch / cargo-lambda lambda watch)
-URL="http://127.0.0.1:$PORT/2015-03-31/functions/orchestrator/invocations"
 say() { echo "lambda: $*"; }
 fail() {
   echo "lambda: ERROR: $*" >&2
@@ -67,8 +71,8 @@ start() {
     # The functions' environment (see the header). Values from env.sh never contain spaces/quotes.
     {
       for v in AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION AWS_DEFAULT_REGION \
-               AWS_EC2_METADATA_DISABLED AWS_ENDPOINT_URL RULESTREAM_PREFIX REDIS_URL KAFKA_BROKERS \
-               RUST_LOG; do
+               AWS_EC2_METADATA_DISABLED AWS_ENDPOINT_URL RULESTREAM_PREFIX REDIS_URL REDIS_CA_FILE \
+               KAFKA_BROKERS RUST_LOG; do
         echo "$v=${!v}"
       done
       # Per-service endpoint overrides (AWS_ENDPOINT_URL_DYNAMODB...) and every other RULESTREAM_*
@@ -97,21 +101,39 @@ start() {
 
   [[ "${RULESTREAM_LAMBDA_WARMUP:-1}" == 0 ]] && { say "ready (warm-up skipped)"; return 0; }
   # Warm-up: one empty stream batch to the orchestrator; the first one compiles it.
-  say "warm-up invocation of orchestrator (the first start compiles it; deadline ${DEADLINE_S}s)"
-  local out="$S/lambda.warmup" t0=$SECONDS code cpid
+  warm orchestrator '{"Records": []}'
+  if [[ -d "$REPO/functions/sweeper" ]]; then
+    local py="$RULESTREAM_PY"
+    [[ -x "$py" ]] || py=python3  # scheduler.py needs only the standard library
+    warm sweeper "$("$py" "$HERE/scheduler.py" --print-event)"
+  else
+    say "no functions/sweeper: sweeper warm-up skipped"
+  fi
+}
+
+# warm FUNCTION PAYLOAD: invokes FUNCTION once and waits for its answer (the first invocation
+# compiles it; deadline $DEADLINE_S seconds); fails on a build error, a dead `cargo lambda watch`,
+# a non-2xx answer or a function error.
+warm() {
+  local fn="$1" payload="$2"
+  local url="http://127.0.0.1:$PORT/2015-03-31/functions/$fn/invocations"
+  local out="$S/lambda.warmup.$fn" t0=$SECONDS code cpid body
+  local end=$((SECONDS + DEADLINE_S))
+  say "warm-up invocation of $fn (the first start compiles it; deadline ${DEADLINE_S}s)"
   rm -f "$out"
+  # shellcheck disable=SC2064  # the paths are fixed now, on purpose
   trap "rm -f '$out' '$out.code'" EXIT
   LOG_MARK="$(stat -c %s "$LOG" 2>/dev/null || echo 0)"
-  curl -s --noproxy '*' -o "$out" -w '%{http_code}' --max-time "$((end - SECONDS > 1 ? end - SECONDS : 1))" \
-    -H 'Content-Type: application/json' -d '{"Records": []}' "$URL" >"$out.code" 2>/dev/null &
+  curl -s --noproxy '*' -o "$out" -w '%{http_code}' --max-time "$DEADLINE_S" \
+    -H 'Content-Type: application/json' -d "$payload" "$url" >"$out.code" 2>/dev/null &
   cpid=$!
   while kill -0 "$cpid" 2>/dev/null; do
     if ! alive_as lambda "$PATTERN"; then kill "$cpid" 2>/dev/null || true; fail "cargo lambda watch exited"; fi
     if compile_failed >/dev/null; then
       kill "$cpid" 2>/dev/null || true
-      fail "the orchestrator did not build or start: $(compile_failed)"
+      fail "$fn did not build or start: $(compile_failed)"
     fi
-    ((SECONDS < end)) || { kill "$cpid" 2>/dev/null || true; fail "no answer after ${DEADLINE_S}s"; }
+    ((SECONDS < end)) || { kill "$cpid" 2>/dev/null || true; fail "no answer from $fn after ${DEADLINE_S}s"; }
     sleep 1
   done
   wait "$cpid" || true
@@ -119,9 +141,9 @@ start() {
   body="$(head -c 400 "$out" 2>/dev/null || true)"
   rm -f "$out" "$out.code"
   if [[ "$code" != 2* ]] || [[ "$body" == *errorType* ]]; then
-    fail "warm-up invocation answered HTTP ${code:-none}: $body"
+    fail "warm-up invocation of $fn answered HTTP ${code:-none}: $body"
   fi
-  say "orchestrator ready after $((SECONDS - t0))s: $body"
+  say "$fn ready after $((SECONDS - t0))s: $body"
 }
 
 stop() {

@@ -13,11 +13,22 @@ For the prefix in RULESTREAM_PREFIX (SPEC section 3):
   generation: 1}} (no candidate);
 - every master rule of `client-configs/catalog/*.json` (a file holds one rule object or an array)
   goes to `<prefix>-catalog` with the same field names (numbers as N, params as a map);
-- client acme-bank gets client data: Secrets Manager secret `rulestream/acme-bank/client-data`
-  ({"desk": "equities", "restricted_symbols": ["TSLA", "GME"]}), an IAM role `acme-client-data`
-  that any principal of account 000000000000 may assume and that may read the secret, and
-  `role_arn` + `secret_id` on its clients items.
-Re-running overwrites everything with the same values (a changed release state is reset).
+- client acme-bank gets client data (SPEC section 3): Secrets Manager secret
+  `rulestream/acme-bank/client-data` ({"desk": "equities", "restricted_symbols": ["TSLA", "GME"]}),
+  an IAM role `rulestream-client-acme-bank` (`rulestream-client-<client_id>`) that principals of
+  account 000000000000 may assume only with `sts:ExternalId` = the client id (trust policy
+  Condition StringEquals) and that may read the secret, and `role_arn` + `secret_id` on its
+  clients items. (LocalStack and moto do not enforce the condition; on AWS it is what stops one
+  client's id from being used to read another's data.)
+- the orchestrator's state key, Secrets Manager secret `<prefix>-system/state-key` (or the name in
+  RULESTREAM_STATE_KEY_SECRET): a random 64-character alphanumeric string, created ONLY IF MISSING
+  and never overwritten (trigger rows in flight are sealed with it; a new key would make them
+  unreadable). A secret pending deletion is restored.
+Re-running overwrites everything else with the same values (a changed release state is reset).
+
+Webhook signing secrets (`rulestream/<client_id>/...`, e.g. `rulestream/acme-bank/preclear-webhook-hmac`
+referenced by the sample flows) are not created: the samples' webhook URLs are outside
+RULESTREAM_EGRESS_ALLOW, so their deliveries are refused before any key is read.
 
 --extra-trigger-table NAME (repeatable) also creates a table with the trigger schema (HASH
 execution_id S, RANGE seq N, NEW_IMAGE stream, TTL expires_at), e.g. for a test's own runner;
@@ -28,6 +39,8 @@ import argparse
 import hashlib
 import json
 import os
+import secrets
+import string
 import sys
 from decimal import Decimal
 from pathlib import Path
@@ -48,9 +61,19 @@ CLIENT_DATA = {
     "acme-bank": {
         "secret_name": "rulestream/acme-bank/client-data",
         "secret": {"desk": "equities", "restricted_symbols": ["TSLA", "GME"]},
-        "role_name": "acme-client-data",
     },
 }
+STATE_KEY_CHARS = string.ascii_letters + string.digits
+STATE_KEY_LEN = 64
+
+
+def client_role_name(client_id):
+    """The client data role in the client's account (design: rulestream-client-<client_id>)."""
+    return f"rulestream-client-{client_id}"
+
+
+def state_key_secret_name(prefix):
+    return os.environ.get("RULESTREAM_STATE_KEY_SECRET") or f"{prefix}-system/state-key"
 
 _ser = TypeSerializer()
 
@@ -112,10 +135,12 @@ def ensure_client_data(session, client_id, spec):
         arn = sm.put_secret_value(SecretId=name, SecretString=value)["ARN"]
         print(f"seed: updated secret {name}")
 
+    # Only with ExternalId = the client id (the orchestrator passes it on AssumeRole).
     trust = json.dumps({"Version": "2012-10-17", "Statement": [{
         "Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"},
-        "Action": "sts:AssumeRole"}]})
-    role = spec["role_name"]
+        "Action": "sts:AssumeRole",
+        "Condition": {"StringEquals": {"sts:ExternalId": client_id}}}]})
+    role = client_role_name(client_id)
     try:
         role_arn = iam.create_role(RoleName=role, AssumeRolePolicyDocument=trust,
                                    Description=f"rulestream: read {client_id}'s client data")["Role"]["Arn"]
@@ -134,6 +159,34 @@ def ensure_client_data(session, client_id, spec):
     return role_arn, name
 
 
+def ensure_state_key(session, prefix):
+    """Creates the state-key secret with a random value if it does not exist; never overwrites it."""
+    sm = session.client("secretsmanager")
+    name = state_key_secret_name(prefix)
+    try:
+        desc = sm.describe_secret(SecretId=name)
+    except ClientError as e:
+        if e.response["Error"]["Code"] != "ResourceNotFoundException":
+            raise
+        desc = None
+    if desc and desc.get("DeletedDate"):
+        sm.restore_secret(SecretId=name)  # scheduled for deletion: bring the same key back
+        print(f"seed: restored secret {name} (it was scheduled for deletion)")
+    if desc:
+        print(f"seed: secret {name} exists (kept: rows in flight are sealed with it)")
+        return name
+    value = "".join(secrets.choice(STATE_KEY_CHARS) for _ in range(STATE_KEY_LEN))
+    try:
+        sm.create_secret(Name=name, SecretString=value,
+                         Description="rulestream: key material that seals carried state")
+        print(f"seed: created secret {name} (random, {STATE_KEY_LEN} characters)")
+    except ClientError as e:
+        if e.response["Error"]["Code"] != "ResourceExistsException":
+            raise
+        print(f"seed: secret {name} exists (kept)")  # created meanwhile by someone else
+    return name
+
+
 def seed(session, prefix, configs):
     ddb, s3 = session.client("dynamodb"), session.client("s3")
     bucket, clients_t, catalog_t = f"{prefix}-configs", f"{prefix}-clients", f"{prefix}-catalog"
@@ -143,6 +196,8 @@ def seed(session, prefix, configs):
             ddb.describe_table(TableName=t)
     except ClientError as e:
         sys.exit(f"seed: ERROR: {e} -- run localstack/provision.py first (prefix {prefix!r})")
+
+    ensure_state_key(session, prefix)
 
     client_data = {}
     n_flows = 0

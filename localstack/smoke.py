@@ -3,7 +3,8 @@
     source localstack/env.sh && "$RULESTREAM_PY" localstack/smoke.py
 
 1. PutItem into <prefix>-trigger and read it back through the DynamoDB Streams API.
-2. Redis PING + EVAL.
+2. Redis PING + EVAL, over TLS (server certificate checked against REDIS_CA_FILE) with the AUTH
+   token inside REDIS_URL (rediss://:TOKEN@127.0.0.1:PORT), as the functions connect.
 3. Kafka produce/consume round trip (consumer group) against tansu.
 Everything talks to the endpoints in env.sh (127.0.0.1).
 """
@@ -52,10 +53,13 @@ def check_stream():
 
 
 def check_redis():
-    r = redis.Redis.from_url(os.environ["REDIS_URL"])
+    url = os.environ["REDIS_URL"]
+    # rediss:// = TLS; the local CA is not in the system roots, so it is named explicitly.
+    kwargs = {"ssl_ca_certs": os.environ["REDIS_CA_FILE"]} if os.environ.get("REDIS_CA_FILE") else {}
+    r = redis.Redis.from_url(url, socket_timeout=DEADLINE_S, **kwargs)
     assert r.ping()
     assert r.eval("return redis.call('INCRBY', KEYS[1], ARGV[1])", 1, "smoke:n", 2) >= 2
-    print("smoke: redis ok (PING, EVAL)")
+    print(f"smoke: redis ok (PING, EVAL{', TLS' if url.startswith('rediss://') else ''})")
 
 
 def check_kafka():

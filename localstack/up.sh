@@ -3,10 +3,17 @@
 # redis-server and the tansu Kafka broker. Each is started only if its pidfile does not name a live
 # process; then all are checked for readiness, including a real DynamoDB CreateTable/DeleteTable.
 # Stop with localstack/down.sh. Pidfiles and logs: $RULESTREAM_STATE (localstack/.state/).
+#
+# Redis listens with TLS only (no plain-text port) and requires AUTH with $RULESTREAM_REDIS_TOKEN,
+# like ElastiCache with transit encryption and an AUTH token. Its CA, certificate and key are
+# generated once into $RULESTREAM_STATE/tls/ (ca.pem = $REDIS_CA_FILE, redis.crt, redis.key); a
+# Redis already running that does not answer over TLS with that CA and token (started by an older
+# up.sh, or before the certificates were renewed) is restarted.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 bash "$HERE/install.sh"
 source "$HERE/env.sh"
+source "$HERE/procs.sh"
 
 S="$RULESTREAM_STATE"
 mkdir -p "$S"
@@ -24,7 +31,6 @@ running() {
   [[ -n "$p" ]] && [[ "$(tr '\0' ' ' 2>/dev/null <"/proc/$p/cmdline")" == *"${PATTERN[$1]}"* ]]
 }
 declare -A PATTERN=([localstack]=localstack.runtime.main [redis]=redis-server [tansu]=tansu)
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 # wait_for NAME LOG CMD...: poll CMD until it succeeds, the process dies, or the deadline passes
 wait_for() {
   local name="$1" log="$2"; shift 2
@@ -56,12 +62,26 @@ if running localstack; then say "localstack already running (pid $(cat "$S/local
   echo $! >"$S/localstack.pid"
 fi
 
-# --- redis-server (daemonizes itself and writes its own pidfile) -----------------------------------
+# --- redis-server: TLS only + AUTH (daemonizes itself and writes its own pidfile) ------------------
+TLS="$S/tls"
+rs_redis_tls "$TLS" || fail redis /dev/null "could not generate the TLS certificates in $TLS"
+if running redis; then
+  # Ours, but is it the TLS + AUTH one with today's certificates? (rs_redis_ping waits up to 5 s.)
+  if ! rs_redis_ping; then
+    say "redis (pid $(cat "$S/redis.pid")) does not answer over TLS with the local CA and token: restarting it"
+    stop_pidfile redis redis-server up
+  fi
+fi
 if running redis; then say "redis already running (pid $(cat "$S/redis.pid"))"; else
   guard_port redis "$RULESTREAM_REDIS_PORT"
-  say "starting redis on 127.0.0.1:$RULESTREAM_REDIS_PORT"
+  say "starting redis on 127.0.0.1:$RULESTREAM_REDIS_PORT (TLS only, AUTH)"
   rm -f "$S/redis.pid"
-  redis-server --bind 127.0.0.1 --port "$RULESTREAM_REDIS_PORT" --save '' --appendonly no \
+  # --port 0: no plain-text listener. --tls-auth-clients no: clients need no certificate of their
+  # own (ElastiCache does not ask for one either); they verify the server's against ca.pem.
+  redis-server --bind 127.0.0.1 --port 0 --tls-port "$RULESTREAM_REDIS_PORT" \
+    --tls-cert-file "$TLS/redis.crt" --tls-key-file "$TLS/redis.key" --tls-ca-cert-file "$TLS/ca.pem" \
+    --tls-auth-clients no --requirepass "$RULESTREAM_REDIS_TOKEN" \
+    --save '' --appendonly no \
     --daemonize yes --pidfile "$S/redis.pid" --logfile "$S/redis.log" --dir "$S" \
     || fail redis "$S/redis.log" "redis-server failed to start"
   for _ in $(seq 50); do [[ -s "$S/redis.pid" ]] && break; sleep 0.1; done
@@ -80,8 +100,8 @@ if running tansu; then say "tansu already running (pid $(cat "$S/tansu.pid"))"; 
 fi
 
 # --- readiness --------------------------------------------------------------------------------------
-wait_for redis "$S/redis.log" redis-cli -h 127.0.0.1 -p "$RULESTREAM_REDIS_PORT" ping
-say "redis ready"
+wait_for redis "$S/redis.log" rs_redis_ping
+say "redis ready (TLS, AUTH)"
 wait_for tansu "$S/tansu.log" port_open "$RULESTREAM_KAFKA_PORT"
 say "tansu ready"
 wait_for localstack "$S/localstack.log" \
@@ -102,4 +122,4 @@ ddb.create_table(TableName=name, BillingMode="PAY_PER_REQUEST",
 ddb.delete_table(TableName=name)
 print(f"up: dynamodb ok (create+delete {time.time() - t0:.1f}s)")
 EOF
-say "all up: AWS $AWS_ENDPOINT_URL  redis $REDIS_URL  kafka $KAFKA_BROKERS"
+say "all up: AWS $AWS_ENDPOINT_URL  redis ${REDIS_URL/:$RULESTREAM_REDIS_TOKEN@/:***@}  kafka $KAFKA_BROKERS"

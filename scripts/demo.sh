@@ -5,11 +5,15 @@
 #
 # 1. localstack/up.sh          LocalStack (DynamoDB+Streams, S3, Secrets Manager, STS, IAM), Redis, tansu
 # 2. localstack/provision.py   tables and bucket of $RULESTREAM_PREFIX (default rulestream)
-# 3. localstack/seed.py        flows to S3, clients items, catalog, acme-bank's secret and role
+# 3. localstack/seed.py        flows to S3, clients items, catalog, acme-bank's secret and role,
+#                              the state key (created once)
 # 4. localstack/lambda.sh      `cargo lambda watch` serving the function binaries (first run compiles)
 # 5. localstack/runner.py      the stream of <prefix>-trigger -> orchestrator (background; pidfile
 #                              localstack/.state/runner.pid, log .state/runner.log, given-up records
 #                              in .state/runner-failures.jsonl); kept if already running for that table
+#    localstack/scheduler.py   invokes the sweeper every RULESTREAM_SWEEP_INTERVAL_SECS (default 60;
+#                              background; .state/scheduler.pid, .state/scheduler.log); kept if
+#                              already running; only when functions/sweeper exists
 # 6. localstack/demo.py        starts one execution per example, waits, prints the table; its exit
 #                              status is this script's
 # Everything keeps running afterwards (inspect, re-run); `make down` (bash localstack/down.sh) stops it.
@@ -45,11 +49,23 @@ if ! alive_as runner runner.py; then
   alive_as runner runner.py || { echo "demo: ERROR: runner exited:" >&2; tail -n 20 "$S/runner.log" >&2; exit 1; }
 fi
 
+# --- the local EventBridge schedule of the sweeper ---------------------------------------------------
+if [[ ! -d functions/sweeper ]]; then
+  echo "demo: no functions/sweeper: the scheduler is not started"
+elif alive_as scheduler scheduler.py; then
+  echo "demo: scheduler already running (pid $(pid_of scheduler))"
+else
+  echo "demo: starting scheduler: sweeper every ${RULESTREAM_SWEEP_INTERVAL_SECS:-60}s (log $S/scheduler.log)"
+  (exec setsid nohup "$RULESTREAM_PY" -u localstack/scheduler.py --function sweeper \
+      >"$S/scheduler.log" 2>&1 </dev/null) &
+  echo $! >"$S/scheduler.pid"
+fi
+
 rc=0
 "$RULESTREAM_PY" localstack/demo.py "$@" || rc=$?
 cat <<EOF
 
-demo: the stack keeps running. Logs: $S/{localstack,lambda,runner}.log
+demo: the stack keeps running. Logs: $S/{localstack,lambda,runner,scheduler}.log
 demo: stop everything with: make down   (same as: bash localstack/down.sh)
 EOF
 exit "$rc"
