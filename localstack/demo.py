@@ -12,7 +12,7 @@ by `localstack/lambda.sh start`, and runner.py feeding it the `<prefix>-trigger`
    expect_path}) becomes one execution. The orchestrator evaluates with the real current time, so
    every RFC 3339 timestamp inside the input is shifted by (real now - the case's `now`): blackout
    windows, last-trade dates... keep their distance to "now" and the expectations still hold.
-2. Each is started the way a client process starts one: a PutItem of {execution_id: uuid4, seq: 0,
+2. Each is started the way a client process starts one: a PutItem of {execution_id: "<client_id>:<uuid4>", seq: 0,
    client_id, flow_id, input} into `<prefix>-trigger`.
 3. `<prefix>-executions` is polled (consistent BatchGetItem) until every execution has a status
    other than RUNNING, or --timeout seconds pass.
@@ -138,7 +138,7 @@ def main():
     for c in cases:
         case_now = parse_ts(c["now"])
         c["input_live"] = shift_times(c["input"], now - case_now) if case_now else c["input"]
-        c["execution_id"] = str(uuid.uuid4())
+        c["execution_id"] = f"{c['client_id']}:{uuid.uuid4()}"
         row = {"execution_id": c["execution_id"], "seq": 0, "client_id": c["client_id"],
                "flow_id": c["flow_id"], "input": c["input_live"]}
         c["put_at"] = dt.datetime.now(dt.timezone.utc)

@@ -49,5 +49,6 @@ export REDIS_CA_FILE="${REDIS_CA_FILE:-$RULESTREAM_STATE/tls/ca.pem}"
 export REDIS_URL="${REDIS_URL:-rediss://:${RULESTREAM_REDIS_TOKEN}@127.0.0.1:$RULESTREAM_REDIS_PORT}"
 # Hosts the orchestrator may call (webhooks, http master rules): only this machine. The samples'
 # example.com URLs are therefore recorded as blocked, never contacted.
-export RULESTREAM_EGRESS_ALLOW="${RULESTREAM_EGRESS_ALLOW:-127.0.0.1,localhost}"
+# `host` alone allows ports 80/443; `host:*` any port (the e2e receivers listen on random ports).
+export RULESTREAM_EGRESS_ALLOW="${RULESTREAM_EGRESS_ALLOW:-127.0.0.1:*,localhost:*}"
 export KAFKA_BROKERS="${KAFKA_BROKERS:-127.0.0.1:$RULESTREAM_KAFKA_PORT}"
