@@ -22,7 +22,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Check flow files (and directories of them) against the schema, the catalog and the SPEC rules.
+    /// Check flow files (and directories of them) against the schema, the catalog and the flow rules (docs/flows.md).
     Validate {
         /// Flow files or directories (searched for *.json; `catalog/`, `schema/` and `examples/` are skipped).
         #[arg(required = true)]
