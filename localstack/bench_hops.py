@@ -10,7 +10,8 @@ script scripts/bench-stack.sh does all of that). It measures:
    loop (10 ms) until the record is visible — the floor of any hop;
 2. per-hop latency of the chain: a flow of N `when: "true"` rules, each going to the next; its
    own trigger table `<prefix>-trigger-bench`, fed by its own runner.py polling every 10 ms;
-   hop = (finished_at - started_at) / (steps - 1), executions run one after another;
+   hop = (finished_at - started_at) / (steps - 1) with steps = the summary's `steps_total`,
+   executions run one after another (ids `bench:<uuid4>`: ids carry their client, SPEC 3);
 3. AWS calls per hop made by the orchestrator, counted from LocalStack's request log during the
    chain runs (the bench's own calls — PutItem of seq 0 rows, BatchGetItem polling — and the
    runner's stream calls are not counted);
@@ -54,7 +55,7 @@ def raw_round_trip(n):
     it = streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="LATEST")["ShardIterator"]
     out = []
     for i in range(n):
-        key = str(uuid.uuid4())
+        key = f"bench:{uuid.uuid4()}"
         t0 = time.perf_counter()
         ddb.put_item(TableName=table, Item={"execution_id": {"S": key}, "seq": {"N": "0"}})
         seen = False
@@ -129,7 +130,10 @@ def chain(executions, rules):
             e = run_one(table)
             t0 = datetime.fromisoformat(e["started_at"]["S"].replace("Z", "+00:00"))
             t1 = datetime.fromisoformat(e["finished_at"]["S"].replace("Z", "+00:00"))
-            steps = int(e["step"]["N"])
+            total = e.get("steps_total") or e.get("step")  # `step`: summaries of older versions
+            if total is None:
+                raise SystemExit(f"execution {e['execution_id']['S']} has no steps_total: {e}")
+            steps = int(total["N"])
             hops.append((t1 - t0).total_seconds() * 1000 / (steps - 1))
         cpu = orchestrator_cpu() - cpu0
         time.sleep(1)
@@ -141,7 +145,7 @@ def chain(executions, rules):
 
 
 def run_one(table):
-    eid = str(uuid.uuid4())
+    eid = f"bench:{uuid.uuid4()}"
     ddb.put_item(TableName=table, Item={
         "execution_id": {"S": eid}, "seq": {"N": "0"}, "client_id": {"S": "bench"},
         "flow_id": {"S": "hops"}, "input": {"M": {"n": {"N": "1"}}}})

@@ -12,14 +12,16 @@ by `localstack/lambda.sh start`, and runner.py feeding it the `<prefix>-trigger`
    expect_path}) becomes one execution. The orchestrator evaluates with the real current time, so
    every RFC 3339 timestamp inside the input is shifted by (real now - the case's `now`): blackout
    windows, last-trade dates... keep their distance to "now" and the expectations still hold.
-2. Each is started the way a client process starts one: a PutItem of {execution_id: "<client_id>:<uuid4>", seq: 0,
-   client_id, flow_id, input} into `<prefix>-trigger`.
+2. Each is started the way a client process starts one: a PutItem of {execution_id:
+   "<client_id>:<uuid4>" (SPEC section 3: the id carries its client), seq: 0, client_id, flow_id,
+   input} into `<prefix>-trigger`.
 3. `<prefix>-executions` is polled (consistent BatchGetItem) until every execution has a status
    other than RUNNING, or --timeout seconds pass.
-4. A table: execution id (short), client, flow, version, status, expected, steps, duration
-   (ms: finished_at - started_at; e2e ms: finished_at - when the trigger row was written), whether the trace's rule path matches the example's expect_path
-   (informational), and the case name. Exit status 1 if any execution did not reach its expected
-   status, else 0.
+4. A table: execution id (the first 8 characters after `<client_id>:`), client, flow, version,
+   status, expected, steps (the summary's `steps_total`), duration (ms: finished_at - started_at;
+   e2e ms: finished_at - when the trigger row was written), whether the trace's rule path matches
+   the example's expect_path (informational), and the case name. Exit status 1 if any execution
+   did not reach its expected status, else 0.
 """
 
 import argparse
@@ -109,6 +111,21 @@ def blank_none(v):
     return "" if v is None else str(v)
 
 
+def short_id(execution_id):
+    """The first 8 characters of the unique part of `<client_id>:<unique>`."""
+    return execution_id.partition(":")[2][:8] or execution_id[:8]
+
+
+def step_count(item):
+    """Steps of an ended execution: `steps_total` of the summary (the trace may be cut past its
+    size bound), else the trace's length (or `step` of summaries written by older versions)."""
+    for field in ("steps_total", "step"):
+        if item.get(field) is not None:
+            return item[field]
+    trace = item.get("trace")
+    return len(trace) if isinstance(trace, list) else None
+
+
 def trace_path(item):
     trace = item.get("trace")
     if not isinstance(trace, list) or not all(isinstance(t, dict) and "rule" in t for t in trace):
@@ -185,10 +202,9 @@ def main():
         ok = status == c["expect_status"]
         path = trace_path(item)
         path_mark = "-" if path is None or not ok else ("ok" if path == c.get("expect_path") else "differs")
-        steps = item.get("step")
-        rows.append([c["execution_id"][:8], c["client_id"], c["flow_id"],
+        rows.append([short_id(c["execution_id"]), c["client_id"], c["flow_id"],
                      str(item.get("flow_version", "")), status, c["expect_status"],
-                     "ok" if ok else "XX", blank_none(steps), blank_none(duration_ms(item)),
+                     "ok" if ok else "XX", blank_none(step_count(item)), blank_none(duration_ms(item)),
                      blank_none(duration_ms(item, c["put_at"])), path_mark, c["name"][:60]])
         if not ok or path_mark == "differs":
             bad.append((c, item, ok))

@@ -24,7 +24,7 @@ DEADLINE_S = 30
 def check_stream():
     ddb, streams = boto3.client("dynamodb"), boto3.client("dynamodbstreams")
     table = f"{PREFIX}-trigger"
-    eid = f"smoke-{uuid.uuid4()}"
+    eid = f"smoke:{uuid.uuid4()}"  # <client_id>:<unique> (SPEC section 3)
     t0 = time.time()
     ddb.put_item(TableName=table, Item={
         "execution_id": {"S": eid}, "seq": {"N": "0"}, "client_id": {"S": "smoke"},
