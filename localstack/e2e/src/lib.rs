@@ -167,6 +167,7 @@ pub fn new_id(client: &str, tag: &str) -> String {
 
 /// A connection to the stack's Redis (TLS, AUTH: the URL and CA that `localstack/env.sh` exports).
 pub async fn redis_conn() -> redis::aio::MultiplexedConnection {
+    rulestream_aws::install_crypto();
     let url = std::env::var("REDIS_URL").expect("REDIS_URL is set by localstack/env.sh");
     let ca = std::env::var("REDIS_CA_FILE")
         .ok()

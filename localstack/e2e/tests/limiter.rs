@@ -6,6 +6,7 @@ use std::time::Duration;
 use rulestream_aws::RedisLimiter;
 
 fn limiter() -> RedisLimiter {
+    rulestream_aws::install_crypto();
     let url =
         std::env::var("REDIS_URL").expect("REDIS_URL is set by localstack/env.sh (run `make e2e`)");
     // The local Redis speaks TLS only (rediss://, like ElastiCache with transit encryption).

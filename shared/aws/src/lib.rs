@@ -24,6 +24,7 @@ pub use webhooks::{Egress, Http};
 
 /// Structured JSON logs (tracing), level from `RUST_LOG` (default `info`).
 pub fn init_logging() {
+    install_crypto();
     tracing_subscriber::fmt()
         .json()
         .with_env_filter(
@@ -103,4 +104,10 @@ where
         Ok(Err(panic)) => std::panic::resume_unwind(panic),
         Err(e) => panic!("cannot start the main thread: {e}"),
     }
+}
+
+/// Picks rustls's process-wide crypto provider (ring) once: two TLS stacks are linked (HTTPS for
+/// webhooks, TLS to Redis) and rustls refuses to guess between providers.
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }

@@ -958,12 +958,16 @@ pub async fn deliver_pending<J: Journal, D: Deliveries>(
         for o in &pending {
             let i = o.get("index").and_then(Value::as_u64).unwrap_or(u64::MAX) as usize;
             if let Some(a) = actions.get_mut(i) {
-                let last = format!("failed after {MAX_DELIVERY_ATTEMPTS} attempts (the last one was not recorded)");
+                let last = format!(
+                    "failed after {MAX_DELIVERY_ATTEMPTS} attempts (the last one was not recorded)"
+                );
                 a["delivery"]["status"] = json!("failed");
                 a["delivery"]["last"] = json!(last);
             }
         }
-        let _ = journal.record_delivery(&id, seq, done32, &actions, None).await;
+        let _ = journal
+            .record_delivery(&id, seq, done32, &actions, None)
+            .await;
         return;
     }
     let lease = now.timestamp_millis() + settings.delivery_lease_ms;
