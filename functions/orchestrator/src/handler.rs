@@ -27,8 +27,23 @@ where
     D: Deliveries,
     S: Sealer,
 {
-    let results =
-        futures::future::join_all(event.records.iter().map(|r| handle_record(chain, r))).await;
+    let run = |rec: &EventRecord| {
+        // INSERT only: MODIFY and REMOVE (TTL) records are no steps.
+        let image = (rec.event_name == "INSERT")
+            .then(|| serde_dynamo::from_item::<_, Value>(rec.change.new_image.clone()));
+        let table = table_of(rec.event_source_arn.as_deref());
+        async move {
+            match image {
+                None => Ok(()),
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "undecodable trigger row dropped");
+                    Ok(())
+                }
+                Some(Ok(image)) => chain.run_row(table.as_deref(), image).await,
+            }
+        }
+    };
+    let results = futures::future::join_all(event.records.iter().map(run)).await;
     let mut resp = DynamoDbEventResponse::default();
     for (rec, res) in event.records.iter().zip(results) {
         if let Err(Retry(why)) = res {
@@ -43,32 +58,6 @@ where
         }
     }
     resp
-}
-
-/// Handles one record.
-pub async fn handle_record<F, J, E, D, S>(
-    chain: &Chain<F, J, E, D, S>,
-    rec: &EventRecord,
-) -> Result<(), Retry>
-where
-    F: FlowSource,
-    J: Journal,
-    E: Effects,
-    D: Deliveries,
-    S: Sealer,
-{
-    if rec.event_name != "INSERT" {
-        return Ok(());
-    }
-    let table = table_of(rec.event_source_arn.as_deref());
-    let image: Value = match serde_dynamo::from_item(rec.change.new_image.clone()) {
-        Ok(v) => v,
-        Err(e) => {
-            tracing::error!(error = %e, "undecodable trigger row dropped");
-            return Ok(());
-        }
-    };
-    chain.run_row(table.as_deref(), image).await
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use aws_lambda_events::event::dynamodb::Event;
 use aws_lambda_events::event::streams::DynamoDbEventResponse;
 use lambda_runtime::{LambdaEvent, service_fn};
-use rulestream_aws::{AwsEffects, AwsFlowSource, Config, DynamoJournal, Egress, Http, StateSealer};
+use rulestream_aws::{AwsEffects, AwsFlowSource, Base, StateSealer};
 use rulestream_core::chain::Chain;
 
 fn main() -> Result<(), lambda_runtime::Error> {
@@ -17,18 +17,16 @@ fn main() -> Result<(), lambda_runtime::Error> {
 }
 
 async fn run() -> Result<(), lambda_runtime::Error> {
-    rulestream_aws::init_logging();
-    let cfg = Config::from_env()?;
-    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let Base {
+        cfg,
+        sdk,
+        journal,
+        http,
+    } = Base::load().await?;
     let limiter = Arc::new(rulestream_aws::redis_from_config(&cfg, &sdk).await?);
-    let http = Arc::new(Http::new(&sdk, Egress::parse(cfg.egress_allow.as_deref()))?);
     let chain = Arc::new(Chain {
         flows: AwsFlowSource::new(cfg.clone(), &sdk, Arc::clone(&limiter)),
-        journal: DynamoJournal::new(
-            aws_sdk_dynamodb::Client::new(&sdk),
-            &cfg.executions_table,
-            &cfg.steps_table,
-        ),
+        journal,
         effects: AwsEffects::new(Arc::clone(&limiter), Arc::clone(&http)),
         deliveries: http,
         sealer: StateSealer::from_secret(&sdk, &cfg.state_key_secret),

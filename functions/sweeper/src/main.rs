@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use lambda_runtime::{LambdaEvent, service_fn};
-use rulestream_aws::{Config, DynamoJournal, Egress, Http};
+use rulestream_aws::Base;
 use serde_json::Value;
 
 fn main() -> Result<(), lambda_runtime::Error> {
@@ -15,24 +15,12 @@ fn main() -> Result<(), lambda_runtime::Error> {
 }
 
 async fn run() -> Result<(), lambda_runtime::Error> {
-    rulestream_aws::init_logging();
-    let cfg = Config::from_env()?;
-    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let journal = Arc::new(DynamoJournal::new(
-        aws_sdk_dynamodb::Client::new(&sdk),
-        &cfg.executions_table,
-        &cfg.steps_table,
-    ));
-    let http = Arc::new(Http::new(&sdk, Egress::parse(cfg.egress_allow.as_deref()))?);
-    let settings = Arc::new(cfg.chain_settings());
+    let base = Arc::new(Base::load().await?);
+    let settings = Arc::new(base.cfg.chain_settings());
     lambda_runtime::run(service_fn(move |_event: LambdaEvent<Value>| {
-        let (journal, http, settings) = (
-            Arc::clone(&journal),
-            Arc::clone(&http),
-            Arc::clone(&settings),
-        );
+        let (base, settings) = (Arc::clone(&base), Arc::clone(&settings));
         async move {
-            let report = rulestream_core::chain::sweep(&*journal, &*http, &settings).await;
+            let report = rulestream_core::chain::sweep(&base.journal, &*base.http, &settings).await;
             tracing::info!(
                 deliveries = report.deliveries,
                 stalled = report.stalled,

@@ -32,7 +32,7 @@ impl Request {
 async fn receiver() -> (String, Arc<Mutex<Vec<Request>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::new(Mutex::new(Vec::<Request>::new()));
     let log = Arc::clone(&seen);
     tokio::spawn(async move {
         loop {
@@ -78,12 +78,24 @@ async fn receiver() -> (String, Arc<Mutex<Vec<Request>>>) {
                         "{}".to_string()
                     };
                     let redirect = path == "/redirect";
+                    // `/flaky/<n>`: the first five requests to it answer 500.
+                    let flaky = path.starts_with("/flaky")
+                        && log
+                            .lock()
+                            .expect("lock")
+                            .iter()
+                            .filter(|r| r.path == path)
+                            .count()
+                            < 5;
                     log.lock().expect("lock").push(Request {
                         path,
                         headers,
                         body,
                     });
-                    let resp = if redirect {
+                    let resp = if flaky {
+                        "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n"
+                            .to_string()
+                    } else if redirect {
                         // Somewhere else on this machine: a client that follows it re-POSTs the
                         // body and its signature there.
                         "HTTP/1.1 307 Temporary Redirect\r\nlocation: /landed\r\ncontent-length: 0\r\n\r\n".to_string()
@@ -166,6 +178,21 @@ async fn webhooks_are_signed_and_delivered_once_per_key_and_http_rules_answer() 
         assert_eq!(e["tags"], json!(["notified"]));
     }
 
+    // The summary ends before the last step's deliveries go out (a slow receiver never delays
+    // the end): wait for the step items to record them.
+    for id in [&once, &twice] {
+        let mut delivery = Value::Null;
+        for _ in 0..80 {
+            delivery =
+                step_item(&stack, id, 1).await.expect("step 1")["actions"][0]["delivery"].clone();
+            if delivery["status"] != "pending" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        assert_eq!(delivery["status"], "delivered", "{id}: {delivery}");
+        assert_eq!(delivery["attempts"], 1, "{id}: {delivery}");
+    }
     let seen = seen.lock().expect("lock").clone();
     let scored: Vec<&Request> = seen.iter().filter(|r| r.path == "/score").collect();
     let payload: Value = serde_json::from_slice(&scored[0].body).expect("json payload");
@@ -330,4 +357,71 @@ async fn a_forged_row_runs_nothing_and_redirects_are_not_followed() {
         "the redirect was not followed"
     );
     assert_eq!(seen.iter().filter(|r| r.path == "/redirect").count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_receivers_never_hold_the_chain_and_are_retried_then_recorded() {
+    let stack = Stack::from_env().await;
+    let (base, seen) = receiver().await;
+    // A port nothing listens on: a receiver that is down for good.
+    let down = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let flaky = format!("/flaky/{}", uuid::Uuid::new_v4().simple());
+    let flow_id = format!("retry-{}", uuid::Uuid::new_v4().simple());
+    let flow = json!({"client_id": "e2e", "flow_id": flow_id, "version": 1,
+        "terminal_statuses": ["DONE"],
+        "rules": [{"id": "notify", "when": "true",
+                   "on": {"true": {"complete": "DONE", "actions": [
+                       {"type": "call_webhook", "url": format!("{base}{flaky}")},
+                       {"type": "call_webhook", "url": format!("http://{down}/hook")}]}}}]});
+    stack.register_flow(&flow).await;
+    let id = new_id("e2e", "retry");
+    stack
+        .trigger(&stack.table("trigger"), &json!({"execution_id": id, "seq": 0, "client_id": "e2e", "flow_id": flow_id, "input": {}}))
+        .await;
+    // The execution ends at once, whatever its receivers do.
+    let done = stack
+        .wait_all(std::slice::from_ref(&id), Duration::from_secs(60))
+        .await;
+    assert_eq!(done[&id]["status"], "DONE");
+
+    // The sweeper retries on the short local backoff: the flaky receiver gets its success on
+    // the sixth attempt, the dead one is recorded failed after the eighth.
+    let mut step = Value::Null;
+    for _ in 0..240 {
+        step = step_item(&stack, &id, 0).await.expect("step 0");
+        let settled = step["actions"]
+            .as_array()
+            .is_some_and(|a| a.iter().all(|x| x["delivery"]["status"] != "pending"));
+        if settled {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (ok, dead) = (
+        &step["actions"][0]["delivery"],
+        &step["actions"][1]["delivery"],
+    );
+    assert_eq!(ok["status"], "delivered", "{step}");
+    assert_eq!(ok["attempts"], 6, "{ok}");
+    assert_eq!(
+        ok["results"].as_array().map(Vec::len),
+        Some(6),
+        "every attempt is recorded"
+    );
+    assert_eq!(dead["status"], "failed", "{dead}");
+    assert_eq!(dead["attempts"], 8, "{dead}");
+    assert!(
+        step.get("pending_due").is_none() && step.get("outbox").is_none(),
+        "{step}"
+    );
+    let hits = seen
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|r| r.path == flaky)
+        .count();
+    assert_eq!(hits, 6, "one POST per attempt");
 }

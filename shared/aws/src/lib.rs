@@ -111,3 +111,38 @@ where
 pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
+
+/// What every function builds at cold start: logs, configuration, one SDK configuration, the
+/// journal and the HTTP client (one client per service, built once).
+pub struct Base {
+    /// The configuration.
+    pub cfg: Config,
+    /// The SDK configuration (endpoints from `AWS_ENDPOINT_URL*`).
+    pub sdk: aws_config::SdkConfig,
+    /// Summaries, steps and trigger rows.
+    pub journal: DynamoJournal,
+    /// Webhooks and `http` master rules, behind the egress policy.
+    pub http: std::sync::Arc<Http>,
+}
+
+impl Base {
+    /// Starts logging and builds the shared clients.
+    pub async fn load() -> Result<Base, Box<dyn std::error::Error + Send + Sync>> {
+        init_logging();
+        let cfg = Config::from_env()?;
+        let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let journal = DynamoJournal::new(
+            aws_sdk_dynamodb::Client::new(&sdk),
+            &cfg.executions_table,
+            &cfg.steps_table,
+        );
+        let http =
+            std::sync::Arc::new(Http::new(&sdk, Egress::parse(cfg.egress_allow.as_deref()))?);
+        Ok(Base {
+            cfg,
+            sdk,
+            journal,
+            http,
+        })
+    }
+}

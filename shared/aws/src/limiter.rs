@@ -49,7 +49,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(80);
 const RESPONSE_TIMEOUT: Duration = Duration::from_millis(50);
 
 /// A lazily connected, reconnecting Redis client (TLS with `rediss://`, AUTH) with short
-/// timeouts. No lock is held across a network call.
+/// timeouts. Commands run on a shared multiplexed connection without any lock; only connecting
+/// is single-flight (one dial at a time, bounded by the 80 ms connect timeout, the others wait
+/// for it instead of each dialling).
 pub struct RedisLimiter {
     client: Option<Client>,
     prefix: String,

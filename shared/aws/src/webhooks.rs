@@ -280,6 +280,17 @@ impl Http {
         timeout_ms: Option<u64>,
     ) -> Result<Value, EffectError> {
         self.egress.check(url)?;
+        self.send(url, bytes, headers, timeout_ms).await
+    }
+
+    /// [`Http::post`] for a URL already checked against the egress policy.
+    async fn send(
+        &self,
+        url: &str,
+        bytes: Vec<u8>,
+        headers: &[(&str, String)],
+        timeout_ms: Option<u64>,
+    ) -> Result<Value, EffectError> {
         let shown = rulestream_core::chain::redact_url(url);
         let timeout = timeout_ms
             .map_or(DEFAULT_TIMEOUT, Duration::from_millis)
@@ -335,29 +346,20 @@ impl Http {
     }
 }
 
+/// An HTTP error with its whole cause chain, the URL shown as `scheme://host[:port]` only.
 fn without_url(e: &reqwest::Error) -> String {
     use std::error::Error as _;
-    let mut parts = vec![e.without_url_ref()];
+    let mut text = e.to_string();
+    if let Some(u) = e.url() {
+        text = text.replace(u.as_str(), &rulestream_core::chain::redact_url(u.as_str()));
+    }
     let mut src = e.source();
     while let Some(s) = src {
-        parts.push(s.to_string());
+        text.push_str(": ");
+        text.push_str(&s.to_string());
         src = s.source();
     }
-    parts.join(": ")
-}
-
-trait WithoutUrl {
-    fn without_url_ref(&self) -> String;
-}
-
-impl WithoutUrl for reqwest::Error {
-    fn without_url_ref(&self) -> String {
-        let mut s = self.to_string();
-        if let Some(u) = self.url() {
-            s = s.replace(u.as_str(), &rulestream_core::chain::redact_url(u.as_str()));
-        }
-        s
-    }
+    text
 }
 
 impl Deliveries for Http {
@@ -371,7 +373,8 @@ impl Deliveries for Http {
             headers.push((TIMESTAMP_HEADER, ts.to_string()));
             headers.push((SIGNATURE_HEADER, signatures(&keys, ts, &bytes)));
         }
-        self.post(&d.url, bytes, &headers, d.timeout_ms)
+        // Checked above, before a signing key is read for a URL that may not be called.
+        self.send(&d.url, bytes, &headers, d.timeout_ms)
             .await
             .map(|_| ())
     }

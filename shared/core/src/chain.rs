@@ -29,7 +29,7 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::CompiledFlow;
-use crate::engine::{ExecutionMeta, Next, RunState, Session, gray_key_value};
+use crate::engine::{ExecutionMeta, Next, RunState, Session, StepRecord, gray_key_value};
 use crate::execution::{
     Carried, ExecutionHeader, SealedRow, TriggerRow, check_execution_id, cut, subset_of,
 };
@@ -164,6 +164,28 @@ struct ActionView {
     queue: Option<String>,
 }
 
+impl StepView {
+    /// The view of a step just decided (no round trip through its JSON document).
+    fn of(record: &StepRecord, next: Next) -> StepView {
+        StepView {
+            seq: record.seq,
+            rule: record.rule.clone(),
+            outcome: record.outcome.clone(),
+            set: record.set.clone(),
+            actions: record
+                .actions
+                .iter()
+                .map(|a| ActionView {
+                    kind: a.action.kind,
+                    tag: a.action.tag.clone(),
+                    queue: a.action.queue.clone(),
+                })
+                .collect(),
+            next,
+        }
+    }
+}
+
 /// The state after a recorded step: what deciding it did to `before`, replayed from the record
 /// (the same whether the step was decided now or by an earlier delivery).
 fn advance(before: &RunState, step: &StepView, reads_steps: bool) -> RunState {
@@ -236,7 +258,7 @@ fn cut_value(v: &mut Value) {
 }
 
 /// Fields of a step item that are bookkeeping, not trace.
-const NOT_TRACE: [&str; 10] = [
+const NOT_TRACE: [&str; 9] = [
     "execution_id",
     "client_id",
     "flow_id",
@@ -246,7 +268,6 @@ const NOT_TRACE: [&str; 10] = [
     "pending_due",
     "delivery_attempts",
     "expires_at",
-    "trace_version",
 ];
 
 /// A step item as a trace line.
@@ -564,7 +585,7 @@ where
             match self.journal.step(&id, seq).await {
                 Ok(Some(step)) => {
                     return self
-                        .after_step(table, &header, &flow, carried, step, started, true)
+                        .after_stored(table, &header, &flow, carried, step, started)
                         .await;
                 }
                 Ok(None) => {}
@@ -579,7 +600,8 @@ where
             flow_version: header.flow_version,
         };
         let now = Utc::now();
-        let result = {
+        // The decision, and the state after it (what the deliveries' public context shows).
+        let (result, after) = {
             let mut session = Session::new(
                 &flow,
                 meta,
@@ -590,79 +612,89 @@ where
                 carried.state.clone(),
             );
             let taken = u32::try_from(seq).unwrap_or(u32::MAX);
-            session.step(&self.effects, taken).await
+            let result = session.step(&self.effects, taken).await;
+            (result, session.state().clone())
         };
         let Some(record) = result.record else {
             // No rule ran (max_steps exceeded, a rule that does not exist): the end.
-            let (reason, error) = match &result.next {
-                Next::Done { reason, error, .. } => (reason.clone(), error.clone()),
-                Next::Rule { .. } => (None, None),
+            let why = match result.next {
+                Next::Done { reason, error, .. } => reason.or(error),
+                Next::Rule { .. } => None,
             };
-            let why = reason
-                .or(error)
-                .unwrap_or_else(|| "the execution cannot go on".into());
+            let why = why.unwrap_or_else(|| "the execution cannot go on".into());
             return self.end_failed(&header, &carried.state, why).await;
         };
-        let status = match &result.next {
-            Next::Done { status, .. } => status.clone(),
-            Next::Rule { .. } => RUNNING.to_string(),
-        };
-        let reason = match &result.next {
-            Next::Done { reason, .. } => reason.clone(),
-            Next::Rule { .. } => None,
-        };
-        // The public context the deliveries carry (never `client`).
-        let mut after = carried.state.clone();
-        for (k, v) in &record.set {
-            after.ctx.insert(k.clone(), v.clone());
-        }
-        let mut doc = match serde_json::to_value(&record) {
-            Ok(v) => v,
-            Err(e) => return Err(Retry(format!("cannot encode step: {e}"))),
-        };
-        let now_ms = now.timestamp_millis();
-        let mut outbox = Vec::new();
-        if let Some(actions) = doc.get_mut("actions").and_then(Value::as_array_mut) {
-            let mut tags = after.tags.clone();
-            for a in record
-                .actions
-                .iter()
-                .filter(|a| a.action.kind == ActionType::AddTag)
-            {
-                if let Some(t) = &a.action.tag
-                    && !tags.contains(t)
-                {
-                    tags.push(t.clone());
-                }
+        let doc = self.step_document(&header, &record, &result.next, &after, now)?;
+        let view = StepView::of(&record, result.next);
+        match self.journal.put_step(&doc).await {
+            Ok(true) => {
+                self.after_step(table, &header, &flow, carried, view, &doc, started, false)
+                    .await
             }
-            for (i, a) in actions.iter_mut().enumerate() {
-                let Some(planned) = record.actions.get(i) else {
-                    continue;
-                };
+            Ok(false) => match self.journal.step(&id, seq).await {
+                Ok(Some(stored)) => {
+                    self.after_stored(table, &header, &flow, carried, stored, started)
+                        .await
+                }
+                Ok(None) => Err(Retry(format!(
+                    "step {seq} of {id} is neither new nor recorded"
+                ))),
+                Err(e) => Err(Retry(e.to_string())),
+            },
+            Err(StoreError::Transient(e)) => Err(Retry(e)),
+            Err(e) => {
+                let why = format!("cannot record step {seq} (rule `{}`): {e}", record.rule);
+                self.end_failed(&header, &carried.state, why).await
+            }
+        }
+    }
+
+    /// The step item: the record (explain cut, URLs redacted), where it goes next, and an outbox
+    /// holding each webhook to send with its body (the public context after the step: never
+    /// `client`). A signing secret of another client is refused here, recorded on the action.
+    fn step_document(
+        &self,
+        header: &ExecutionHeader,
+        record: &StepRecord,
+        next: &Next,
+        after: &RunState,
+        now: DateTime<Utc>,
+    ) -> Result<Value, Retry> {
+        let id = &header.execution_id;
+        let (status, reason) = match next {
+            Next::Done { status, reason, .. } => (status.as_str(), reason.as_deref()),
+            Next::Rule { .. } => (RUNNING, None),
+        };
+        let mut doc =
+            serde_json::to_value(record).map_err(|e| Retry(format!("cannot encode step: {e}")))?;
+        let mut outbox = Vec::new();
+        let own_secrets = format!("rulestream/{}/", header.client_id);
+        if let Some(actions) = doc.get_mut("actions").and_then(Value::as_array_mut) {
+            for (i, (a, planned)) in actions.iter_mut().zip(&record.actions).enumerate() {
                 if planned.action.kind != ActionType::CallWebhook {
                     continue;
                 }
-                let Some(url) = planned.action.url.clone() else {
+                let Some(url) = &planned.action.url else {
                     continue;
                 };
-                a["url"] = json!(redact_url(&url));
+                a["url"] = json!(redact_url(url));
                 if let Some(secret) = &planned.action.secret_id
-                    && !secret.starts_with(&format!("rulestream/{}/", header.client_id))
+                    && !secret.starts_with(&own_secrets)
                 {
                     a["delivery"] = json!({"status": "failed", "attempts": 0,
-                        "last": format!("signing secret `{secret}` is not one of client `{}` (rulestream/{}/…)", header.client_id, header.client_id)});
+                        "last": format!("signing secret `{secret}` is not one of client `{}` ({own_secrets}…)", header.client_id)});
                     continue;
                 }
                 let body = json!({
                     "idempotency_key": planned.idempotency_key,
                     "execution": {"id": id, "client_id": header.client_id, "flow_id": header.flow_id,
-                                  "flow_version": header.flow_version, "seq": seq},
+                                  "flow_version": header.flow_version, "seq": record.seq},
                     "rule": record.rule,
                     "outcome": record.outcome,
                     "status": status,
                     "reason": reason,
                     "output": after.ctx,
-                    "tags": tags,
+                    "tags": after.tags,
                 });
                 a["delivery"] = json!({"status": "pending", "attempts": 0});
                 outbox.push(json!({
@@ -683,32 +715,37 @@ where
         doc["flow_id"] = json!(header.flow_id);
         doc["flow_version"] = json!(header.flow_version);
         doc["decided_at"] = json!(rfc3339(now));
-        doc["next"] = serde_json::to_value(&result.next).unwrap_or(Value::Null);
+        doc["next"] = serde_json::to_value(next).unwrap_or(Value::Null);
         doc["expires_at"] = json!(now.timestamp() + self.settings.retention_secs);
         if !outbox.is_empty() {
             doc["outbox"] = Value::Array(outbox);
-            doc["pending_shard"] = json!(shard_of(&id));
-            doc["pending_due"] = json!(now_ms + self.settings.delivery_lease_ms);
+            doc["pending_shard"] = json!(shard_of(id));
+            doc["pending_due"] = json!(now.timestamp_millis() + self.settings.delivery_lease_ms);
         }
-        match self.journal.put_step(&doc).await {
-            Ok(true) => {
-                self.after_step(table, &header, &flow, carried, doc, started, false)
+        Ok(doc)
+    }
+
+    /// Goes on from a step an earlier delivery recorded.
+    async fn after_stored(
+        &self,
+        table: &str,
+        header: &ExecutionHeader,
+        flow: &CompiledFlow,
+        carried: Carried,
+        step: Value,
+        started: std::time::Instant,
+    ) -> Result<(), Retry> {
+        match StepView::deserialize(&step) {
+            Ok(view) => {
+                self.after_step(table, header, flow, carried, view, &step, started, true)
                     .await
             }
-            Ok(false) => match self.journal.step(&id, seq).await {
-                Ok(Some(stored)) => {
-                    self.after_step(table, &header, &flow, carried, stored, started, true)
-                        .await
-                }
-                Ok(None) => Err(Retry(format!(
-                    "step {seq} of {id} is neither new nor recorded"
-                ))),
-                Err(e) => Err(Retry(e.to_string())),
-            },
-            Err(StoreError::Transient(e)) => Err(Retry(e)),
             Err(e) => {
-                let why = format!("cannot record step {seq} (rule `{}`): {e}", record.rule);
-                self.end_failed(&header, &carried.state, why).await
+                let why = format!(
+                    "step {} of {} cannot be read: {e}",
+                    carried.state.seq, header.execution_id
+                );
+                self.end_failed(header, &carried.state, why).await
             }
         }
     }
@@ -721,20 +758,11 @@ where
         header: &ExecutionHeader,
         flow: &CompiledFlow,
         carried: Carried,
-        step: Value,
+        view: StepView,
+        step: &Value,
         started: std::time::Instant,
         redelivered: bool,
     ) -> Result<(), Retry> {
-        let view: StepView = match serde_json::from_value(step.clone()) {
-            Ok(v) => v,
-            Err(e) => {
-                let why = format!(
-                    "step {} of {} cannot be read: {e}",
-                    carried.state.seq, header.execution_id
-                );
-                return self.end_failed(header, &carried.state, why).await;
-            }
-        };
         let state = advance(&carried.state, &view, flow.reads_steps());
         match &view.next {
             Next::Rule { .. } => {
@@ -746,11 +774,20 @@ where
                 reason,
                 error,
             } => {
-                self.end(header, &state, status, reason.clone(), error.clone())
-                    .await?;
+                let (reason, error) = (reason.clone(), error.clone());
+                finish(
+                    &self.journal,
+                    &self.settings,
+                    header,
+                    &state,
+                    status,
+                    reason,
+                    error,
+                )
+                .await?;
             }
         }
-        deliver_pending(&self.journal, &self.deliveries, &self.settings, &step).await;
+        deliver_pending(&self.journal, &self.deliveries, &self.settings, step).await;
         tracing::info!(
             execution_id = %header.execution_id,
             client_id = %header.client_id,
@@ -810,26 +847,14 @@ where
         why: String,
     ) -> Result<(), Retry> {
         tracing::warn!(execution_id = %h.execution_id, reason = %why, "execution failed");
-        self.end(h, state, FAILED, Some(why.clone()), Some(why))
-            .await
-    }
-
-    async fn end(
-        &self,
-        h: &ExecutionHeader,
-        state: &RunState,
-        status: &str,
-        reason: Option<String>,
-        error: Option<String>,
-    ) -> Result<(), Retry> {
         finish(
             &self.journal,
             &self.settings,
             h,
             state,
-            status,
-            reason,
-            error,
+            FAILED,
+            Some(why.clone()),
+            Some(why),
         )
         .await
     }
@@ -1134,8 +1159,8 @@ async fn end_if_stalled<J: Journal>(
         None => format!("no progress for {idle}s: the first step never ran"),
     };
     let steps = journal.steps(&id).await.map_err(|e| Retry(e.to_string()))?;
-    let reads_steps = false;
-    let state = replay(&steps, reads_steps);
+    // Outcomes by rule are not part of a summary: no need to rebuild them.
+    let state = replay(&steps, false);
     let h = ExecutionHeader {
         execution_id: id.clone(),
         client_id: str_of(summary, "client_id").to_string(),
