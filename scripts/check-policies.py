@@ -472,10 +472,6 @@ def _(st):
             ("dynamodb:UpdateItem", st.table_arn("executions")),
             ("secretsmanager:GetSecretValue", SIGNING_SECRETS.replace("*", "acme/webhook-AbCdEf")),
             ("secretsmanager:GetSecretValue", st.secret_arn("redis-auth")),
-            ("sqs:ReceiveMessage", st.getatt(st.find("AWS::SQS::Queue", st.prefix + "-orchestrator-dlq"), "Arn")),
-            ("sqs:DeleteMessage", st.getatt(st.find("AWS::SQS::Queue", st.prefix + "-orchestrator-dlq"), "Arn")),
-            ("dynamodb:GetRecords", st.getatt(st.table("trigger"), "StreamArn")),
-            ("dynamodb:GetShardIterator", st.getatt(st.table("trigger"), "StreamArn")),
         ],
     }
     out = []
@@ -490,10 +486,12 @@ def _(st):
        "exists in the template and the function's role can read it")
 def _(st):
     out = []
-    for fn in ("orchestrator", "sweeper"):
+    pointed = {"orchestrator": ("RULESTREAM_STATE_KEY_SECRET", "REDIS_AUTH_SECRET"),
+               "sweeper": ("REDIS_AUTH_SECRET",)}
+    for fn, variables in pointed.items():
         env = st.env_of(fn)
         sts = st.statements_of_role(st.role_of(fn))
-        for var in ("RULESTREAM_STATE_KEY_SECRET", "REDIS_AUTH_SECRET"):
+        for var in variables:
             if var not in env:
                 out.append(f"{fn} has no {var}")
                 continue
