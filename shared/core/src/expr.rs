@@ -81,6 +81,12 @@ pub enum CompileError {
         /// Which limit, and by how much.
         message: String,
     },
+    /// A `matches` pattern that is not a valid regex (or compiles too large).
+    #[error("invalid `matches` pattern: {message}")]
+    InvalidPattern {
+        /// The regex compiler's explanation.
+        message: String,
+    },
     /// The expression reads a variable that no rule can see.
     #[error("unknown variable `{name}` (known: input, ctx, client, params, steps, execution, now)")]
     UnknownVariable {
@@ -308,6 +314,26 @@ impl Expr {
                 .map(|name| CompileError::UnknownVariable { name })
                 .collect());
         }
+        let mut patterns = Vec::new();
+        literal_patterns(program.expression(), &mut patterns);
+        let mut bad = Vec::new();
+        for p in patterns {
+            let n = p.chars().count();
+            if n > MAX_PATTERN_CHARS {
+                bad.push(CompileError::TooLarge {
+                    message: format!(
+                        "a `matches` pattern is at most {MAX_PATTERN_CHARS} characters (this one has {n})"
+                    ),
+                });
+            } else if let Err(e) = cel::budget::regex(&p) {
+                bad.push(CompileError::InvalidPattern {
+                    message: e.to_string(),
+                });
+            }
+        }
+        if !bad.is_empty() {
+            return Err(bad);
+        }
         let mut ast = program.expression().clone();
         rewrite_arith(&mut ast);
         Ok(Expr {
@@ -332,9 +358,76 @@ impl Expr {
         &self.paths
     }
 
-    /// Evaluates against `ctx`.
+    /// Evaluates against `ctx`, within the evaluation budget ([`EVAL_MAX_ITERATIONS`],
+    /// [`EVAL_MAX_TIME`]): past it, the evaluation is an error.
     pub fn eval(&self, ctx: &cel::Context<'_, '_>) -> Result<CelValue, String> {
-        with_stack(|| CelValue::resolve(&self.ast, ctx).map_err(|e| e.to_string()))
+        with_stack(|| {
+            cel::budget::run(EVAL_MAX_ITERATIONS, EVAL_MAX_TIME, || {
+                CelValue::resolve(&self.ast, ctx).map_err(|e| e.to_string())
+            })
+            .map_err(|spent| spent.to_string())
+            .and_then(|r| r)
+        })
+    }
+}
+
+/// Comprehension iterations one evaluation may run (SPEC section 1, Limits).
+pub const EVAL_MAX_ITERATIONS: u64 = 100_000;
+/// Wall time one evaluation may take (SPEC section 1, Limits).
+pub const EVAL_MAX_TIME: std::time::Duration = std::time::Duration::from_millis(10);
+/// The longest `matches` pattern, in characters (SPEC section 1, Limits).
+pub const MAX_PATTERN_CHARS: usize = 1000;
+
+/// Collects the literal patterns of `matches` calls (`s.matches('re')`, `matches(s, 're')`), so
+/// they are checked and compiled when the flow is, not at their first call.
+fn literal_patterns(e: &IdedExpr, out: &mut Vec<String>) {
+    match &e.expr {
+        Ast::Call(call) => {
+            if call.func_name == "matches"
+                && let Some(IdedExpr {
+                    expr: Ast::Literal(cel::common::ast::LiteralValue::String(p)),
+                    ..
+                }) = call.args.last()
+            {
+                out.push(p.inner().to_string());
+            }
+            if let Some(t) = &call.target {
+                literal_patterns(t, out);
+            }
+            call.args.iter().for_each(|a| literal_patterns(a, out));
+        }
+        Ast::Comprehension(c) => {
+            for x in [
+                &c.iter_range,
+                &c.accu_init,
+                &c.loop_cond,
+                &c.loop_step,
+                &c.result,
+            ] {
+                literal_patterns(x, out);
+            }
+        }
+        Ast::List(l) => l.elements.iter().for_each(|x| literal_patterns(x, out)),
+        Ast::Map(m) => m
+            .entries
+            .iter()
+            .for_each(|en| entry_patterns(&en.expr, out)),
+        Ast::Struct(st) => st
+            .entries
+            .iter()
+            .for_each(|en| entry_patterns(&en.expr, out)),
+        Ast::Select(sel) => literal_patterns(&sel.operand, out),
+        Ast::Ident(_) | Ast::Literal(_) | Ast::Unspecified => {}
+    }
+}
+
+fn entry_patterns(e: &EntryExpr, out: &mut Vec<String>) {
+    match e {
+        EntryExpr::StructField(f) => literal_patterns(&f.value, out),
+        EntryExpr::MapEntry(me) => {
+            literal_patterns(&me.key, out);
+            literal_patterns(&me.value, out);
+        }
     }
 }
 

@@ -570,8 +570,7 @@ pub fn check_op_value(c: &Condition) -> Result<(), String> {
 
 /// The most rules a flow may have (SPEC section 1, Limits).
 pub const MAX_RULES: usize = 200;
-/// The longest `matches` pattern, in characters.
-pub const MAX_PATTERN_CHARS: usize = 1000;
+pub use crate::expr::MAX_PATTERN_CHARS;
 /// The longest `timeout_ms` of a webhook or an external master rule.
 pub const MAX_TIMEOUT_MS: u64 = 10_000;
 

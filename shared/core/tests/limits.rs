@@ -130,3 +130,111 @@ fn beyond_the_limits_is_a_validation_error_never_a_crash() {
     // Brackets inside strings do not count.
     assert!(Expr::compile(&format!("'{}' == ''", "(".repeat(200))).is_ok());
 }
+
+fn run_flow(flow_json: &Value, input: &Value) -> rulestream_core::RunReport {
+    let v = validate_value(flow_json, &Catalog::new());
+    let f = v.flow.expect("valid flow");
+    let meta = ExecutionMeta {
+        execution_id: "c:1".into(),
+        client_id: "c".into(),
+        flow_id: "f".into(),
+        flow_version: 1,
+    };
+    pollster::block_on(run(
+        &f,
+        meta,
+        input,
+        None,
+        chrono::Utc::now(),
+        None,
+        &DryRun,
+    ))
+}
+
+/// A quadratic comprehension over a large input list runs out of budget: an evaluation error
+/// that `on_error` decides, not a function timeout.
+#[test]
+fn a_quadratic_comprehension_is_an_evaluation_error_that_on_error_decides() {
+    let bomb = "input.xs.exists(x, input.xs.exists(y, x * y == -1))";
+    let f = json!({"client_id": "c", "flow_id": "f", "version": 1, "terminal_statuses": ["OK", "ERR", "NO"],
+        "rules": [{"id": "bomb", "when": bomb, "on": {"true": {"complete": "OK"}, "false": {"complete": "NO"}},
+                   "on_error": {"complete": "ERR", "reason": "budget"}}]});
+    let xs: Vec<i64> = (1..=2_000).collect();
+    let started = std::time::Instant::now();
+    let r = on_small_stack(move || run_flow(&f, &json!({ "xs": xs })));
+    assert_eq!(r.status, "ERR", "{:?}", r.reason);
+    let explain = serde_json::to_string(&r.steps).expect("json");
+    assert!(explain.contains("evaluation budget exceeded"), "{explain}");
+    // 4 million iterations would take seconds in a debug build; the budget stops it early.
+    // (Not a timing assertion on speed: a bound two orders of magnitude above the budget.)
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+
+    // Without on_error the execution fails and the reason names the rule and the budget.
+    let f = json!({"client_id": "c", "flow_id": "f", "version": 1, "terminal_statuses": ["OK"],
+        "rules": [{"id": "bomb", "when": bomb, "default": {"complete": "OK"}}]});
+    let xs: Vec<i64> = (1..=2_000).collect();
+    let r = on_small_stack(move || run_flow(&f, &json!({ "xs": xs })));
+    assert_eq!(r.status, "FAILED");
+    let reason = r.reason.unwrap_or_default();
+    assert!(
+        reason.contains("bomb") && reason.contains("budget"),
+        "{reason}"
+    );
+}
+
+/// The same expression over a small list stays well inside the budget.
+#[test]
+fn a_comprehension_within_the_budget_evaluates() {
+    let f = json!({"client_id": "c", "flow_id": "f", "version": 1, "terminal_statuses": ["OK", "NO"],
+        "rules": [{"id": "r", "when": "input.xs.exists(x, input.xs.exists(y, x * y == 12))",
+                   "on": {"true": {"complete": "OK"}, "false": {"complete": "NO"}}}]});
+    let xs: Vec<i64> = (1..=300).collect();
+    let r = on_small_stack(move || run_flow(&f, &json!({ "xs": xs })));
+    assert_eq!(r.status, "OK", "{:?}", r.reason);
+}
+
+/// `matches` patterns: checked and compiled with the flow, kept compiled for every call.
+#[test]
+fn matches_patterns_are_checked_with_the_flow_and_compiled_once() {
+    let long = format!("'{}'", "a".repeat(1001));
+    for (src, why) in [
+        (
+            "input.s.matches('([a-z')".to_string(),
+            "invalid `matches` pattern",
+        ),
+        (
+            format!("input.s.matches({long})"),
+            "at most 1000 characters",
+        ),
+        (
+            format!("matches(input.s, {long})"),
+            "at most 1000 characters",
+        ),
+    ] {
+        let err = Expr::compile(&src)
+            .err()
+            .map(|e| {
+                e.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+            .unwrap_or_default();
+        assert!(err.contains(why), "{src}: {err}");
+        let v = validate_value(&flow(&src), &Catalog::new());
+        assert!(v.flow.is_none(), "{src}");
+    }
+    let p = "^[a-z]+-[0-9]{3}$";
+    assert!(Expr::compile(&format!("input.s.matches('{p}')")).is_ok());
+    let a = cel::budget::regex(p).expect("compiled");
+    let b = cel::budget::regex(p).expect("compiled");
+    assert!(
+        std::sync::Arc::ptr_eq(&a, &b),
+        "one compiled regex per pattern"
+    );
+    let f = json!({"client_id": "c", "flow_id": "f", "version": 1, "terminal_statuses": ["OK", "NO"],
+        "rules": [{"id": "r", "when": format!("input.s.matches('{p}')"),
+                   "on": {"true": {"complete": "OK"}, "false": {"complete": "NO"}}}]});
+    assert_eq!(run_flow(&f, &json!({"s": "abc-123"})).status, "OK");
+    assert_eq!(run_flow(&f, &json!({"s": "abc-12"})).status, "NO");
+}
