@@ -4,7 +4,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/rulestream/target
 CARGO ?= cargo
 RULESTREAM := $(CARGO_TARGET_DIR)/debug/rulestream
 
-.PHONY: test check fmt clippy unit schema validate-samples template e2e bench bench-engine bench-stack demo down build
+.PHONY: test check fmt clippy unit schema validate-samples template e2e bench bench-engine bench-stack demo down build fuzz
 
 ## make test: formatting, lints, every unit/table/property/CLI test, the template check, and the
 ## e2e suite on the local stack.
@@ -46,6 +46,14 @@ template:
 ## The e2e suite on the real local stack (brings it up and down itself).
 e2e: build
 	bash localstack/e2e.sh
+
+## The fuzz targets (flow JSON, CEL text, trigger-row images; corpus in shared/core/tests/corpus)
+## at length, in release: FUZZ_CASES per target (a short run of the same targets is in `make unit`).
+## A panic saves its input under $(CARGO_TARGET_DIR)/fuzz-failures/ and names the seed.
+FUZZ_CASES ?= 200000
+fuzz:
+	RULESTREAM_FUZZ_CASES=$(FUZZ_CASES) $(CARGO) nextest run --release -p rulestream-core \
+	  --test no_panic --test chain -E 'test(never_panic)' --no-fail-fast
 
 ## Benchmarks (figures in BENCHMARKS.md): criterion on the engine, then the chain on the local stack.
 bench: bench-engine bench-stack

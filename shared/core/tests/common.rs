@@ -72,3 +72,58 @@ pub fn dry_run(
         compiled, meta, input, None, now, subset, &DryRun,
     ))
 }
+
+/// How many cases a fuzz target runs: `RULESTREAM_FUZZ_CASES` (set by `make fuzz`), else
+/// `default` (the short run inside `make test`).
+pub fn fuzz_cases(default: usize) -> usize {
+    std::env::var("RULESTREAM_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The fuzz seed: `RULESTREAM_FUZZ_SEED` (a failure prints the one to reproduce it), else fixed.
+pub fn fuzz_seed(default: u64) -> u64 {
+    std::env::var("RULESTREAM_FUZZ_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+        .max(1)
+}
+
+/// The corpus kept in the repo for one target (`shared/core/tests/corpus/<target>/*`): inputs
+/// that once found a bug or reach a corner, each a seed for mutation.
+pub fn corpus(target: &str) -> Vec<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/corpus")
+        .join(target);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+        .into_iter()
+        .filter(|p| p.is_file())
+        .map(|p| std::fs::read_to_string(&p).expect("corpus file is UTF-8"))
+        .collect()
+}
+
+/// Runs `case` and, when it panics, saves the input that did it under
+/// `$CARGO_TARGET_DIR/fuzz-failures/<target>/` (to be added to the corpus once fixed) and fails
+/// with the seed and case number that reproduce it.
+pub fn fuzz_case(target: &str, seed: u64, n: usize, input: &str, case: impl FnOnce()) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(case)).is_err() {
+        let dir = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| std::env::temp_dir())
+            .join("fuzz-failures")
+            .join(target);
+        let _ = std::fs::create_dir_all(&dir);
+        let file = dir.join(format!("{seed}-{n}.txt"));
+        let _ = std::fs::write(&file, input);
+        panic!(
+            "{target}: case {n} panicked (RULESTREAM_FUZZ_SEED={seed}); input saved to {}",
+            file.display()
+        );
+    }
+}

@@ -1,64 +1,19 @@
 //! Bad input never panics: thousands of mutated flow documents and CEL strings go through
 //! validation and, when they still validate, a dry-run; each must give an error or a result.
+//!
+//! These are fuzz targets as well as tests: the seeds are the samples plus the corpus kept in
+//! `tests/corpus/<target>/`, the run length is `RULESTREAM_FUZZ_CASES` (short inside `make test`,
+//! long under `make fuzz`) and the seed `RULESTREAM_FUZZ_SEED`. A panic saves its input and
+//! names the seed that reproduces it (see `common::fuzz_case`).
 
 mod common;
+mod fuzzing;
+
+use fuzzing::{Rng, mutate_text, mutate_value};
 
 use rulestream_core::expr::Expr;
 use rulestream_core::validate_str;
 use serde_json::{Value, json};
-
-/// Deterministic xorshift, so a failure reproduces.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-}
-
-const TOKENS: &[&str] = &[
-    "{",
-    "}",
-    "[",
-    "]",
-    ",",
-    ":",
-    "\"",
-    "\\",
-    "null",
-    "true",
-    "false",
-    "0",
-    "-1",
-    "1e999",
-    "\"id\"",
-    "\"when\"",
-    "\"on\"",
-    "\"goto\"",
-    "\"complete\"",
-    "\"rules\"",
-    "&&",
-    "||",
-    "(",
-    ")",
-    "?",
-    "'",
-    "input.",
-    "ctx.",
-    "steps.",
-    "💥",
-    "\u{0}",
-    " ",
-];
 
 fn seeds() -> Vec<String> {
     let root = common::repo().join("client-configs");
@@ -75,6 +30,7 @@ fn seeds() -> Vec<String> {
         .map(|p| std::fs::read_to_string(p).expect("readable"))
         .collect();
     assert!(!out.is_empty(), "sample flows exist");
+    out.extend(common::corpus("flows"));
     out.push(
         json!({"client_id": "c", "flow_id": "f", "version": 1, "terminal_statuses": ["A", "B"],
                "rules": [{"id": "a", "when": "input.x > 1 ? 'hi' : 'lo'",
@@ -86,97 +42,20 @@ fn seeds() -> Vec<String> {
     out
 }
 
-fn mutate_text(rng: &mut Rng, text: &str) -> String {
-    let mut chars: Vec<char> = text.chars().collect();
-    for _ in 0..=rng.below(4) {
-        let at = rng.below(chars.len() + 1).min(chars.len());
-        match rng.below(4) {
-            0 if !chars.is_empty() => {
-                let end = (at + rng.below(8)).min(chars.len());
-                chars.drain(at..end);
-            }
-            1 => {
-                let tok: Vec<char> = rng.pick(TOKENS).chars().collect();
-                chars.splice(at..at, tok);
-            }
-            2 if at < chars.len() => {
-                chars[at] = *rng.pick(&['"', '{', '}', ',', 'x', '1', '.', ']']);
-            }
-            _ => {
-                let end = (at + rng.below(16)).min(chars.len());
-                let dup: Vec<char> = chars[at..end].to_vec();
-                chars.splice(at..at, dup);
-            }
-        }
-    }
-    chars.into_iter().collect()
-}
-
-fn random_value(rng: &mut Rng) -> Value {
-    match rng.below(8) {
-        0 => Value::Null,
-        1 => json!(rng.below(2) == 0),
-        2 => json!(rng.below(1000) as i64 - 500),
-        3 => json!(-1.5e300),
-        4 => json!(*rng.pick(&["", "a", "next", "input.x", "'", "a &&", "DENIED", "é"])),
-        5 => json!([]),
-        6 => json!({}),
-        _ => json!({"next": true}),
-    }
-}
-
-fn mutate_value(rng: &mut Rng, v: &mut Value) {
-    match v {
-        Value::Object(map) if !map.is_empty() => {
-            let keys: Vec<String> = map.keys().cloned().collect();
-            let k = rng.pick(&keys).clone();
-            match rng.below(5) {
-                0 => {
-                    map.remove(&k);
-                }
-                1 => {
-                    map.insert(k, random_value(rng));
-                }
-                2 => {
-                    let val = map.remove(&k).unwrap_or(Value::Null);
-                    map.insert(format!("{k}x"), val);
-                }
-                _ => {
-                    if let Some(child) = map.get_mut(&k) {
-                        mutate_value(rng, child);
-                    }
-                }
-            }
-        }
-        Value::Array(items) if !items.is_empty() => {
-            let i = rng.below(items.len());
-            match rng.below(4) {
-                0 => {
-                    items.remove(i);
-                }
-                1 => {
-                    let dup = items[i].clone();
-                    items.push(dup);
-                }
-                _ => mutate_value(rng, &mut items[i]),
-            }
-        }
-        other => *other = random_value(rng),
-    }
-}
-
 #[test]
 fn mutated_flows_never_panic() {
     let catalog = common::sample_catalog();
     let seeds = seeds();
-    let mut rng = Rng(0xDEAD_BEEF_CAFE_F00D);
+    let fuzz_seed = common::fuzz_seed(0xDEAD_BEEF_CAFE_F00D);
+    let mut rng = Rng(fuzz_seed);
+    let cases = common::fuzz_cases(4000);
     let inputs = [
         json!({}),
         json!({"x": 5, "s": "aaa", "trade": {"symbol": "X", "amount": 1e12}, "employee": {"id": 7}}),
         json!({"x": "str", "user": null}),
     ];
     let (mut valid, mut invalid) = (0, 0);
-    for i in 0..4000 {
+    for i in 0..cases {
         let seed = rng.pick(&seeds).clone();
         let doc = if i % 2 == 0 {
             mutate_text(&mut rng, &seed)
@@ -187,16 +66,34 @@ fn mutated_flows_never_panic() {
             }
             v.to_string()
         };
-        let v = validate_str(&doc, &catalog);
-        if let Some(flow) = v.flow.as_ref().filter(|_| v.is_valid()) {
+        let input = rng.pick(&inputs).clone();
+        let mut was_valid = false;
+        common::fuzz_case("flows", fuzz_seed, i, &doc, || {
+            was_valid = check_flow(&doc, &catalog, &input, i);
+        });
+        if was_valid {
             valid += 1;
+        } else {
+            invalid += 1;
+        }
+    }
+    assert!(
+        valid > cases / 80 && invalid > cases / 4,
+        "mutations exercised both paths: {valid} valid, {invalid} invalid"
+    );
+}
+
+/// Validates `doc` and, when valid, dry-runs it; true when it was valid.
+fn check_flow(doc: &str, catalog: &rulestream_core::Catalog, input: &Value, i: usize) -> bool {
+    {
+        let v = validate_str(doc, catalog);
+        if let Some(flow) = v.flow.as_ref().filter(|_| v.is_valid()) {
             let meta = rulestream_core::ExecutionMeta {
                 execution_id: format!("e{i}"),
                 client_id: flow.flow().client_id.clone(),
                 flow_id: flow.flow().flow_id.clone(),
                 flow_version: flow.flow().version,
             };
-            let input = rng.pick(&inputs);
             let r = pollster::block_on(rulestream_core::run(
                 flow,
                 meta,
@@ -207,18 +104,15 @@ fn mutated_flows_never_panic() {
                 &rulestream_core::DryRun,
             ));
             assert!(!r.status.is_empty());
+            true
         } else {
             assert!(
                 v.errors().next().is_some(),
                 "an invalid flow names its errors"
             );
-            invalid += 1;
+            false
         }
     }
-    assert!(
-        valid > 50 && invalid > 1000,
-        "mutations exercised both paths: {valid} valid, {invalid} invalid"
-    );
 }
 
 #[test]
@@ -279,23 +173,42 @@ fn random_cel_never_panics() {
         "1 / 0",
         "9223372036854775807 + 1",
     ];
-    let ctx_input = json!({"x": 3, "list": [1, 2], "s": "abc"});
-    let mut rng = Rng(0x1234_5678_9ABC_DEF1);
+    let ctx_input =
+        json!({"x": 3, "list": [1, 2], "s": "abc", "xs": (0..400).collect::<Vec<i64>>()});
+    let fuzz_seed = common::fuzz_seed(0x1234_5678_9ABC_DEF1);
+    let mut rng = Rng(fuzz_seed);
+    let corpus = common::corpus("cel");
+    assert!(!corpus.is_empty(), "the CEL corpus is kept in the repo");
     let mut compiled = 0;
-    for _ in 0..5000 {
-        let n = 1 + rng.below(7);
-        let src: Vec<&str> = (0..n).map(|_| *rng.pick(&atoms)).collect();
-        let src = src.join(if rng.below(2) == 0 { " " } else { "" });
-        if let Ok(e) = Expr::compile(&src) {
-            compiled += 1;
-            let mut ctx =
-                cel::Context::with_env(std::sync::Arc::clone(rulestream_core::expr::env()));
-            ctx.add_variable_from_value("input", rulestream_core::expr::json_to_cel(&ctx_input));
-            let _ = e.eval(&ctx);
-        }
+    let cases = common::fuzz_cases(5000);
+    for i in 0..cases {
+        let src = if i % 3 == 2 {
+            {
+                let base = rng.pick(&corpus).trim_end().to_string();
+                mutate_text(&mut rng, &base)
+            }
+        } else {
+            let n = 1 + rng.below(7);
+            let src: Vec<&str> = (0..n).map(|_| *rng.pick(&atoms)).collect();
+            src.join(if rng.below(2) == 0 { " " } else { "" })
+        };
+        let mut ok = false;
+        common::fuzz_case("cel", fuzz_seed, i, &src, || {
+            if let Ok(e) = Expr::compile(&src) {
+                ok = true;
+                let mut ctx =
+                    cel::Context::with_env(std::sync::Arc::clone(rulestream_core::expr::env()));
+                ctx.add_variable_from_value(
+                    "input",
+                    rulestream_core::expr::json_to_cel(&ctx_input),
+                );
+                let _ = e.eval(&ctx);
+            }
+        });
+        compiled += usize::from(ok);
     }
     assert!(
-        compiled > 100,
+        compiled > cases / 50,
         "some random expressions compile: {compiled}"
     );
 }
