@@ -15,7 +15,7 @@ use rulestream_core::ports::{FlowSource, StoreError};
 use rulestream_core::{Catalog, CompiledFlow, MasterRule, validate_str};
 use serde::Deserialize;
 use serde_json::Value;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, OnceCell};
 
 use crate::cache::TtlCache;
 use crate::config::Config;
@@ -37,12 +37,15 @@ struct ClientRow {
     role_arn: Option<String>,
     #[serde(default)]
     secret_id: Option<String>,
+    #[serde(default)]
+    quota: Option<rulestream_core::execution::Quota>,
 }
 
 fn yes() -> bool {
     true
 }
 
+#[derive(Clone)]
 struct Cached<T> {
     value: T,
     epoch: Option<u64>,
@@ -59,7 +62,9 @@ pub struct AwsFlowSource {
     redis: Arc<RedisLimiter>,
     clients: Mutex<HashMap<(String, String), Cached<ClientFlow>>>,
     catalog: Mutex<Option<Cached<Arc<Catalog>>>>,
-    flows: Mutex<HashMap<(String, String, u64), Arc<CompiledFlow>>>,
+    /// Compiled flow versions (immutable, so never stale). One cell per version: concurrent cold
+    /// loads of the same version wait for one S3 GET and one compile (single-flight).
+    flows: Mutex<HashMap<(String, String, u64), Arc<OnceCell<Arc<CompiledFlow>>>>>,
     data: TtlCache<(String, DataSource), Value>,
 }
 
@@ -97,14 +102,11 @@ impl AwsFlowSource {
     }
 
     async fn catalog(&self) -> Result<Arc<Catalog>, StoreError> {
+        let cached = self.catalog.lock().await.clone();
+        if let Some(c) = cached
+            && self.fresh(c.epoch, c.at).await.0
         {
-            let guard = self.catalog.lock().await;
-            if let Some(c) = guard.as_ref() {
-                let (ok, _) = self.fresh(c.epoch, c.at).await;
-                if ok {
-                    return Ok(Arc::clone(&c.value));
-                }
-            }
+            return Ok(c.value);
         }
         let epoch = self.redis.epoch().await.ok();
         let mut catalog = Catalog::new();
@@ -142,14 +144,12 @@ impl AwsFlowSource {
 impl FlowSource for AwsFlowSource {
     async fn client_flow(&self, client_id: &str, flow_id: &str) -> Result<ClientFlow, StoreError> {
         let key = (client_id.to_string(), flow_id.to_string());
+        // Copied out first: no lock is held across the epoch read.
+        let cached = self.clients.lock().await.get(&key).cloned();
+        if let Some(c) = cached
+            && self.fresh(c.epoch, c.at).await.0
         {
-            let guard = self.clients.lock().await;
-            if let Some(c) = guard.get(&key) {
-                let (ok, _) = self.fresh(c.epoch, c.at).await;
-                if ok {
-                    return Ok(c.value.clone());
-                }
-            }
+            return Ok(c.value);
         }
         let epoch = self.redis.epoch().await.ok();
         let out = self
@@ -202,6 +202,7 @@ impl FlowSource for AwsFlowSource {
                 }),
                 _ => None,
             },
+            quota: row.quota.filter(|q| q.starts_per_second > 0.0),
         };
         self.clients.lock().await.insert(
             key,
@@ -221,9 +222,26 @@ impl FlowSource for AwsFlowSource {
         version: u64,
     ) -> Result<Arc<CompiledFlow>, StoreError> {
         let key = (client_id.to_string(), flow_id.to_string(), version);
-        if let Some(f) = self.flows.lock().await.get(&key) {
-            return Ok(Arc::clone(f));
-        }
+        let cell = Arc::clone(self.flows.lock().await.entry(key).or_default());
+        // A failed load leaves the cell empty: the next record tries again.
+        cell.get_or_try_init(|| self.load_flow(client_id, flow_id, version))
+            .await
+            .map(Arc::clone)
+    }
+
+    async fn client_data(&self, client_id: &str, source: &DataSource) -> Result<Value, StoreError> {
+        self.read_client_data(client_id, source).await
+    }
+}
+
+impl AwsFlowSource {
+    /// Reads a flow version from S3 and compiles it against the catalog.
+    async fn load_flow(
+        &self,
+        client_id: &str,
+        flow_id: &str,
+        version: u64,
+    ) -> Result<Arc<CompiledFlow>, StoreError> {
         let s3_key = format!("flows/{client_id}/{flow_id}/v{version}.json");
         let out = match self
             .s3
@@ -283,12 +301,14 @@ impl FlowSource for AwsFlowSource {
                 f.client_id, f.flow_id, f.version
             )));
         }
-        let flow = Arc::new(flow);
-        self.flows.lock().await.insert(key, Arc::clone(&flow));
-        Ok(flow)
+        Ok(Arc::new(flow))
     }
 
-    async fn client_data(&self, client_id: &str, source: &DataSource) -> Result<Value, StoreError> {
+    async fn read_client_data(
+        &self,
+        client_id: &str,
+        source: &DataSource,
+    ) -> Result<Value, StoreError> {
         // Keyed by client too: two clients naming the same role each assume it with their own
         // ExternalId.
         let cache_key = (client_id.to_string(), source.clone());

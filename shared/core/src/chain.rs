@@ -31,7 +31,7 @@ use sha2::{Digest, Sha256};
 use crate::CompiledFlow;
 use crate::engine::{ExecutionMeta, Next, RunState, Session, StepRecord, gray_key_value};
 use crate::execution::{
-    Carried, ExecutionHeader, SealedRow, TriggerRow, check_execution_id, cut, subset_of,
+    Carried, ExecutionHeader, Quota, SealedRow, TriggerRow, check_execution_id, cut, subset_of,
 };
 use crate::model::{ActionType, FAILED};
 use crate::ports::{
@@ -447,6 +447,15 @@ where
             );
             return self.fail_start(header, why).await;
         }
+        if let Some(q) = cf.quota
+            && !self.within_quota(&row.client_id, &id, q).await?
+        {
+            let why = format!(
+                "start quota exceeded: client `{}` may start {} executions per second",
+                row.client_id, q.starts_per_second
+            );
+            return self.fail_start(header, why).await;
+        }
         let version = match (row.flow_version, cf.release.candidate) {
             (Some(v), _) => v,
             (None, None) => cf.release.stable,
@@ -524,6 +533,29 @@ where
             client,
         };
         self.hop(table, header, flow, carried).await
+    }
+
+    /// Whether a start of `client` fits its quota. A redelivered seq 0 row of an execution that
+    /// already started is never refused; a limiter that cannot be reached lets starts through
+    /// (the quota protects the shards, it must not stop every client when Redis is down).
+    async fn within_quota(&self, client: &str, id: &str, q: Quota) -> Result<bool, Retry> {
+        let burst = q.starts_per_second.max(1.0);
+        match self
+            .effects
+            .take_token(&Quota::bucket(client), q.starts_per_second, burst)
+            .await
+        {
+            Ok(true) => Ok(true),
+            Err(e) => {
+                tracing::warn!(client_id = %client, error = %e, "start quota not checked: limiter unavailable");
+                Ok(true)
+            }
+            Ok(false) => match self.journal.summary(id).await {
+                Ok(existing) => Ok(existing.is_some()),
+                Err(StoreError::Transient(e)) => Err(Retry(e)),
+                Err(_) => Ok(false),
+            },
+        }
     }
 
     async fn continue_row(&self, table: &str, image: Value) -> Result<(), Retry> {

@@ -106,6 +106,23 @@ pub struct ClientFlow {
     pub release: Release,
     /// Client data, when configured.
     pub data_source: Option<DataSource>,
+    /// The client's start quota, when set.
+    pub quota: Option<Quota>,
+}
+
+/// A client's start quota (SPEC section 3, clients `quota`): seq 0 rows over it end `FAILED`,
+/// so one client's flood cannot fill the shards every other client's chains run on.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Quota {
+    /// Executions the client may start per second (the bucket holds one second's worth).
+    pub starts_per_second: f64,
+}
+
+impl Quota {
+    /// The token bucket the quota is counted in (one per client, whichever flow starts).
+    pub fn bucket(client_id: &str) -> String {
+        format!("quota/{client_id}")
+    }
 }
 
 /// Why an execution id is not acceptable for a client (SPEC section 3): `<client_id>:` followed by

@@ -303,6 +303,7 @@ fn chain() -> C {
                 role_arn: "arn:role".into(),
                 secret_id: "s".into(),
             }),
+            quota: None,
         },
     );
     flows.versions.insert(1, flow());
@@ -664,4 +665,90 @@ fn mutated_trigger_rows_never_panic_and_forged_ones_never_run() {
             "a step of {id} ran with no execution of its client started"
         );
     }
+}
+
+/// A token bucket that grants `left` tokens, then refuses; counts every take.
+struct Tokens {
+    left: Mutex<u32>,
+    taken: Mutex<Vec<String>>,
+}
+
+impl rulestream_core::Effects for Tokens {
+    async fn take_token(
+        &self,
+        key: &str,
+        _per_second: f64,
+        _burst: f64,
+    ) -> Result<bool, EffectError> {
+        self.taken.lock().expect("lock").push(key.to_string());
+        let mut left = self.left.lock().expect("lock");
+        if *left == 0 {
+            return Ok(false);
+        }
+        *left -= 1;
+        Ok(true)
+    }
+    async fn call_rule(
+        &self,
+        _kind: rulestream_core::model::MasterKind,
+        _target: &str,
+        _payload: &Value,
+        _timeout_ms: Option<u64>,
+    ) -> Result<Value, EffectError> {
+        Err(EffectError::Unsupported("no rule calls here".into()))
+    }
+}
+
+#[test]
+fn starts_over_the_client_quota_end_failed_and_redeliveries_are_never_refused() {
+    let base = chain();
+    let mut flows = base.flows;
+    for cf in flows.clients.values_mut() {
+        cf.quota = Some(rulestream_core::execution::Quota {
+            starts_per_second: 2.0,
+        });
+    }
+    let c = Chain {
+        flows,
+        journal: Mem::default(),
+        effects: Tokens {
+            left: Mutex::new(2),
+            taken: Mutex::new(Vec::new()),
+        },
+        deliveries: Hooks::default(),
+        sealer: ToySealer,
+        settings: base.settings,
+    };
+    for i in 0..3 {
+        let id = format!("acme:q{i}");
+        assert_eq!(block(c.run_row(None, start(&id, json!({"n": 0})))), Ok(()));
+    }
+    // The first two started (and ended NO at rule a); the third is over the quota.
+    let get = |id: &str| c.journal.summaries.lock().expect("lock")[id].clone();
+    assert_eq!(get("acme:q0")["status"], "NO");
+    assert_eq!(get("acme:q1")["status"], "NO");
+    let over = get("acme:q2");
+    assert_eq!(over["status"], "FAILED");
+    assert!(
+        over["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("start quota exceeded")),
+        "{over}"
+    );
+    assert!(
+        c.journal
+            .steps
+            .lock()
+            .expect("lock")
+            .keys()
+            .all(|(id, _)| id != "acme:q2")
+    );
+    // A redelivered start of an execution that began is not refused, even with the bucket empty.
+    assert_eq!(
+        block(c.run_row(None, start("acme:q0", json!({"n": 0})))),
+        Ok(())
+    );
+    assert_eq!(get("acme:q0")["status"], "NO");
+    let taken = c.effects.taken.lock().expect("lock").clone();
+    assert!(taken.iter().all(|k| k == "quota/acme"), "{taken:?}");
 }
