@@ -45,6 +45,9 @@ fn yes() -> bool {
     true
 }
 
+/// One compiled flow version, loaded at most once at a time.
+type FlowCell = Arc<OnceCell<Arc<CompiledFlow>>>;
+
 #[derive(Clone)]
 struct Cached<T> {
     value: T,
@@ -64,7 +67,7 @@ pub struct AwsFlowSource {
     catalog: Mutex<Option<Cached<Arc<Catalog>>>>,
     /// Compiled flow versions (immutable, so never stale). One cell per version: concurrent cold
     /// loads of the same version wait for one S3 GET and one compile (single-flight).
-    flows: Mutex<HashMap<(String, String, u64), Arc<OnceCell<Arc<CompiledFlow>>>>>,
+    flows: Mutex<HashMap<(String, String, u64), FlowCell>>,
     data: TtlCache<(String, DataSource), Value>,
 }
 
