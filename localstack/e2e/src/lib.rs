@@ -160,6 +160,54 @@ impl Stack {
     }
 }
 
+impl Stack {
+    /// Every item of `table` whose hash key `execution_id` is `id` (steps, trigger rows), raw
+    /// as DynamoDB holds them.
+    pub async fn items_of(&self, table: &str, id: &str) -> Vec<Value> {
+        let out = self
+            .ddb
+            .query()
+            .table_name(table)
+            .key_condition_expression("execution_id = :id")
+            .expression_attribute_values(":id", AttributeValue::S(id.to_string()))
+            .consistent_read(true)
+            .send()
+            .await
+            .expect("query");
+        out.items()
+            .iter()
+            .map(|i| serde_dynamo::from_item(i.clone()).expect("item decodes"))
+            .collect()
+    }
+}
+
+/// The text of every log the stack's own processes wrote (functions, runners, scheduler), not
+/// LocalStack's.
+pub fn our_logs() -> String {
+    let state = std::env::var("RULESTREAM_STATE").expect("RULESTREAM_STATE is set by env.sh");
+    let mut text = String::new();
+    for e in std::fs::read_dir(&state).expect("state dir").flatten() {
+        let p = e.path();
+        let name = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        if (name.ends_with(".log") || name.ends_with(".jsonl")) && !name.starts_with("localstack") {
+            text.push_str(&std::fs::read_to_string(&p).unwrap_or_default());
+        }
+    }
+    text
+}
+
+/// The `rulestream` CLI binary `make build` made.
+pub fn cli() -> std::process::Command {
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| repo().join("target"));
+    std::process::Command::new(target.join("debug/rulestream"))
+}
+
 /// A fresh execution id of `client` (`<client_id>:<unique>`, SPEC section 3) with a readable tag.
 pub fn new_id(client: &str, tag: &str) -> String {
     format!("{client}:{tag}-{}", uuid::Uuid::new_v4())

@@ -82,8 +82,8 @@ pub struct ConditionResult {
     pub field: String,
     /// The operator.
     pub op: &'static str,
-    /// The value compared with.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The value compared with (`expected` in the trace, SPEC section 1 Trace).
+    #[serde(rename = "expected", skip_serializing_if = "Option::is_none")]
     pub value: Option<Value>,
     /// The value found (`null` when missing).
     pub actual: Value,
