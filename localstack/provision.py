@@ -1,4 +1,4 @@
-"""Creates rulestream's DynamoDB tables and S3 bucket (SPEC section 3), idempotently.
+"""Creates rulestream's DynamoDB tables, S3 bucket and SQS queue (SPEC section 3), idempotently.
 
 Run with the tools venv after `source localstack/env.sh`:
     "$RULESTREAM_PY" localstack/provision.py
@@ -18,14 +18,18 @@ Tables (the layout of template.yaml):
 - clients     HASH client_id S, RANGE flow_id S.
 - catalog     HASH rule_id S, RANGE version N.
 Bucket: <prefix>-configs.
+Queue: <prefix>-orchestrator-dlq, the on-failure destination of the orchestrator's stream mapping
+(template.yaml's OrchestratorDeadLetterQueue: 14 days' retention, SSE-SQS); runner.py --template
+sends one invocation record per given-up batch there.
 
-Idempotent: an existing table is kept; a missing TTL is turned on; a missing GSI is added with
+Idempotent: an existing table or queue is kept (a queue with other attributes is an error); a missing TTL is turned on; a missing GSI is added with
 UpdateTable (one per call, as DynamoDB requires) and waited for until ACTIVE. A table that exists
 with a different stream, TTL attribute or GSI key schema is an error (delete it first): nothing is
 ever dropped or rebuilt here.
 
 Importable (seed.py and bench_hops.py do): `provision(session, prefix)`, `ensure_table(...)`,
-`ensure_trigger_table(ddb, name)`, `ensure_bucket(...)`, and the `TABLES` layout.
+`ensure_trigger_table(ddb, name)`, `ensure_bucket(...)`, `ensure_queue(...)`, and the `TABLES` and
+`QUEUES` layouts.
 """
 
 import os
@@ -59,6 +63,11 @@ TABLES = {
     "catalog": ([("rule_id", "S", "HASH"), ("version", "N", "RANGE")], None, None, []),
 }
 BUCKET_SUFFIX = "configs"
+# name suffix -> attributes, as template.yaml declares the queue (MessageRetentionPeriod,
+# SqsManagedSseEnabled).
+QUEUES = {
+    "orchestrator-dlq": {"MessageRetentionPeriod": "1209600", "SqsManagedSseEnabled": "true"},
+}
 
 
 def _key_schema(keys):
@@ -188,6 +197,28 @@ def ensure_bucket(s3, name, region):
     print(f"provision: created bucket {name}")
 
 
+def ensure_queue(sqs, name, attributes):
+    """Creates the SQS queue unless it exists (CreateQueue with the same attributes is a no-op);
+    one that exists with other attributes is an error. Returns the queue URL."""
+    try:
+        sqs.get_queue_url(QueueName=name)
+        existed = True
+    except ClientError as e:
+        if e.response["Error"]["Code"] not in ("AWS.SimpleQueueService.NonExistentQueue",
+                                               "QueueDoesNotExist"):
+            raise
+        existed = False
+    try:
+        url = sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+    except ClientError as e:
+        if e.response["Error"]["Code"] not in ("QueueAlreadyExists", "QueueNameExists"):
+            raise
+        sys.exit(f"provision: ERROR: queue {name} exists with other attributes than {attributes}; "
+                 "delete it first")
+    print(f"provision: queue {name} {'exists' if existed else 'created'}")
+    return url
+
+
 def ensure_trigger_table(ddb, name):
     """Creates a table with the trigger schema (HASH execution_id S, RANGE seq N, NEW_IMAGE stream,
     TTL expires_at) under any name, e.g. an extra trigger table of a test; returns describe_table."""
@@ -208,6 +239,9 @@ def provision(session=None, prefix=None):
         for g in desc.get("GlobalSecondaryIndexes", []):
             print(f"provision:   index {g['IndexName']} {g.get('IndexStatus', '')}".rstrip())
     ensure_bucket(session.client("s3"), f"{prefix}-{BUCKET_SUFFIX}", session.region_name)
+    sqs = session.client("sqs")
+    for suffix, attributes in QUEUES.items():
+        ensure_queue(sqs, f"{prefix}-{suffix}", attributes)
 
 
 def main():

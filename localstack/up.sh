@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Starts the local stack on 127.0.0.1: LocalStack (DynamoDB + Streams, S3, Secrets Manager, STS, IAM),
-# redis-server and the tansu Kafka broker. Each is started only if its pidfile does not name a live
-# process; then all are checked for readiness, including a real DynamoDB CreateTable/DeleteTable.
+# Starts the local stack on 127.0.0.1: LocalStack (DynamoDB + Streams, S3, Secrets Manager, STS, IAM,
+# SQS for the orchestrator's on-failure queue), redis-server and the tansu Kafka broker. Each is
+# started only if its pidfile does not name a live process; then all are checked for readiness,
+# including a real DynamoDB CreateTable/DeleteTable and that LocalStack has every service enabled.
 # Stop with localstack/down.sh. Pidfiles and logs: $RULESTREAM_STATE (localstack/.state/).
 #
 # Redis listens with TLS only (no plain-text port) and requires AUTH with $RULESTREAM_REDIS_TOKEN,
@@ -55,7 +56,7 @@ if running localstack; then say "localstack already running (pid $(cat "$S/local
   env -u AWS_ENDPOINT_URL \
     GATEWAY_LISTEN="127.0.0.1:$RULESTREAM_AWS_PORT" GATEWAY_SERVER=hypercorn \
     LOCALSTACK_HOST="127.0.0.1:$RULESTREAM_AWS_PORT" \
-    SERVICES=dynamodb,dynamodbstreams,s3,secretsmanager,sts,iam \
+    SERVICES=dynamodb,dynamodbstreams,s3,secretsmanager,sts,iam,sqs \
     PROVIDER_OVERRIDE_DYNAMODB=v2 PROVIDER_OVERRIDE_DYNAMODBSTREAMS=v2 \
     DISABLE_EVENTS=1 SKIP_SSL_CERT_DOWNLOAD=1 DNS_ADDRESS=0 \
     setsid nohup "$RULESTREAM_PY" -m localstack.runtime.main >"$S/localstack.log" 2>&1 </dev/null &
@@ -107,6 +108,15 @@ say "tansu ready"
 wait_for localstack "$S/localstack.log" \
   curl -sf --noproxy '*' "http://127.0.0.1:$RULESTREAM_AWS_PORT/_localstack/health"
 say "localstack ready"
+# Every service the stack needs must be enabled: a LocalStack started by an older up.sh (SERVICES
+# without sqs) reports sqs "disabled", and runner.py's on-failure queue would not exist.
+curl -sf --noproxy '*' "http://127.0.0.1:$RULESTREAM_AWS_PORT/_localstack/health" | "$RULESTREAM_PY" -c '
+import json, sys
+services = json.load(sys.stdin).get("services", {})
+off = [s for s in ("dynamodb", "dynamodbstreams", "s3", "secretsmanager", "sts", "iam", "sqs")
+       if services.get(s, "disabled") == "disabled"]
+sys.exit(f"up: services not enabled: {off}" if off else 0)' \
+  || fail localstack /dev/null "LocalStack (pid $(cat "$S/localstack.pid" 2>/dev/null)) runs without a service this stack needs (started by an older up.sh?): run localstack/down.sh, then up.sh again"
 # DynamoDB is where LocalStack breaks offline (it tries to download DynamoDB Local): prove it works.
 # The first call starts the DynamoDB Local JVM.
 "$RULESTREAM_PY" - "$DEADLINE_S" <<'EOF' || fail localstack "$S/localstack.log" "DynamoDB CreateTable/DeleteTable failed"

@@ -3,14 +3,16 @@
 #
 #   bash scripts/demo.sh [demo.py options, e.g. --timeout 300 --only acme-bank]
 #
-# 1. localstack/up.sh          LocalStack (DynamoDB+Streams, S3, Secrets Manager, STS, IAM), Redis, tansu
-# 2. localstack/provision.py   tables and bucket of $RULESTREAM_PREFIX (default rulestream)
+# 1. localstack/up.sh          LocalStack (DynamoDB+Streams, S3, Secrets Manager, STS, IAM, SQS), Redis, tansu
+# 2. localstack/provision.py   tables, bucket and on-failure queue of $RULESTREAM_PREFIX (default rulestream)
 # 3. localstack/seed.py        flows to S3, clients items, catalog, acme-bank's secret and role,
 #                              the state key (created once)
 # 4. localstack/lambda.sh      `cargo lambda watch` serving the function binaries (first run compiles)
-# 5. localstack/runner.py      the stream of <prefix>-trigger -> orchestrator (background; pidfile
-#                              localstack/.state/runner.pid, log .state/runner.log, given-up records
-#                              in .state/runner-failures.jsonl); kept if already running for that table
+# 5. localstack/runner.py      the stream of <prefix>-trigger -> orchestrator with the mapping settings
+#                              of template.yaml (background; pidfile localstack/.state/runner.pid, log
+#                              .state/runner.log; given-up batches go to the SQS queue
+#                              <prefix>-orchestrator-dlq and .state/runner-failures.jsonl); kept if
+#                              already running for that table
 #    localstack/scheduler.py   invokes the sweeper every RULESTREAM_SWEEP_INTERVAL_SECS (default 60;
 #                              background; .state/scheduler.pid, .state/scheduler.log); kept if
 #                              already running; only when functions/sweeper exists
@@ -42,6 +44,7 @@ fi
 if ! alive_as runner runner.py; then
   echo "demo: starting runner for $TABLE (log $S/runner.log)"
   (exec setsid nohup "$RULESTREAM_PY" -u localstack/runner.py --table "$TABLE" \
+      --template template.yaml --function-logical-id OrchestratorFunction \
       --function orchestrator --lambda-url "http://127.0.0.1:$RULESTREAM_LAMBDA_PORT" \
       --failures-file "$S/runner-failures.jsonl" >"$S/runner.log" 2>&1 </dev/null) &
   echo $! >"$S/runner.pid"
