@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The e2e suite on the real local stack: LocalStack (DynamoDB + Streams, S3, STS, Secrets
-# Manager), Redis (TLS + AUTH), the function binaries under `cargo lambda watch`, two event-source
+# Manager, SQS), Redis (TLS + AUTH), the function binaries under `cargo lambda watch` (their AWS calls
+# through localstack/faultproxy.py), two event-source
 # runners (the stream mapping settings of template.yaml's OrchestratorFunction: batch 100, bisect,
 # 5 retries, 1 h record age, 30 s timeout, INSERT filter, on-failure queue <prefix>-orchestrator-dlq):
 # one for <prefix>-trigger, one for <prefix>-trigger-dup that delivers every batch twice,
@@ -27,6 +28,7 @@ mkdir -p "$S"
 cleanup() {
   local rc=$?
   stop_pidfile scheduler-e2e scheduler.py e2e
+  stop_pidfile faultproxy faultproxy.py e2e
   for name in runner-e2e runner-e2e-dup; do
     stop_pidfile "$name" runner.py e2e
   done
@@ -43,9 +45,31 @@ cleanup() {
 trap cleanup EXIT
 
 bash "$HERE/up.sh"
+# The local stack's own tools (the runner's AWS semantics, the fault proxy), against fakes.
+(cd "$REPO" && "$RULESTREAM_PY" -m unittest -q localstack.tests.test_runner localstack.tests.test_faultproxy)
 "$RULESTREAM_PY" "$HERE/provision.py"
 "$RULESTREAM_PY" "$HERE/seed.py" --extra-trigger-table "$RULESTREAM_PREFIX-trigger-dup"
-RULESTREAM_LAMBDA_CONCURRENCY="${RULESTREAM_LAMBDA_CONCURRENCY:-4}" bash "$HERE/lambda.sh" start
+# The fault-injecting proxy (localstack/faultproxy.py) in front of LocalStack: the functions reach
+# DynamoDB, S3, STS and Secrets Manager through it, so tests see which calls they made and can
+# inject throttling and AccessDenied (LocalStack does neither). The tests' own clients go straight
+# to LocalStack; they reach the proxy's control API at RULESTREAM_FAULTPROXY_URL.
+FP_PORT="${RULESTREAM_FAULTPROXY_PORT:-4577}"
+export RULESTREAM_FAULTPROXY_URL="http://127.0.0.1:$FP_PORT"
+export RULESTREAM_FAULTPROXY_LOG="$S/faultproxy-calls.jsonl"
+: >"$RULESTREAM_FAULTPROXY_LOG"
+stop_pidfile faultproxy faultproxy.py e2e
+(cd "$REPO" && exec setsid "$RULESTREAM_PY" "$HERE/faultproxy.py" --listen "127.0.0.1:$FP_PORT" \
+  --upstream "$AWS_ENDPOINT_URL" --log "$RULESTREAM_FAULTPROXY_LOG" --seed 7 \
+  >"$S/faultproxy.log" 2>&1 </dev/null) &
+echo $! >"$S/faultproxy.pid"
+for _ in $(seq 1 50); do
+  curl -sf "$RULESTREAM_FAULTPROXY_URL/__faults" >/dev/null && break
+  sleep 0.1
+done
+curl -sf "$RULESTREAM_FAULTPROXY_URL/__faults" >/dev/null || { echo "e2e: the fault proxy did not start" >&2; exit 1; }
+AWS_ENDPOINT_URL_DYNAMODB="$RULESTREAM_FAULTPROXY_URL" AWS_ENDPOINT_URL_S3="$RULESTREAM_FAULTPROXY_URL" \
+  AWS_ENDPOINT_URL_STS="$RULESTREAM_FAULTPROXY_URL" AWS_ENDPOINT_URL_SECRETS_MANAGER="$RULESTREAM_FAULTPROXY_URL" \
+  RULESTREAM_LAMBDA_CONCURRENCY="${RULESTREAM_LAMBDA_CONCURRENCY:-4}" bash "$HERE/lambda.sh" start
 
 start_runner() { # name table [extra args]
   local name=$1 table=$2

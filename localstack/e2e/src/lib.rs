@@ -315,3 +315,187 @@ pub fn examples() -> Vec<(String, String, Value)> {
     }
     out
 }
+
+/// The fault-injecting proxy the functions reach AWS through (`localstack/faultproxy.py`, started
+/// by `localstack/e2e.sh`).
+pub mod faults {
+    use serde_json::Value;
+
+    fn url() -> String {
+        std::env::var("RULESTREAM_FAULTPROXY_URL")
+            .expect("RULESTREAM_FAULTPROXY_URL is set by localstack/e2e.sh")
+    }
+
+    fn curl(args: &[&str]) -> Value {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--fail-with-body"])
+            .args(args)
+            .output()
+            .expect("curl runs");
+        assert!(
+            out.status.success(),
+            "fault proxy: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        serde_json::from_slice(&out.stdout).expect("fault proxy answers JSON")
+    }
+
+    /// Adds a fault rule (see faultproxy.py); returns its id.
+    pub fn inject(rule: &Value) -> String {
+        let v = curl(&[
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            &rule.to_string(),
+            &format!("{}/__faults", url()),
+        ]);
+        v["id"].as_str().expect("rule id").to_string()
+    }
+
+    /// Removes a fault rule.
+    pub fn remove(id: &str) {
+        curl(&["-X", "DELETE", &format!("{}/__faults/{id}", url())]);
+    }
+
+    /// How many times a rule fired.
+    pub fn fired(id: &str) -> u64 {
+        let v = curl(&[&format!("{}/__faults", url())]);
+        v["rules"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["id"] == id))
+            .and_then(|r| r["fired"].as_u64())
+            .unwrap_or(0)
+    }
+
+    /// Every AWS call the functions made so far, one JSON object each (service, action,
+    /// resource, execution_id, status, fault).
+    pub fn calls() -> Vec<Value> {
+        let path = std::env::var("RULESTREAM_FAULTPROXY_LOG")
+            .expect("RULESTREAM_FAULTPROXY_LOG is set by localstack/e2e.sh");
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+/// A local webhook receiver for the tests (127.0.0.1, an ephemeral port).
+pub mod receiver {
+    use std::sync::{Arc, Mutex};
+
+    use serde_json::json;
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::TcpListener;
+
+    /// One request the receiver got.
+    #[derive(Debug, Clone)]
+    pub struct Request {
+        /// The request path.
+        pub path: String,
+        /// Headers, in order.
+        pub headers: Vec<(String, String)>,
+        /// The body.
+        pub body: Vec<u8>,
+    }
+
+    impl Request {
+        /// A header's value (any case).
+        pub fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        }
+    }
+
+    /// A minimal HTTP/1.1 receiver: answers `/score` with a rule answer and everything else with
+    /// 200, recording every request.
+    pub async fn receiver() -> (String, Arc<Mutex<Vec<Request>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let seen = Arc::new(Mutex::new(Vec::<Request>::new()));
+        let log = Arc::clone(&seen);
+        tokio::spawn(async move {
+            loop {
+                let Ok((sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let log = Arc::clone(&log);
+                tokio::spawn(async move {
+                    let (r, mut w) = sock.into_split();
+                    let mut r = BufReader::new(r);
+                    loop {
+                        let mut line = String::new();
+                        if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+                        let mut headers = Vec::new();
+                        loop {
+                            let mut h = String::new();
+                            if r.read_line(&mut h).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            let h = h.trim_end();
+                            if h.is_empty() {
+                                break;
+                            }
+                            if let Some((k, v)) = h.split_once(':') {
+                                headers.push((k.trim().to_string(), v.trim().to_string()));
+                            }
+                        }
+                        let len: usize = headers
+                            .iter()
+                            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                            .and_then(|(_, v)| v.parse().ok())
+                            .unwrap_or(0);
+                        let mut body = vec![0; len];
+                        if r.read_exact(&mut body).await.is_err() {
+                            return;
+                        }
+                        let answer = if path == "/score" {
+                            json!({"outcome": "approve", "set": {"score": 7}}).to_string()
+                        } else {
+                            "{}".to_string()
+                        };
+                        let redirect = path == "/redirect";
+                        // `/flaky/<n>`: the first five requests to it answer 500.
+                        let flaky = path.starts_with("/flaky")
+                            && log
+                                .lock()
+                                .expect("lock")
+                                .iter()
+                                .filter(|r| r.path == path)
+                                .count()
+                                < 5;
+                        log.lock().expect("lock").push(Request {
+                            path,
+                            headers,
+                            body,
+                        });
+                        let resp = if flaky {
+                            "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n"
+                                .to_string()
+                        } else if redirect {
+                            // Somewhere else on this machine: a client that follows it re-POSTs the
+                            // body and its signature there.
+                            "HTTP/1.1 307 Temporary Redirect\r\nlocation: /landed\r\ncontent-length: 0\r\n\r\n".to_string()
+                        } else {
+                            format!(
+                                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
+                                answer.len()
+                            )
+                        };
+                        if w.write_all(resp.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (base, seen)
+    }
+}

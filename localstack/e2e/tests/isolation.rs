@@ -168,8 +168,14 @@ async fn client_data_and_secrets_never_land_in_an_item_a_row_or_a_log() {
     assert_eq!(e["status"], "DONE", "{e}");
     // The condition's actual value is shown as client data, not the value.
     let step0 = &e["trace"][0];
-    assert_eq!(step0["explain"]["conditions"][0]["actual"], "<client data>", "{step0}");
-    assert_eq!(step0["explain"]["conditions"][0]["expected"], "gold-", "{step0}");
+    assert_eq!(
+        step0["explain"]["conditions"][0]["actual"], "<client data>",
+        "{step0}"
+    );
+    assert_eq!(
+        step0["explain"]["conditions"][0]["expected"], "gold-",
+        "{step0}"
+    );
 
     // Everything the run left: the summary, its steps, its trigger rows (sealed) and the logs.
     let mut everything = e.to_string();

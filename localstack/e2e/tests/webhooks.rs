@@ -2,118 +2,12 @@
 //! the receiver scores through the catalog rule, and gets one signed POST per action, even when
 //! every stream record is delivered twice.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
+use rulestream_e2e::receiver::{Request, receiver};
 use rulestream_e2e::{Stack, new_id};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpListener;
-
-#[derive(Debug, Clone)]
-struct Request {
-    path: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Request {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// A minimal HTTP/1.1 receiver: answers `/score` with a rule answer and everything else with
-/// 200, recording every request.
-async fn receiver() -> (String, Arc<Mutex<Vec<Request>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let seen = Arc::new(Mutex::new(Vec::<Request>::new()));
-    let log = Arc::clone(&seen);
-    tokio::spawn(async move {
-        loop {
-            let Ok((sock, _)) = listener.accept().await else {
-                return;
-            };
-            let log = Arc::clone(&log);
-            tokio::spawn(async move {
-                let (r, mut w) = sock.into_split();
-                let mut r = BufReader::new(r);
-                loop {
-                    let mut line = String::new();
-                    if r.read_line(&mut line).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
-                    let mut headers = Vec::new();
-                    loop {
-                        let mut h = String::new();
-                        if r.read_line(&mut h).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        let h = h.trim_end();
-                        if h.is_empty() {
-                            break;
-                        }
-                        if let Some((k, v)) = h.split_once(':') {
-                            headers.push((k.trim().to_string(), v.trim().to_string()));
-                        }
-                    }
-                    let len: usize = headers
-                        .iter()
-                        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-                        .and_then(|(_, v)| v.parse().ok())
-                        .unwrap_or(0);
-                    let mut body = vec![0; len];
-                    if r.read_exact(&mut body).await.is_err() {
-                        return;
-                    }
-                    let answer = if path == "/score" {
-                        json!({"outcome": "approve", "set": {"score": 7}}).to_string()
-                    } else {
-                        "{}".to_string()
-                    };
-                    let redirect = path == "/redirect";
-                    // `/flaky/<n>`: the first five requests to it answer 500.
-                    let flaky = path.starts_with("/flaky")
-                        && log
-                            .lock()
-                            .expect("lock")
-                            .iter()
-                            .filter(|r| r.path == path)
-                            .count()
-                            < 5;
-                    log.lock().expect("lock").push(Request {
-                        path,
-                        headers,
-                        body,
-                    });
-                    let resp = if flaky {
-                        "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n"
-                            .to_string()
-                    } else if redirect {
-                        // Somewhere else on this machine: a client that follows it re-POSTs the
-                        // body and its signature there.
-                        "HTTP/1.1 307 Temporary Redirect\r\nlocation: /landed\r\ncontent-length: 0\r\n\r\n".to_string()
-                    } else {
-                        format!(
-                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
-                            answer.len()
-                        )
-                    };
-                    if w.write_all(resp.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (base, seen)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_are_signed_and_delivered_once_per_key_and_http_rules_answer() {

@@ -68,7 +68,8 @@ where
         "{what}: {}",
         aws_sdk_dynamodb::error::DisplayErrorContext(e)
     );
-    if e.as_service_error().and_then(|se| se.code()) == Some("ValidationException") {
+    let se = e.as_service_error();
+    if crate::errors::is_permanent(se.and_then(|se| se.code()), se.and_then(|se| se.message())) {
         StoreError::Invalid(msg)
     } else {
         StoreError::Transient(msg)

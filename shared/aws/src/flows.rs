@@ -256,17 +256,28 @@ impl AwsFlowSource {
         {
             Ok(o) => o,
             Err(e) => {
-                let missing = e.as_service_error().is_some_and(|se| se.is_no_such_key());
+                use aws_sdk_s3::error::ProvideErrorMetadata;
+                let se = e.as_service_error();
+                let missing = se.is_some_and(|se| se.is_no_such_key());
+                let permanent = crate::errors::is_permanent(
+                    se.and_then(|se| se.code()),
+                    se.and_then(|se| se.message()),
+                );
                 return Err(if missing {
                     StoreError::NotFound(format!(
                         "flow {client_id}/{flow_id} version {version} is not in s3://{}/{s3_key}",
                         self.cfg.bucket
                     ))
                 } else {
-                    StoreError::Transient(format!(
+                    let msg = format!(
                         "s3 get {s3_key}: {}",
                         aws_sdk_s3::error::DisplayErrorContext(&e)
-                    ))
+                    );
+                    if permanent {
+                        StoreError::Invalid(msg)
+                    } else {
+                        StoreError::Transient(msg)
+                    }
                 });
             }
         };

@@ -8,6 +8,7 @@ pub mod cache;
 pub mod config;
 pub mod dynamo;
 pub mod effects;
+pub mod errors;
 pub mod flows;
 pub mod limiter;
 pub mod sealer;

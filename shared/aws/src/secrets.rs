@@ -4,7 +4,7 @@
 /// Why a secret could not be read.
 #[derive(Debug)]
 pub enum SecretError {
-    /// The secret does not exist, or holds no string (retrying will not help).
+    /// The secret does not exist, may not be read, or holds no string (retrying will not help).
     Missing(String),
     /// Secrets Manager failed or could not be reached (a retry may help).
     Unavailable(String),
@@ -21,9 +21,13 @@ pub async fn secret_string(
         .send()
         .await
         .map_err(|e| {
-            let missing = e
-                .as_service_error()
-                .is_some_and(|se| se.is_resource_not_found_exception());
+            use aws_sdk_secretsmanager::error::ProvideErrorMetadata;
+            let se = e.as_service_error();
+            // Not there, not allowed, not decryptable: a retry will not help.
+            let missing = crate::errors::is_permanent(
+                se.and_then(|se| se.code()),
+                se.and_then(|se| se.message()),
+            );
             let msg = format!(
                 "cannot read secret {secret_id}: {}",
                 aws_sdk_secretsmanager::error::DisplayErrorContext(&e)

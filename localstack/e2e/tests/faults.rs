@@ -1,0 +1,250 @@
+//! Faults injected for real (SPEC sections 1 Actions, 3 trigger/steps/executions): the functions
+//! reach AWS through `localstack/faultproxy.py`, which records every call and answers chosen ones
+//! with throttling or AccessDenied, as AWS does and LocalStack never does.
+
+use std::time::Duration;
+
+use rulestream_e2e::receiver::receiver;
+use rulestream_e2e::{Stack, faults, new_id};
+use serde_json::{Value, json};
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+fn uid() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// Registers `flow` for acme-bank with a data source reading `secret_id` through the seeded role.
+async fn register_with_data(stack: &Stack, flow: &Value, secret_id: &str) {
+    stack.register_flow(flow).await;
+    let flow_id = flow["flow_id"].as_str().expect("flow_id");
+    let row = json!({"client_id": "acme-bank", "flow_id": flow_id,
+        "config_key": format!("flows/acme-bank/{flow_id}/v1.json"), "enabled": true,
+        "role_arn": "arn:aws:iam::000000000000:role/rulestream-client-acme-bank", "secret_id": secret_id,
+        "release": {"stable": 1, "percent": 0, "generation": 1}});
+    stack
+        .ddb
+        .put_item()
+        .table_name(stack.table("clients"))
+        .set_item(Some(serde_dynamo::to_item(row).expect("item")))
+        .send()
+        .await
+        .expect("register client flow");
+}
+
+async fn create_secret(name: &str, value: &Value) -> aws_sdk_secretsmanager::Client {
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let sm = aws_sdk_secretsmanager::Client::new(&sdk);
+    sm.create_secret()
+        .name(name)
+        .secret_string(value.to_string())
+        .send()
+        .await
+        .expect("create secret");
+    sm
+}
+
+fn calls_naming(needle: &str) -> Vec<Value> {
+    faults::calls()
+        .into_iter()
+        .filter(|c| c["resource"].as_str().is_some_and(|r| r.contains(needle)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_row_reads_no_secret_and_assumes_no_role() {
+    let stack = Stack::from_env().await;
+    let tag = uid();
+    let secret_id = format!("rulestream/acme-bank/forge-{tag}");
+    let sm = create_secret(&secret_id, &json!({"tier": "gold"})).await;
+    let flow = json!({"client_id": "acme-bank", "flow_id": format!("forge-{tag}"), "version": 1,
+        "terminal_statuses": ["DONE"],
+        "rules": [{"id": "first", "when": "true", "on": {"true": {"next": true}}},
+                  {"id": "second", "when": "client.tier == 'gold'", "default": {"complete": "DONE"}}]});
+    register_with_data(&stack, &flow, &secret_id).await;
+
+    // The forged row names the secret and a role of its own; the orchestrator wrote no such row.
+    let forged = new_id("acme-bank", "forged");
+    let role = format!("arn:aws:iam::000000000000:role/forged-{tag}");
+    stack
+        .trigger(
+            &stack.table("trigger"),
+            &json!({
+            "execution_id": forged, "seq": 1, "client_id": "acme-bank", "flow_id": flow["flow_id"],
+            "flow_version": 1, "input": {}, "state": {"seq": 1, "rule": "second"},
+            "data_source": {"role_arn": role, "secret_id": secret_id}}),
+        )
+        .await;
+    // A genuine execution after it: it reads the secret (so the count below can see reads).
+    let real = new_id("acme-bank", "genuine");
+    stack
+        .trigger(&stack.table("trigger"), &json!({"execution_id": real, "seq": 0, "client_id": "acme-bank", "flow_id": flow["flow_id"], "input": {}}))
+        .await;
+    let done = stack.wait_all(std::slice::from_ref(&real), DEADLINE).await;
+    assert_eq!(done[&real]["status"], "DONE", "{}", done[&real]);
+
+    let reads = calls_naming(&secret_id);
+    assert!(
+        reads.iter().all(|c| c["action"] == "GetSecretValue"),
+        "{reads:?}"
+    );
+    assert_eq!(
+        reads.len(),
+        1,
+        "one read, by the genuine execution: {reads:?}"
+    );
+    assert!(
+        calls_naming(&format!("forged-{tag}")).is_empty(),
+        "the forged row's role was never assumed"
+    );
+    assert!(stack.execution(&forged).await.is_none());
+    let _ = sm
+        .delete_secret()
+        .secret_id(&secret_id)
+        .force_delete_without_recovery(true)
+        .send()
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_secrets_missing_flows_and_oversized_outputs_end_failed_with_their_reason() {
+    let stack = Stack::from_env().await;
+    let tag = uid();
+
+    // Secrets Manager refuses the client's secret (AccessDenied, every time).
+    let secret_id = format!("rulestream/acme-bank/denied-{tag}");
+    let sm = create_secret(&secret_id, &json!({"tier": "gold"})).await;
+    let denied_flow = json!({"client_id": "acme-bank", "flow_id": format!("denied-{tag}"), "version": 1,
+        "terminal_statuses": ["DONE"],
+        "rules": [{"id": "tier", "when": "client.tier == 'gold'", "default": {"complete": "DONE"}}]});
+    register_with_data(&stack, &denied_flow, &secret_id).await;
+    let rule = faults::inject(
+        &json!({"service": "secretsmanager", "action": "GetSecretValue",
+        "resource_contains": secret_id, "fault": "access_denied", "times": -1}),
+    );
+
+    // The flow's object is gone from the bucket.
+    let gone = json!({"client_id": "e2e", "flow_id": format!("gone-{tag}"), "version": 1,
+        "terminal_statuses": ["DONE"], "rules": [{"id": "a", "when": "true", "default": {"complete": "DONE"}}]});
+    stack.register_flow(&gone).await;
+    stack
+        .s3
+        .delete_object()
+        .bucket(stack.table("configs"))
+        .key(format!("flows/e2e/gone-{tag}/v1.json"))
+        .send()
+        .await
+        .expect("delete the flow object");
+
+    // The output outgrows its bound (64 KB).
+    let big = json!({"client_id": "e2e", "flow_id": format!("big-{tag}"), "version": 1,
+        "terminal_statuses": ["DONE"],
+        "rules": [{"id": "copy", "when": "true", "on": {"true": {"complete": "DONE", "set": {"blob": "input.blob"}}}}]});
+    stack.register_flow(&big).await;
+
+    let ids = [
+        new_id("acme-bank", "denied"),
+        new_id("e2e", "gone"),
+        new_id("e2e", "big"),
+    ];
+    let rows = [
+        json!({"execution_id": ids[0], "seq": 0, "client_id": "acme-bank", "flow_id": denied_flow["flow_id"], "input": {}}),
+        json!({"execution_id": ids[1], "seq": 0, "client_id": "e2e", "flow_id": gone["flow_id"], "input": {}}),
+        json!({"execution_id": ids[2], "seq": 0, "client_id": "e2e", "flow_id": big["flow_id"], "input": {"blob": "x".repeat(70_000)}}),
+    ];
+    stack.trigger_all(&stack.table("trigger"), &rows).await;
+    // Within seconds, not after the stall bound: each is permanent and ends at once.
+    let done = stack.wait_all(&ids, Duration::from_secs(45)).await;
+    faults::remove(&rule);
+    let why = |i: usize| {
+        done[&ids[i]]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    for (i, e) in ids.iter().enumerate() {
+        assert_eq!(done[e]["status"], "FAILED", "{e}: {}", why(i));
+    }
+    assert!(
+        why(0).contains("client data") && why(0).contains("AccessDenied"),
+        "{}",
+        why(0)
+    );
+    assert!(why(1).contains("not in s3://"), "{}", why(1));
+    assert!(
+        why(2).contains("output is") && why(2).contains("bound"),
+        "{}",
+        why(2)
+    );
+    let _ = sm
+        .delete_secret()
+        .secret_id(&secret_id)
+        .force_delete_without_recovery(true)
+        .send()
+        .await;
+}
+
+/// The commit of a step is throttled (every attempt of the SDK's retry) after its rate-limited
+/// rule took the bucket's only token: the record is retried, decides again (the bucket is now
+/// empty), and what is recorded is what is delivered — once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_commit_is_decided_once_and_the_trace_and_the_delivery_agree() {
+    let stack = Stack::from_env().await;
+    let (base, seen) = receiver().await;
+    let tag = uid();
+    let flow = json!({"client_id": "e2e", "flow_id": format!("throttle-{tag}"), "version": 1,
+        "terminal_statuses": ["GRANTED", "LIMITED"],
+        "rules": [{"id": "gate", "when": "true",
+                   "rate_limit": {"per_second": 0.001, "burst": 1, "fail_open": false},
+                   "on": {"true": {"complete": "GRANTED", "actions": [{"type": "call_webhook", "url": format!("{base}/hook/{tag}")}]},
+                          "limited": {"complete": "LIMITED", "actions": [{"type": "call_webhook", "url": format!("{base}/hook/{tag}")}]}}}]});
+    stack.register_flow(&flow).await;
+    let id = new_id("e2e", "throttled");
+    let rule = faults::inject(&json!({"service": "dynamodb", "action": "PutItem",
+        "resource_contains": "-steps", "body_contains": id, "fault": "throttle", "times": 3}));
+    stack
+        .trigger(&stack.table("trigger"), &json!({"execution_id": id, "seq": 0, "client_id": "e2e", "flow_id": flow["flow_id"], "input": {}}))
+        .await;
+    let done = stack.wait_all(std::slice::from_ref(&id), DEADLINE).await;
+    assert_eq!(faults::fired(&rule), 3, "the commit was throttled");
+    faults::remove(&rule);
+    let e = &done[&id];
+    let outcome = e["trace"][0]["outcome"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(e["trace"].as_array().map(Vec::len), Some(1), "{e}");
+    assert_eq!(
+        e["status"],
+        if outcome == "true" {
+            "GRANTED"
+        } else {
+            "LIMITED"
+        }
+    );
+    let count = || {
+        seen.lock()
+            .expect("lock")
+            .iter()
+            .filter(|r| r.path == format!("/hook/{tag}"))
+            .count()
+    };
+    for _ in 0..40 {
+        if count() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let hooks: Vec<_> = seen
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|r| r.path == format!("/hook/{tag}"))
+        .cloned()
+        .collect();
+    assert_eq!(hooks.len(), 1, "delivered once");
+    let body: Value = serde_json::from_slice(&hooks[0].body).expect("JSON body");
+    assert_eq!(body["outcome"], outcome.as_str(), "{body}");
+    assert_eq!(body["status"], e["status"], "{body}");
+}
