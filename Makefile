@@ -4,7 +4,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/rulestream/target
 CARGO ?= cargo
 RULESTREAM := $(CARGO_TARGET_DIR)/debug/rulestream
 
-.PHONY: test check fmt clippy unit schema validate-samples template e2e bench bench-engine bench-stack demo down build fuzz
+.PHONY: test check fmt clippy unit schema validate-samples template e2e bench bench-engine bench-stack demo down build fuzz chaos
 
 ## make test: formatting, lints, every unit/table/property/CLI test, the template check, and the
 ## e2e suite on the local stack.
@@ -54,6 +54,13 @@ FUZZ_CASES ?= 200000
 fuzz:
 	RULESTREAM_FUZZ_CASES=$(FUZZ_CASES) $(CARGO) nextest run --release -p rulestream-core \
 	  --test no_panic --test chain -E 'test(never_panic)' --no-fail-fast
+
+## Chaos on the local stack: CHAOS_EXECUTIONS concurrent executions under random throttling of
+## DynamoDB and S3 (the fault proxy) and double delivery; prints the reliability figures that
+## BENCHMARKS.md reports. A short run (100) is part of `make test`.
+CHAOS_EXECUTIONS ?= 1000
+chaos: build
+	RULESTREAM_CHAOS_EXECUTIONS=$(CHAOS_EXECUTIONS) RULESTREAM_E2E_FILTER='binary(chaos)' bash localstack/e2e.sh
 
 ## Benchmarks (figures in BENCHMARKS.md): criterion on the engine, then the chain on the local stack.
 bench: bench-engine bench-stack

@@ -92,7 +92,10 @@ else
 fi
 
 cd "$REPO"
-if cargo nextest --version >/dev/null 2>&1; then
+if [[ -n "${RULESTREAM_E2E_FILTER:-}" ]]; then
+  # One part of the suite (e.g. `make chaos`: binary(chaos)), output shown.
+  cargo nextest run -p rulestream-e2e --no-fail-fast --no-capture -E "$RULESTREAM_E2E_FILTER"
+elif cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run -p rulestream-e2e --no-fail-fast -E 'not binary(redis_down)'
   cargo nextest run -p rulestream-e2e --no-fail-fast -E 'binary(redis_down)'
 else
