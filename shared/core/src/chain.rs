@@ -765,6 +765,11 @@ where
         step: Value,
         started: std::time::Instant,
     ) -> Result<(), Retry> {
+        if let Some(stop) = step.get("stop").and_then(Value::as_str) {
+            tracing::warn!(execution_id = %header.execution_id, seq = carried.state.seq, status = stop,
+                "the execution was ended from outside its chain (stop marker): step not run");
+            return Ok(());
+        }
         match StepView::deserialize(&step) {
             Ok(view) => {
                 self.after_step(table, header, flow, carried, view, &step, started, true)
@@ -903,7 +908,7 @@ pub async fn finish<J: Journal>(
     error: Option<String>,
 ) -> Result<(), Retry> {
     let steps = match journal.steps(&h.execution_id).await {
-        Ok(s) => s,
+        Ok(s) => decided(s),
         Err(StoreError::Transient(e)) => return Err(Retry(e)),
         Err(_) => Vec::new(),
     };
@@ -1085,13 +1090,27 @@ pub async fn deliver_pending<J: Journal, D: Deliveries>(
     }
     let due =
         still_pending.then(|| Utc::now().timestamp_millis() + settings.backoff_after(attempt));
-    if let Err(e) = journal
-        .record_delivery(&id, seq, attempt, &actions, due)
-        .await
-    {
-        tracing::warn!(execution_id = %id, seq, error = %e, "cannot record delivery results; the attempt will be retried after its lease");
+    // What was sent must be recorded, or the attempt is sent again after its lease: insist on
+    // transient failures (each call already backs off inside the store's own retries).
+    for left in (0..RECORD_TRIES).rev() {
+        match journal
+            .record_delivery(&id, seq, attempt, &actions, due)
+            .await
+        {
+            Ok(_) => return,
+            Err(StoreError::Transient(e)) if left > 0 => {
+                tracing::info!(execution_id = %id, seq, error = %e, "recording delivery results: trying again");
+            }
+            Err(e) => {
+                tracing::warn!(execution_id = %id, seq, error = %e, "cannot record delivery results; the attempt will be sent again after its lease (the idempotency key lets the receiver drop it)");
+                return;
+            }
+        }
     }
 }
+
+/// How many times the results of a delivery attempt are written before giving up.
+const RECORD_TRIES: usize = 5;
 
 /// What one sweep did.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
@@ -1157,6 +1176,27 @@ pub async fn sweep<J: Journal, D: Deliveries>(
     report
 }
 
+/// A stop marker: the steps item at the seq an execution would take next, written by whoever
+/// ends a running execution from outside its chain (the sweeper; a cancel). Its conditional put
+/// decides the race with a late step: whichever is written first holds that seq, and a hop that
+/// finds a marker there runs nothing. Markers are not steps: traces and replays skip them.
+pub fn stop_marker(
+    id: &str,
+    seq: u64,
+    status: &str,
+    reason: &str,
+    now: DateTime<Utc>,
+    settings: &Settings,
+) -> Value {
+    json!({"execution_id": id, "seq": seq, "stop": status, "reason": reason,
+           "decided_at": rfc3339(now), "expires_at": now.timestamp() + settings.retention_secs})
+}
+
+/// The steps that were decided (stop markers left out).
+fn decided(steps: Vec<Value>) -> Vec<Value> {
+    steps.into_iter().filter(|s| s.get("stop").is_none()).collect()
+}
+
 async fn end_if_stalled<J: Journal>(
     journal: &J,
     settings: &Settings,
@@ -1188,7 +1228,21 @@ async fn end_if_stalled<J: Journal>(
         ),
         None => format!("no progress for {idle}s: the first step never ran"),
     };
-    let steps = journal.steps(&id).await.map_err(|e| Retry(e.to_string()))?;
+    // Claim the next seq with a stop marker first: if a late step took it meanwhile, the execution
+    // is not stalled after all; if the marker wins, that late step finds it and runs nothing.
+    let next_seq = last
+        .as_ref()
+        .and_then(|s| s.get("seq").and_then(Value::as_u64))
+        .map_or(0, |n| n + 1);
+    if last.as_ref().is_none_or(|s| s.get("stop").is_none()) {
+        let marker = stop_marker(&id, next_seq, FAILED, &why, now, settings);
+        match journal.put_step(&marker).await {
+            Ok(true) => {}
+            Ok(false) => return Ok(false),
+            Err(e) => return Err(Retry(e.to_string())),
+        }
+    }
+    let steps = decided(journal.steps(&id).await.map_err(|e| Retry(e.to_string()))?);
     // Outcomes by rule are not part of a summary: no need to rebuild them.
     let state = replay(&steps, false);
     let h = ExecutionHeader {
