@@ -1194,7 +1194,10 @@ pub fn stop_marker(
 
 /// The steps that were decided (stop markers left out).
 fn decided(steps: Vec<Value>) -> Vec<Value> {
-    steps.into_iter().filter(|s| s.get("stop").is_none()).collect()
+    steps
+        .into_iter()
+        .filter(|s| s.get("stop").is_none())
+        .collect()
 }
 
 async fn end_if_stalled<J: Journal>(

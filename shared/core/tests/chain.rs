@@ -599,7 +599,10 @@ fn a_step_that_comes_after_the_sweep_ended_its_execution_runs_nothing() {
     block(c.run_row(None, start("acme:late", json!({"n": 5})))).expect("start");
     // The seq 1 row is only late (a long backlog): the sweep ends the execution meanwhile.
     let late = std::mem::take(&mut *c.journal.rows.lock().expect("lock"));
-    assert_eq!(block(sweep(&c.journal, &c.deliveries, &c.settings)).stalled, 1);
+    assert_eq!(
+        block(sweep(&c.journal, &c.deliveries, &c.settings)).stalled,
+        1
+    );
     assert_eq!(summary(&c, "acme:late")["status"], "FAILED");
     // Then the late row arrives: its step finds the stop marker, nothing is decided or sent.
     for (table, row) in late {
@@ -607,7 +610,10 @@ fn a_step_that_comes_after_the_sweep_ended_its_execution_runs_nothing() {
     }
     let s = summary(&c, "acme:late");
     assert_eq!(s["status"], "FAILED");
-    assert!(c.deliveries.sent.lock().expect("lock").is_empty(), "nothing delivered");
+    assert!(
+        c.deliveries.sent.lock().expect("lock").is_empty(),
+        "nothing delivered"
+    );
     let step1 = c.journal.step_sync("acme:late", 1);
     assert_eq!(step1["stop"], "FAILED", "{step1}");
     assert!(step1.get("rule").is_none(), "no rule decided at seq 1");
@@ -621,7 +627,10 @@ fn a_late_step_that_wins_the_race_keeps_the_execution_going() {
     drain(&c, 1);
     let s = summary(&c, "acme:race");
     assert_eq!(s["status"], "OK");
-    assert_eq!(block(sweep(&c.journal, &c.deliveries, &c.settings)).stalled, 0);
+    assert_eq!(
+        block(sweep(&c.journal, &c.deliveries, &c.settings)).stalled,
+        0
+    );
     assert_eq!(summary(&c, "acme:race")["status"], "OK");
 }
 
