@@ -1,11 +1,12 @@
-//! `rulestream dry-run --flow FILE --input FILE|JSON [--catalog DIR] [--now RFC3339] [--json]`.
+//! `rulestream dry-run --flow FILE --input FILE|JSON [--catalog DIR] [--now RFC3339] [--mock FILE]
+//! [--client FILE] [--json]`.
 
 use std::io::Read;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
-use rulestream_core::{DryRun, ExecutionMeta, validate_str};
+use rulestream_core::{ExecutionMeta, Mocked, validate_str};
 use serde_json::{Value, json};
 
 use crate::Outcome;
@@ -19,14 +20,21 @@ pub struct Args {
     pub now: Option<String>,
     pub rules: Option<String>,
     pub execution_id: String,
+    pub mock: Option<String>,
+    pub client: Option<String>,
     pub json: bool,
 }
 
 /// Reads `--input`: inline JSON, `-` for stdin, or a file.
 pub fn read_input(arg: &str) -> anyhow::Result<Value> {
+    read_object("--input", arg)
+}
+
+/// Reads a JSON object given as inline JSON, `-` for stdin, or a file (`what` names the option).
+pub fn read_object(what: &str, arg: &str) -> anyhow::Result<Value> {
     let trimmed = arg.trim_start();
     let (text, from) = if trimmed.starts_with('{') || trimmed.starts_with('[') {
-        (arg.to_string(), "inline --input".to_string())
+        (arg.to_string(), format!("inline {what}"))
     } else if arg == "-" {
         let mut s = String::new();
         std::io::stdin()
@@ -35,7 +43,7 @@ pub fn read_input(arg: &str) -> anyhow::Result<Value> {
         (s, "stdin".to_string())
     } else {
         let s = std::fs::read_to_string(arg)
-            .with_context(|| format!("--input {arg}: not JSON and not a readable file"))?;
+            .with_context(|| format!("{what} {arg}: not JSON and not a readable file"))?;
         (s, arg.to_string())
     };
     let v: Value =
@@ -51,6 +59,25 @@ pub fn run(a: &Args) -> anyhow::Result<Outcome> {
     let text = std::fs::read_to_string(&a.flow)
         .with_context(|| format!("cannot read flow {}", a.flow.display()))?;
     let input = read_input(&a.input)?;
+    let mocks = match &a.mock {
+        Some(m) => match read_object("--mock", m)? {
+            Value::Object(map) => map,
+            _ => bail!("--mock must be a JSON object of answers by rule id"),
+        },
+        None => serde_json::Map::new(),
+    };
+    for (rule, answer) in &mocks {
+        if !answer.get("outcome").is_some_and(Value::is_string) {
+            bail!(
+                "--mock: the answer for rule `{rule}` needs a string `outcome` (and optionally `set`)"
+            );
+        }
+    }
+    let client = a
+        .client
+        .as_deref()
+        .map(|c| read_object("--client", c))
+        .transpose()?;
     let now: DateTime<Utc> = match &a.now {
         Some(s) => DateTime::parse_from_rfc3339(s)
             .with_context(|| format!("--now {s} is not an RFC 3339 time"))?
@@ -93,7 +120,13 @@ pub fn run(a: &Args) -> anyhow::Result<Outcome> {
             .collect()
     });
     let report = pollster::block_on(rulestream_core::run(
-        flow, meta, &input, None, now, subset, &DryRun,
+        flow,
+        meta,
+        &input,
+        client.as_ref(),
+        now,
+        subset,
+        &Mocked { mocks },
     ));
     if a.json {
         println!(

@@ -1,9 +1,11 @@
 //! `rulestream`: the command line for citizen developers (validate, dry-run) and support.
 //!
 //! Exit codes (SPEC section 6): 0 success, 1 a rule or validation failure the user must fix,
-//! 2 bad usage or an unreachable backend, always with a one-line reason on stderr.
+//! 2 bad usage or an unreachable backend, 3 when `--wait` times out, always with a one-line reason
+//! on stderr.
 
 mod dry_run;
+mod ops;
 mod output;
 mod validate;
 
@@ -54,7 +56,86 @@ enum Command {
         /// Execution id used for gray buckets and idempotency keys.
         #[arg(long, default_value = "dry-run")]
         execution_id: String,
+        /// Answers of `lambda`/`http` rules, by rule id: `{"<rule id>": {"outcome", "set"}}` (a
+        /// file or inline JSON). A rule without one evaluates as an error (its `on_error` decides).
+        #[arg(long)]
+        mock: Option<String>,
+        /// Client data the rules see as `client` (a file or inline JSON).
+        #[arg(long)]
+        client: Option<String>,
         /// Print one JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start an execution as a client process does (a seq 0 trigger row); with --wait, follow it
+    /// to its end (exit 1 if it ends FAILED, 3 if --timeout passes first).
+    Run {
+        /// The client id.
+        client: String,
+        /// The flow id.
+        flow: String,
+        /// The input: a JSON file, inline JSON, or `-` for stdin.
+        #[arg(long)]
+        input: String,
+        /// The full execution id (`<client>:<unique>`; default: a new UUID).
+        #[arg(long)]
+        execution_id: Option<String>,
+        /// Pin a flow version (default: the release picks).
+        #[arg(long)]
+        flow_version: Option<u64>,
+        /// Wait for the end, showing the current rule, step count and elapsed time.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits, in seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show an execution's summary (status, version, times, reason, steps so far).
+    Status {
+        /// The execution id (`<client>:<unique>`).
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show every step of an execution: rule, outcome, transition, conditions with expected and
+    /// actual values, duration, actions and their deliveries (works while it runs).
+    Trace {
+        /// The execution id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a running execution: it ends CANCELLED before its next step.
+    Cancel {
+        /// The execution id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a client's executions, newest first (an index query by client and start time).
+    Logs {
+        /// The client whose executions to list.
+        #[arg(long)]
+        client: String,
+        /// Only this flow.
+        #[arg(long)]
+        flow: Option<String>,
+        /// Only this status (RUNNING, FAILED, a terminal status...).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only executions started within this long (30s, 15m, 2h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -98,6 +179,49 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
+        Command::Run {
+            client,
+            flow,
+            input,
+            execution_id,
+            flow_version,
+            wait,
+            timeout,
+            json,
+        } => {
+            match ops::run(&ops::RunArgs {
+                client,
+                flow,
+                input,
+                execution_id,
+                flow_version,
+                wait,
+                timeout_secs: timeout,
+                json,
+            }) {
+                Ok(ops::Waited::TimedOut) => return ExitCode::from(3),
+                Ok(ops::Waited::Done(o)) => Ok(o),
+                Err(e) => Err(e),
+            }
+        }
+        Command::Status { id, json } => ops::status(&id, json),
+        Command::Trace { id, json } => ops::trace(&id, json),
+        Command::Cancel { id, json } => ops::cancel_cmd(&id, json),
+        Command::Logs {
+            client,
+            flow,
+            status,
+            since,
+            limit,
+            json,
+        } => ops::logs(&ops::LogsArgs {
+            client,
+            flow,
+            status,
+            since,
+            limit,
+            json,
+        }),
         Command::Validate {
             paths,
             catalog,
@@ -110,6 +234,8 @@ fn main() -> ExitCode {
             now,
             rules,
             execution_id,
+            mock,
+            client,
             json,
         } => dry_run::run(&dry_run::Args {
             flow,
@@ -118,6 +244,8 @@ fn main() -> ExitCode {
             now,
             rules,
             execution_id,
+            mock,
+            client,
             json,
         }),
         Command::Schema { catalog, json: _ } => {

@@ -10,13 +10,20 @@ pub fn dry_run_json(r: &RunReport) -> Value {
         .steps
         .iter()
         .map(|s| {
-            json!({
+            // As in a trace: actual values cut, values read from `client` hidden.
+            let mut explain = serde_json::to_value(&s.explain).unwrap_or(Value::Null);
+            rulestream_core::chain::sanitize_explain(&mut explain);
+            let mut step = json!({
                 "rule": s.rule,
                 "outcome": s.outcome,
                 "transition": s.transition,
-                "explain": s.explain,
+                "explain": explain,
                 "set": s.set,
-            })
+            });
+            if let Some(note) = &s.note {
+                step["note"] = json!(note);
+            }
+            step
         })
         .collect();
     let mut doc = json!({
@@ -71,7 +78,14 @@ fn explain_text(e: &Explain) -> Vec<String> {
                     c.field,
                     c.op,
                     c.value.as_ref().map(compact).unwrap_or_default(),
-                    compact(&c.actual)
+                    if c.field == "client"
+                        || c.field.starts_with("client.")
+                        || c.field.starts_with("client[")
+                    {
+                        "\"<client data>\"".to_string()
+                    } else {
+                        compact(&c.actual)
+                    }
                 )
             })
             .collect(),

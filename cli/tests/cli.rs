@@ -189,3 +189,87 @@ fn examples(name: &str) -> Vec<Value> {
     let p = repo().join(format!("client-configs/examples/{name}.json"));
     serde_json::from_str(&std::fs::read_to_string(p).expect("examples")).expect("json")
 }
+
+/// SPEC section 6: `--mock` answers `lambda`/`http` rules by rule id, `--client` stands in for
+/// client data, and a rate-limited rule is granted and says so.
+#[test]
+fn dry_run_takes_mocks_and_client_data_and_says_a_rate_limit_was_granted() {
+    let flow = tmp_file(
+        "mocked.json",
+        &json!({"client_id": "c", "flow_id": "f", "version": 1,
+            "terminal_statuses": ["ALLOW", "BLOCK", "GOLD", "ERR"],
+            "rules": [
+                {"id": "tier", "conditions": [[{"field": "client.tier", "op": "eq", "value": "gold"}]],
+                 "rate_limit": {"per_second": 1, "burst": 1},
+                 "on": {"true": {"next": true}}, "default": {"complete": "ALLOW"}},
+                {"id": "fraud", "use": "ml_fraud_score", "params": {"threshold": 0.9},
+                 "on": {"block": {"complete": "BLOCK"}, "allow": {"complete": "GOLD", "set": {"s": "ctx.fraud_score * 10.0"}}},
+                 "on_error": {"complete": "ERR"}}]})
+        .to_string(),
+    );
+    let flow = flow.to_str().expect("utf-8 path");
+    let mock = r#"{"fraud": {"outcome": "allow", "set": {"fraud_score": 0.25}}}"#;
+    let o = rulestream(&[
+        "dry-run",
+        "--flow",
+        flow,
+        "--input",
+        "{}",
+        "--client",
+        r#"{"tier": "gold"}"#,
+        "--mock",
+        mock,
+        "--json",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v = stdout_json(&o);
+    assert_eq!(v["status"], "GOLD", "{v}");
+    assert_eq!(v["path"], json!(["tier", "fraud"]));
+    assert_eq!(v["ctx"]["fraud_score"], json!(0.25));
+    assert_eq!(v["ctx"]["s"], json!(2.5));
+    assert_eq!(
+        v["steps"][0]["explain"]["conditions"][0]["actual"],
+        "<client data>"
+    );
+    assert!(
+        v["steps"][0]["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("treated as granted")),
+        "{v}"
+    );
+    assert!(v["steps"][1].get("note").is_none());
+
+    // Without a mock the rule evaluates as an error, so `on_error` decides.
+    let o = rulestream(&[
+        "dry-run",
+        "--flow",
+        flow,
+        "--input",
+        "{}",
+        "--client",
+        r#"{"tier": "gold"}"#,
+        "--json",
+    ]);
+    let v = stdout_json(&o);
+    assert_eq!(v["status"], "ERR", "{v}");
+    // Without client data the condition fails.
+    let o = rulestream(&["dry-run", "--flow", flow, "--input", "{}", "--json"]);
+    assert_eq!(stdout_json(&o)["status"], "ALLOW");
+    // A malformed mock is bad usage, named.
+    let o = rulestream(&[
+        "dry-run",
+        "--flow",
+        flow,
+        "--input",
+        "{}",
+        "--mock",
+        r#"{"fraud": {"set": {}}}"#,
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("fraud"));
+}

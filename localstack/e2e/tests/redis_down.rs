@@ -133,6 +133,8 @@ async fn with_redis_down_fail_open_rules_pass_and_others_are_limited() {
         .unwrap_or(6390);
     // Declared after `_restart`, so it is dropped (and the port freed) before Redis restarts.
     let hole = Blackhole::bind(port);
+    // Past the limiter's cool-down (5 s) after the failures above, so the next record tries again.
+    tokio::time::sleep(Duration::from_secs(6)).await;
     let ids: Vec<String> = (0..30).map(|_| new_id("e2e", "redis-blackholed")).collect();
     let rows: Vec<_> = ids
         .iter()

@@ -41,6 +41,7 @@ impl Effects for AwsEffects {
 
     async fn call_rule(
         &self,
+        _rule: &str,
         kind: MasterKind,
         target: &str,
         payload: &Value,

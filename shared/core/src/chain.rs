@@ -40,6 +40,8 @@ use crate::ports::{
 
 /// Status of an execution that has not ended.
 pub const RUNNING: &str = "RUNNING";
+/// The status of an execution cancelled from outside (SPEC sections 3, 5).
+pub const CANCELLED: &str = "CANCELLED";
 /// Delivery attempts before a delivery is recorded as failed (SPEC section 1, Actions).
 pub const MAX_DELIVERY_ATTEMPTS: u32 = 8;
 /// Shards of the sparse `pending` and `running` indexes.
@@ -218,7 +220,7 @@ fn advance(before: &RunState, step: &StepView, reads_steps: bool) -> RunState {
 }
 
 /// Cuts long values and hides client data in a step's explain (SPEC section 1, Trace).
-fn sanitize_explain(explain: &mut Value) {
+pub fn sanitize_explain(explain: &mut Value) {
     let Some(conds) = explain.get_mut("conditions").and_then(Value::as_array_mut) else {
         return;
     };
@@ -1192,6 +1194,109 @@ pub fn stop_marker(
            "decided_at": rfc3339(now), "expires_at": now.timestamp() + settings.retention_secs})
 }
 
+/// The header of an execution, from its summary.
+fn header_of(summary: &Value) -> ExecutionHeader {
+    ExecutionHeader {
+        execution_id: str_of(summary, "execution_id").to_string(),
+        client_id: str_of(summary, "client_id").to_string(),
+        flow_id: str_of(summary, "flow_id").to_string(),
+        flow_version: summary
+            .get("flow_version")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
+        started_at: str_of(summary, "started_at").to_string(),
+        rerun_of: summary
+            .get("rerun_of")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+    }
+}
+
+/// What [`cancel`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cancel {
+    /// The execution is now `CANCELLED`: no step runs from `at_seq` on.
+    Cancelled {
+        /// The seq its stop marker holds.
+        at_seq: u64,
+    },
+    /// It had already ended, with this status.
+    AlreadyEnded(String),
+    /// There is no such execution.
+    NotFound,
+}
+
+/// Cancels a running execution (SPEC section 5: it ends `CANCELLED` before its next step): a
+/// stop marker claims the seq it would take next — a step that lands there first moves the
+/// marker on — then the summary ends `CANCELLED` with the trace so far. Safe to repeat and to
+/// race the chain or the sweeper.
+pub async fn cancel<J: Journal>(
+    journal: &J,
+    settings: &Settings,
+    id: &str,
+    reason: &str,
+) -> Result<Cancel, StoreError> {
+    for _ in 0..20 {
+        let Some(summary) = journal.summary(id).await? else {
+            return Ok(Cancel::NotFound);
+        };
+        let status = str_of(&summary, "status");
+        if status != RUNNING {
+            return Ok(Cancel::AlreadyEnded(status.to_string()));
+        }
+        let last = journal.last_step(id).await?;
+        let stopped = last
+            .as_ref()
+            .and_then(|s| s.get("stop"))
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let seq = last
+            .as_ref()
+            .and_then(|s| s.get("seq").and_then(Value::as_u64))
+            .map_or(0, |n| n + 1);
+        let (status, why, at_seq) = match stopped {
+            // Stopped already (its summary write was lost): finish what that marker says.
+            Some(s) => {
+                let why = last
+                    .as_ref()
+                    .map(|l| str_of(l, "reason").to_string())
+                    .unwrap_or_default();
+                (s, why, seq.saturating_sub(1))
+            }
+            None => {
+                let marker = stop_marker(id, seq, CANCELLED, reason, Utc::now(), settings);
+                if !journal.put_step(&marker).await? {
+                    // A step took that seq first: look again.
+                    continue;
+                }
+                (CANCELLED.to_string(), reason.to_string(), seq)
+            }
+        };
+        let steps = decided(journal.steps(id).await?);
+        let state = replay(&steps, false);
+        let error = (status != CANCELLED).then(|| why.clone());
+        finish(
+            journal,
+            settings,
+            &header_of(&summary),
+            &state,
+            &status,
+            Some(why),
+            error,
+        )
+        .await
+        .map_err(|Retry(e)| StoreError::Transient(e))?;
+        return Ok(if status == CANCELLED {
+            Cancel::Cancelled { at_seq }
+        } else {
+            Cancel::AlreadyEnded(status)
+        });
+    }
+    Err(StoreError::Transient(format!(
+        "{id} kept moving while it was being cancelled: try again"
+    )))
+}
+
 /// The steps that were decided (stop markers left out).
 fn decided(steps: Vec<Value>) -> Vec<Value> {
     steps
@@ -1248,20 +1353,7 @@ async fn end_if_stalled<J: Journal>(
     let steps = decided(journal.steps(&id).await.map_err(|e| Retry(e.to_string()))?);
     // Outcomes by rule are not part of a summary: no need to rebuild them.
     let state = replay(&steps, false);
-    let h = ExecutionHeader {
-        execution_id: id.clone(),
-        client_id: str_of(summary, "client_id").to_string(),
-        flow_id: str_of(summary, "flow_id").to_string(),
-        flow_version: summary
-            .get("flow_version")
-            .and_then(Value::as_u64)
-            .unwrap_or(0),
-        started_at: str_of(summary, "started_at").to_string(),
-        rerun_of: summary
-            .get("rerun_of")
-            .and_then(Value::as_str)
-            .map(str::to_string),
-    };
+    let h = header_of(summary);
     tracing::warn!(execution_id = %id, reason = %why, "stalled execution ended");
     finish(
         journal,

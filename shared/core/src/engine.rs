@@ -674,6 +674,9 @@ pub struct StepRecord {
     pub actions: Vec<PlannedAction>,
     /// Time spent in the engine, microseconds.
     pub duration_us: u64,
+    /// What a dry run did differently here (a rate limit treated as granted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// Where an execution goes after a step.
@@ -895,6 +898,10 @@ impl<'f> Session<'f> {
         let started = Instant::now();
         let compiled = &flow.rules[idx];
         let (outcome, explain, master_set) = self.decide(rule, compiled, fx).await;
+        let note = (fx.dry_run() && rule.rate_limit.is_some() && outcome != SKIPPED).then(|| {
+            "dry run: the rate limit was not applied (treated as granted, no token taken)"
+                .to_string()
+        });
         let gated = outcome == SKIPPED || outcome == LIMITED;
         let errored = matches!(explain, Explain::Error { .. });
         let transition = if errored {
@@ -921,7 +928,7 @@ impl<'f> Session<'f> {
                 unreachable!("errored implies an error explain")
             };
             let error = format!("rule `{}`: {message}", rule.id);
-            let record = self.record(
+            let mut record = self.record(
                 seq,
                 rule,
                 &outcome,
@@ -931,6 +938,7 @@ impl<'f> Session<'f> {
                 vec![],
                 started,
             );
+            record.note = note;
             self.state.seq += 1;
             return StepResult {
                 record: Some(record),
@@ -942,7 +950,7 @@ impl<'f> Session<'f> {
             Some(t) => {
                 if let Err(e) = self.apply_set(t, &mut set) {
                     let error = format!("rule `{}`: {e}", rule.id);
-                    let record = self.record(
+                    let mut record = self.record(
                         seq,
                         rule,
                         &outcome,
@@ -952,6 +960,7 @@ impl<'f> Session<'f> {
                         vec![],
                         started,
                     );
+                    record.note = note;
                     self.state.seq += 1;
                     return StepResult {
                         record: Some(record),
@@ -989,7 +998,8 @@ impl<'f> Session<'f> {
                 error: None,
             },
         };
-        let record = self.record(seq, rule, &outcome, desc, explain, set, actions, started);
+        let mut record = self.record(seq, rule, &outcome, desc, explain, set, actions, started);
+        record.note = note;
         self.state.seq += 1;
         if let Next::Rule { rule } = &next {
             self.state.rule = Some(rule.clone());
@@ -1021,6 +1031,7 @@ impl<'f> Session<'f> {
             set,
             actions,
             duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            note: None,
         }
     }
 
@@ -1138,7 +1149,10 @@ impl<'f> Session<'f> {
                             "params": params,
                             "execution": self.execution_json(),
                         });
-                        match fx.call_rule(*kind, target, &payload, *timeout_ms).await {
+                        match fx
+                            .call_rule(&rule.id, *kind, target, &payload, *timeout_ms)
+                            .await
+                        {
                             Ok(v) => external_outcome(&v),
                             Err(e) => Err(e.to_string()),
                         }

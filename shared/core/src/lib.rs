@@ -32,5 +32,5 @@ pub use engine::{
     CompiledFlow, ExecutionMeta, Next, RunReport, RunState, Session, StepRecord, run,
 };
 pub use model::{Flow, MasterRule};
-pub use ports::{DryRun, EffectError, Effects};
+pub use ports::{DryRun, EffectError, Effects, Mocked};
 pub use validate::{Finding, Severity, Validation, validate_str, validate_value};

@@ -34,14 +34,21 @@ pub trait Effects: Sync {
     ) -> impl Future<Output = Result<bool, EffectError>> + Send;
 
     /// Calls a `lambda` (function name or ARN) or `http` (url) master rule with `payload`
-    /// (`{input, ctx, client, params, execution}`); returns its answer `{"outcome", "set"}`.
+    /// (`{input, ctx, client, params, execution}`) for the flow's rule `rule`; returns its answer
+    /// `{"outcome", "set"}`.
     fn call_rule(
         &self,
+        rule: &str,
         kind: MasterKind,
         target: &str,
         payload: &Value,
         timeout_ms: Option<u64>,
     ) -> impl Future<Output = Result<Value, EffectError>> + Send;
+
+    /// Whether these are a dry run's effects (no token is taken: a rate-limited rule says so).
+    fn dry_run(&self) -> bool {
+        false
+    }
 }
 
 /// Effects for a dry run: no side effects. Every token is granted without touching a bucket, and
@@ -61,15 +68,61 @@ impl Effects for DryRun {
 
     async fn call_rule(
         &self,
+        rule: &str,
         kind: MasterKind,
         target: &str,
         _payload: &Value,
         _timeout_ms: Option<u64>,
     ) -> Result<Value, EffectError> {
         Err(EffectError::Unsupported(format!(
-            "a dry run does not call {} `{target}`",
+            "a dry run does not call {} `{target}` (give rule `{rule}` an answer in the mocks)",
             kind.target_name()
         )))
+    }
+
+    fn dry_run(&self) -> bool {
+        true
+    }
+}
+
+/// A dry run whose `lambda`/`http` rules answer from `mocks`: `{"<rule id>": {"outcome", "set"}}`
+/// keyed by the flow's rule id. A rule without an answer evaluates as an error, as in [`DryRun`].
+#[derive(Debug, Clone, Default)]
+pub struct Mocked {
+    /// Answers by rule id.
+    pub mocks: serde_json::Map<String, Value>,
+}
+
+impl Effects for Mocked {
+    async fn take_token(
+        &self,
+        key: &str,
+        per_second: f64,
+        burst: f64,
+    ) -> Result<bool, EffectError> {
+        DryRun.take_token(key, per_second, burst).await
+    }
+
+    async fn call_rule(
+        &self,
+        rule: &str,
+        kind: MasterKind,
+        target: &str,
+        payload: &Value,
+        timeout_ms: Option<u64>,
+    ) -> Result<Value, EffectError> {
+        match self.mocks.get(rule) {
+            Some(answer) => Ok(answer.clone()),
+            None => {
+                DryRun
+                    .call_rule(rule, kind, target, payload, timeout_ms)
+                    .await
+            }
+        }
+    }
+
+    fn dry_run(&self) -> bool {
+        true
     }
 }
 

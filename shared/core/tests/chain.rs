@@ -732,6 +732,7 @@ impl rulestream_core::Effects for Tokens {
     }
     async fn call_rule(
         &self,
+        _rule: &str,
         _kind: rulestream_core::model::MasterKind,
         _target: &str,
         _payload: &Value,
@@ -793,4 +794,45 @@ fn starts_over_the_client_quota_end_failed_and_redeliveries_are_never_refused() 
     assert_eq!(get("acme:q0")["status"], "NO");
     let taken = c.effects.taken.lock().expect("lock").clone();
     assert!(taken.iter().all(|k| k == "quota/acme"), "{taken:?}");
+}
+
+#[test]
+fn a_cancelled_execution_ends_before_its_next_step_and_cancel_is_safe_to_repeat() {
+    use rulestream_core::chain::{Cancel, cancel};
+    let c = chain();
+    block(c.run_row(None, start("acme:cx", json!({"n": 5})))).expect("start");
+    let pending = std::mem::take(&mut *c.journal.rows.lock().expect("lock"));
+    assert_eq!(
+        block(cancel(
+            &c.journal,
+            &c.settings,
+            "acme:cx",
+            "cancelled by support"
+        )),
+        Ok(Cancel::Cancelled { at_seq: 1 })
+    );
+    let s = summary(&c, "acme:cx");
+    assert_eq!(s["status"], "CANCELLED");
+    assert_eq!(s["reason"], "cancelled by support");
+    assert_eq!(s["steps_total"], 1);
+    // The next row arrives: nothing runs, nothing is delivered.
+    for (table, row) in pending {
+        assert_eq!(block(c.run_row(Some(&table), row)), Ok(()));
+    }
+    assert_eq!(summary(&c, "acme:cx")["status"], "CANCELLED");
+    assert!(c.deliveries.sent.lock().expect("lock").is_empty());
+    // Again, unknown, and already ended.
+    assert_eq!(
+        block(cancel(&c.journal, &c.settings, "acme:cx", "again")),
+        Ok(Cancel::AlreadyEnded("CANCELLED".into()))
+    );
+    assert_eq!(
+        block(cancel(&c.journal, &c.settings, "acme:nope", "x")),
+        Ok(Cancel::NotFound)
+    );
+    block(c.run_row(None, start("acme:done", json!({"n": 0})))).expect("start");
+    assert_eq!(
+        block(cancel(&c.journal, &c.settings, "acme:done", "x")),
+        Ok(Cancel::AlreadyEnded("NO".into()))
+    );
 }

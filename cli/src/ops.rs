@@ -1,0 +1,535 @@
+//! Support commands against a deployed (or the local) stack: `run`, `status`, `trace`, `cancel`,
+//! `logs` (SPEC section 6). Table names come from the same environment as the functions
+//! (`RULESTREAM_PREFIX`, `AWS_ENDPOINT_URL`, the AWS credentials chain); a backend that cannot be
+//! reached is exit 2 with a one-line reason.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::AttributeValue;
+use rulestream_aws::config::Config;
+use rulestream_aws::dynamo::DynamoJournal;
+use rulestream_core::chain::{Cancel, RUNNING, cancel};
+use rulestream_core::ports::{Journal, StoreError};
+use serde_json::{Value, json};
+
+use crate::Outcome;
+
+/// How a command that waits ended: exit 3 when the wait timed out (SPEC section 6).
+pub enum Waited {
+    /// The command's own outcome.
+    Done(Outcome),
+    /// `--wait` gave up.
+    TimedOut,
+}
+
+/// A connection to the stack's tables.
+pub struct Backend {
+    cfg: Config,
+    ddb: Client,
+    journal: DynamoJournal,
+}
+
+impl Backend {
+    /// From the environment, as the functions read it.
+    pub fn connect() -> anyhow::Result<Backend> {
+        let cfg = Config::from_env().map_err(|e| anyhow!("configuration: {e}"))?;
+        let sdk = runtime()?.block_on(aws_config::load_defaults(
+            aws_config::BehaviorVersion::latest(),
+        ));
+        let ddb = Client::new(&sdk);
+        let journal = DynamoJournal::new(ddb.clone(), &cfg.executions_table, &cfg.steps_table);
+        Ok(Backend { cfg, ddb, journal })
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn backend_error(e: StoreError) -> anyhow::Error {
+    anyhow!("the backend cannot be reached or refused the call: {e}")
+}
+
+/// `status ID`.
+pub fn status(id: &str, json_out: bool) -> anyhow::Result<Outcome> {
+    let b = Backend::connect()?;
+    let rt = runtime()?;
+    let Some(mut summary) = rt.block_on(b.journal.summary(id)).map_err(backend_error)? else {
+        eprintln!("rulestream: no execution `{id}`");
+        return Ok(Outcome::UserFix);
+    };
+    let steps = rt
+        .block_on(b.journal.steps(id))
+        .map_err(backend_error)?
+        .into_iter()
+        .filter(|s| s.get("stop").is_none())
+        .collect::<Vec<_>>();
+    if let Some(o) = summary.as_object_mut() {
+        o.remove("trace");
+        o.remove("running_shard");
+        o.insert("steps_so_far".into(), json!(steps.len()));
+        if let Some(last) = steps.last() {
+            o.insert("last_rule".into(), last["rule"].clone());
+        }
+    }
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print!("{}", status_text(&summary));
+    }
+    Ok(Outcome::Ok)
+}
+
+fn s(v: &Value, k: &str) -> String {
+    match v.get(k) {
+        Some(Value::String(x)) => x.clone(),
+        Some(Value::Null) | None => "-".into(),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn status_text(e: &Value) -> String {
+    let mut out = format!(
+        "{}  {}\n  client {}  flow {} v{}\n  started {}  finished {}\n  steps {}  last rule {}\n",
+        s(e, "execution_id"),
+        s(e, "status"),
+        s(e, "client_id"),
+        s(e, "flow_id"),
+        s(e, "flow_version"),
+        s(e, "started_at"),
+        s(e, "finished_at"),
+        s(e, "steps_so_far"),
+        s(e, "last_rule"),
+    );
+    if e.get("reason").is_some_and(|r| !r.is_null()) {
+        out.push_str(&format!("  reason {}\n", s(e, "reason")));
+    }
+    if let Some(r) = e.get("rerun_of").filter(|r| !r.is_null()) {
+        out.push_str(&format!("  rerun of {r}\n"));
+    }
+    out
+}
+
+/// `trace ID`: every step with its explain and deliveries, read from the steps table (so it
+/// works while the execution runs).
+pub fn trace(id: &str, json_out: bool) -> anyhow::Result<Outcome> {
+    let b = Backend::connect()?;
+    let rt = runtime()?;
+    let Some(mut summary) = rt.block_on(b.journal.summary(id)).map_err(backend_error)? else {
+        eprintln!("rulestream: no execution `{id}`");
+        return Ok(Outcome::UserFix);
+    };
+    let steps: Vec<Value> = rt
+        .block_on(b.journal.steps(id))
+        .map_err(backend_error)?
+        .into_iter()
+        .filter(|s| s.get("stop").is_none())
+        .collect();
+    if let Some(o) = summary.as_object_mut() {
+        o.remove("trace");
+        o.remove("running_shard");
+    }
+    if json_out {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"execution": summary, "steps": steps}))?
+        );
+        return Ok(Outcome::Ok);
+    }
+    print!("{}", status_text(&summary));
+    println!();
+    println!(
+        "{:>4}  {:<20} {:<10} {:<28} {:>9}",
+        "seq", "rule", "outcome", "transition", "duration"
+    );
+    for st in &steps {
+        let transition = st
+            .get("transition")
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| "-".into());
+        let dur = st
+            .get("duration_us")
+            .and_then(Value::as_u64)
+            .map_or("-".to_string(), |us| {
+                format!("{:.1} ms", us as f64 / 1000.0)
+            });
+        println!(
+            "{:>4}  {:<20} {:<10} {:<28} {:>9}",
+            s(st, "seq"),
+            s(st, "rule"),
+            s(st, "outcome"),
+            transition,
+            dur
+        );
+        let explain = st.get("explain").cloned().unwrap_or(Value::Null);
+        if let Some(conds) = explain.get("conditions").and_then(Value::as_array) {
+            for c in conds {
+                let mark = if c["passed"] == json!(true) {
+                    "pass"
+                } else {
+                    "fail"
+                };
+                println!(
+                    "        {mark}  {} {} {}  (actual {})",
+                    s(c, "field"),
+                    s(c, "op"),
+                    c.get("expected").map_or("-".into(), Value::to_string),
+                    c.get("actual").map_or("null".into(), Value::to_string),
+                );
+            }
+        } else if let Some(m) = explain.get("message") {
+            println!("        error: {}", m.as_str().unwrap_or_default());
+        } else if let Some(r) = explain.get("reason") {
+            println!("        {}", r.as_str().unwrap_or_default());
+        }
+        if let Some(set) = st
+            .get("set")
+            .and_then(Value::as_object)
+            .filter(|m| !m.is_empty())
+        {
+            println!("        set {}", Value::Object(set.clone()));
+        }
+        for a in st
+            .get("actions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let kind = s(a, "type");
+            let d = a.get("delivery").cloned().unwrap_or(Value::Null);
+            let what = a
+                .get("url")
+                .or_else(|| a.get("tag"))
+                .or_else(|| a.get("queue"))
+                .or_else(|| a.get("channel"))
+                .map_or(String::new(), |v| {
+                    v.as_str().unwrap_or_default().to_string()
+                });
+            if d.is_null() {
+                println!("        action {kind} {what}");
+            } else {
+                println!(
+                    "        action {kind} {what}: {} after {} attempt(s){}",
+                    s(&d, "status"),
+                    s(&d, "attempts"),
+                    d.get("last")
+                        .and_then(Value::as_str)
+                        .map_or(String::new(), |l| format!(" ({l})"))
+                );
+            }
+        }
+    }
+    Ok(Outcome::Ok)
+}
+
+/// `cancel ID`.
+pub fn cancel_cmd(id: &str, json_out: bool) -> anyhow::Result<Outcome> {
+    let b = Backend::connect()?;
+    let rt = runtime()?;
+    let settings = b.cfg.chain_settings();
+    let r = rt
+        .block_on(cancel(
+            &b.journal,
+            &settings,
+            id,
+            "cancelled with `rulestream cancel`",
+        ))
+        .map_err(backend_error)?;
+    let (doc, text, outcome) = match r {
+        Cancel::Cancelled { at_seq } => (
+            json!({"execution_id": id, "status": "CANCELLED", "at_seq": at_seq}),
+            format!("{id}: CANCELLED (no step runs from seq {at_seq} on)"),
+            Outcome::Ok,
+        ),
+        Cancel::AlreadyEnded(st) if st == "CANCELLED" => (
+            json!({"execution_id": id, "status": st}),
+            format!("{id}: already CANCELLED"),
+            Outcome::Ok,
+        ),
+        Cancel::AlreadyEnded(st) => (
+            json!({"execution_id": id, "status": st, "error": "already ended"}),
+            format!("rulestream: {id} already ended {st}: nothing to cancel"),
+            Outcome::UserFix,
+        ),
+        Cancel::NotFound => (
+            json!({"execution_id": id, "error": "not found"}),
+            format!("rulestream: no execution `{id}`"),
+            Outcome::UserFix,
+        ),
+    };
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else if matches!(outcome, Outcome::Ok) {
+        println!("{text}");
+    } else {
+        eprintln!("{text}");
+    }
+    Ok(outcome)
+}
+
+/// `run CLIENT FLOW --input … [--wait] [--timeout S]`.
+pub struct RunArgs {
+    pub client: String,
+    pub flow: String,
+    pub input: String,
+    pub execution_id: Option<String>,
+    pub flow_version: Option<u64>,
+    pub wait: bool,
+    pub timeout_secs: u64,
+    pub json: bool,
+}
+
+/// Inserts a trigger row as a client process does; with `--wait`, follows the execution to its
+/// end with a live progress line on stderr.
+pub fn run(a: &RunArgs) -> anyhow::Result<Waited> {
+    let input = crate::dry_run::read_input(&a.input)?;
+    let id = match &a.execution_id {
+        Some(id) => id.clone(),
+        None => format!("{}:{}", a.client, uuid::Uuid::new_v4()),
+    };
+    if let Err(why) = rulestream_core::execution::check_execution_id(&a.client, &id) {
+        bail!("--execution-id: {why}");
+    }
+    let b = Backend::connect()?;
+    let rt = runtime()?;
+    let mut row = json!({"execution_id": id, "seq": 0, "client_id": a.client, "flow_id": a.flow,
+        "input": input, "expires_at": chrono::Utc::now().timestamp() + 7 * 86_400});
+    if let Some(v) = a.flow_version {
+        row["flow_version"] = json!(v);
+    }
+    let item: HashMap<String, AttributeValue> =
+        serde_dynamo::to_item(&row).context("the trigger row")?;
+    let put = rt.block_on(
+        b.ddb
+            .put_item()
+            .table_name(&b.cfg.trigger_table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(execution_id)")
+            .send(),
+    );
+    if let Err(e) = put {
+        let dup = e
+            .as_service_error()
+            .is_some_and(|se| se.is_conditional_check_failed_exception());
+        if dup {
+            eprintln!("rulestream: execution `{id}` already exists");
+            return Ok(Waited::Done(Outcome::UserFix));
+        }
+        bail!(
+            "cannot insert the trigger row into {}: {}",
+            b.cfg.trigger_table,
+            aws_sdk_dynamodb::error::DisplayErrorContext(&e)
+        );
+    }
+    if !a.wait {
+        if a.json {
+            println!("{}", json!({"execution_id": id, "status": RUNNING}));
+        } else {
+            println!("{id}");
+        }
+        return Ok(Waited::Done(Outcome::Ok));
+    }
+    let started = Instant::now();
+    let deadline = Duration::from_secs(a.timeout_secs);
+    let mut pause = Duration::from_millis(100);
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    loop {
+        let summary = rt.block_on(b.journal.summary(&id)).map_err(backend_error)?;
+        if let Some(e) = summary.as_ref().filter(|e| e["status"] != RUNNING) {
+            if tty {
+                eprint!("\r\x1b[2K");
+            }
+            let failed = e["status"] == rulestream_core::model::FAILED;
+            let doc = json!({"execution_id": id, "status": e["status"], "reason": e.get("reason"),
+                "output": e.get("output"), "flow_version": e.get("flow_version"),
+                "steps": e.get("steps_total")});
+            if a.json {
+                println!("{doc}");
+            } else {
+                println!(
+                    "{id}  {}{}",
+                    s(e, "status"),
+                    e.get("reason")
+                        .and_then(Value::as_str)
+                        .map_or(String::new(), |r| format!("  ({r})"))
+                );
+            }
+            return Ok(Waited::Done(if failed {
+                Outcome::UserFix
+            } else {
+                Outcome::Ok
+            }));
+        }
+        if started.elapsed() >= deadline {
+            if tty {
+                eprint!("\r\x1b[2K");
+            }
+            eprintln!(
+                "rulestream: {id} still running after {}s (see `rulestream status {id}`)",
+                a.timeout_secs
+            );
+            if a.json {
+                println!(
+                    "{}",
+                    json!({"execution_id": id, "status": RUNNING, "timed_out": true})
+                );
+            }
+            return Ok(Waited::TimedOut);
+        }
+        let last = rt.block_on(b.journal.last_step(&id)).ok().flatten();
+        let line = format!(
+            "{id}  RUNNING  step {}  rule {}  {:.1}s",
+            last.as_ref()
+                .and_then(|l| l.get("seq").and_then(Value::as_u64))
+                .map_or(0, |n| n + 1),
+            last.as_ref().map_or("-".to_string(), |l| s(l, "rule")),
+            started.elapsed().as_secs_f64()
+        );
+        if tty {
+            eprint!("\r\x1b[2K{line}");
+        }
+        std::thread::sleep(pause.min(deadline.saturating_sub(started.elapsed())));
+        pause = (pause * 3 / 2).min(Duration::from_secs(2));
+    }
+}
+
+/// `logs --client C [--flow F] [--status S] [--since DUR] [--limit N]`: newest first, from the
+/// executions index by client and start time (never a scan).
+pub struct LogsArgs {
+    pub client: String,
+    pub flow: Option<String>,
+    pub status: Option<String>,
+    pub since: Option<String>,
+    pub limit: usize,
+    pub json: bool,
+}
+
+/// `15m`, `2h`, `7d`, `30s` -> seconds.
+pub fn parse_duration(d: &str) -> anyhow::Result<i64> {
+    let (num, unit) = d.split_at(d.find(|c: char| !c.is_ascii_digit()).unwrap_or(d.len()));
+    let n: i64 = num
+        .parse()
+        .map_err(|_| anyhow!("--since {d}: expected a number and a unit (30s, 15m, 2h, 7d)"))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" | "" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => bail!("--since {d}: unknown unit `{unit}` (s, m, h, d)"),
+    };
+    Ok(n * mult)
+}
+
+/// Runs `logs`.
+pub fn logs(a: &LogsArgs) -> anyhow::Result<Outcome> {
+    let since = a.since.as_deref().map(parse_duration).transpose()?;
+    let b = Backend::connect()?;
+    let rt = runtime()?;
+    let mut names = HashMap::from([("#c".to_string(), "client_id".to_string())]);
+    let mut values = HashMap::from([(":c".to_string(), AttributeValue::S(a.client.clone()))]);
+    let mut key = "#c = :c".to_string();
+    if let Some(secs) = since {
+        let t = chrono::Utc::now() - chrono::Duration::seconds(secs);
+        names.insert("#t".into(), "started_at".into());
+        values.insert(
+            ":t".into(),
+            AttributeValue::S(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+        );
+        key.push_str(" AND #t >= :t");
+    }
+    let mut filters = Vec::new();
+    if let Some(f) = &a.flow {
+        names.insert("#f".into(), "flow_id".into());
+        values.insert(":f".into(), AttributeValue::S(f.clone()));
+        filters.push("#f = :f");
+    }
+    if let Some(st) = &a.status {
+        names.insert("#s".into(), "status".into());
+        values.insert(":s".into(), AttributeValue::S(st.clone()));
+        filters.push("#s = :s");
+    }
+    let index = "by-client";
+    let mut out: Vec<Value> = Vec::new();
+    let mut start: Option<HashMap<String, AttributeValue>> = None;
+    loop {
+        let page = rt
+            .block_on(
+                b.ddb
+                    .query()
+                    .table_name(&b.cfg.executions_table)
+                    .index_name(index)
+                    .key_condition_expression(&key)
+                    .set_filter_expression((!filters.is_empty()).then(|| filters.join(" AND ")))
+                    .set_expression_attribute_names(Some(names.clone()))
+                    .set_expression_attribute_values(Some(values.clone()))
+                    .projection_expression(
+                        "execution_id, client_id, flow_id, flow_version, #s2, started_at, finished_at, reason",
+                    )
+                    .expression_attribute_names("#s2", "status")
+                    .scan_index_forward(false)
+                    .set_exclusive_start_key(start.take())
+                    .send(),
+            )
+            .map_err(|e| {
+                anyhow!(
+                    "cannot query {} (index {index}): {}",
+                    b.cfg.executions_table,
+                    aws_sdk_dynamodb::error::DisplayErrorContext(&e)
+                )
+            })?;
+        for item in page.items() {
+            out.push(serde_dynamo::from_item(item.clone()).context("an executions item")?);
+            if out.len() >= a.limit {
+                break;
+            }
+        }
+        match page.last_evaluated_key() {
+            Some(k) if !k.is_empty() && out.len() < a.limit => start = Some(k.clone()),
+            _ => break,
+        }
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(Outcome::Ok);
+    }
+    if out.is_empty() {
+        eprintln!("no executions of client `{}` match", a.client);
+        return Ok(Outcome::Ok);
+    }
+    println!(
+        "{:<24} {:<14} {:<20} {:<4} {:<56}",
+        "started", "status", "flow", "ver", "execution"
+    );
+    for e in &out {
+        println!(
+            "{:<24} {:<14} {:<20} {:<4} {:<56}",
+            s(e, "started_at"),
+            s(e, "status"),
+            s(e, "flow_id"),
+            s(e, "flow_version"),
+            s(e, "execution_id")
+        );
+    }
+    Ok(Outcome::Ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s").ok(), Some(30));
+        assert_eq!(parse_duration("15m").ok(), Some(900));
+        assert_eq!(parse_duration("2h").ok(), Some(7200));
+        assert_eq!(parse_duration("7d").ok(), Some(604_800));
+        assert!(parse_duration("x").is_err());
+        assert!(parse_duration("5w").is_err());
+    }
+}

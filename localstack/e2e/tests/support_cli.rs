@@ -1,0 +1,178 @@
+//! The support commands of the `rulestream` CLI against the local stack (SPEC section 6): run
+//! (with --wait, and its timeout), status, trace, cancel, logs; exit codes 0/1/2/3.
+
+use std::process::Output;
+
+use rulestream_e2e::{Stack, cli};
+use serde_json::{Value, json};
+
+fn rs(args: &[&str]) -> Output {
+    cli().args(args).output().expect("the CLI runs")
+}
+
+fn out_json(o: &Output) -> Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_wait_status_trace_and_logs() {
+    let stack = Stack::from_env().await;
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let flow_id = format!("cli-{tag}");
+    let flow = json!({"client_id": "e2e", "flow_id": flow_id, "version": 1,
+        "terminal_statuses": ["BIG", "SMALL"],
+        "rules": [{"id": "size", "conditions": [[{"field": "input.n", "op": "gte", "value": 10}]],
+                   "on": {"true": {"complete": "BIG"}, "false": {"next": true}}},
+                  {"id": "small", "when": "true", "on": {"true": {"complete": "SMALL", "set": {"twice": "input.n * 2"}}}}]});
+    stack.register_flow(&flow).await;
+
+    let o = rs(&[
+        "run",
+        "e2e",
+        &flow_id,
+        "--input",
+        r#"{"n": 3}"#,
+        "--wait",
+        "--timeout",
+        "60",
+        "--json",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let done = out_json(&o);
+    assert_eq!(done["status"], "SMALL", "{done}");
+    assert_eq!(done["output"]["twice"], json!(6));
+    let id = done["execution_id"].as_str().expect("id").to_string();
+    assert!(id.starts_with("e2e:"));
+
+    let st = out_json(&rs(&["status", &id, "--json"]));
+    assert_eq!(st["status"], "SMALL");
+    assert_eq!(st["flow_version"], json!(1));
+    assert_eq!(st["steps_so_far"], json!(2));
+
+    let tr = out_json(&rs(&["trace", &id, "--json"]));
+    let steps = tr["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 2);
+    assert_eq!(steps[0]["rule"], "size");
+    assert_eq!(steps[0]["outcome"], "false");
+    let c = &steps[0]["explain"]["conditions"][0];
+    assert_eq!(
+        (c["expected"].clone(), c["actual"].clone()),
+        (json!(10), json!(3))
+    );
+    let text = String::from_utf8_lossy(&rs(&["trace", &id]).stdout).to_string();
+    assert!(text.contains("fail  input.n gte 10  (actual 3)"), "{text}");
+
+    let logs = out_json(&rs(&[
+        "logs", "--client", "e2e", "--flow", &flow_id, "--since", "10m", "--json",
+    ]));
+    assert!(
+        logs.as_array()
+            .expect("list")
+            .iter()
+            .any(|e| e["execution_id"] == id.as_str()),
+        "{logs}"
+    );
+    let none = out_json(&rs(&[
+        "logs", "--client", "e2e", "--flow", &flow_id, "--status", "BIG", "--json",
+    ]));
+    assert_eq!(none, json!([]));
+
+    // --wait that times out: exit 3 with a reason; a duplicate id: exit 1.
+    let o = rs(&[
+        "run",
+        "e2e",
+        &flow_id,
+        "--input",
+        r#"{"n": 50}"#,
+        "--wait",
+        "--timeout",
+        "0",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("still running"));
+    let o = rs(&[
+        "run",
+        "e2e",
+        &flow_id,
+        "--input",
+        "{}",
+        "--execution-id",
+        &id,
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    // Another client's prefix is refused before anything is written.
+    let o = rs(&[
+        "run",
+        "e2e",
+        &flow_id,
+        "--input",
+        "{}",
+        "--execution-id",
+        "other:x",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    // An execution that ended FAILED under --wait: exit 1.
+    let o = rs(&[
+        "run",
+        "e2e",
+        "no-such-flow",
+        "--input",
+        "{}",
+        "--wait",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(out_json(&o)["status"], "FAILED");
+    // Unknown ids.
+    assert_eq!(rs(&["status", "e2e:nope-nope"]).status.code(), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_ends_a_running_execution_and_is_safe_to_repeat() {
+    let stack = Stack::from_env().await;
+    // A running execution whose next step has not come yet (its summary, as seq 0 writes it).
+    let id = format!("e2e:cancel-{}", uuid::Uuid::new_v4().simple());
+    let summary = json!({"execution_id": id, "client_id": "e2e", "flow_id": "cycle", "flow_version": 1,
+        "status": "RUNNING", "started_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)});
+    stack
+        .ddb
+        .put_item()
+        .table_name(stack.table("executions"))
+        .set_item(Some(serde_dynamo::to_item(summary).expect("item")))
+        .send()
+        .await
+        .expect("put summary");
+    let o = rs(&["cancel", &id, "--json"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(out_json(&o)["status"], "CANCELLED");
+    let e = stack.execution(&id).await.expect("summary");
+    assert_eq!(e["status"], "CANCELLED");
+    assert!(e["finished_at"].is_string());
+    let steps = stack.items_of(&stack.table("steps"), &id).await;
+    assert_eq!(steps.len(), 1, "the stop marker");
+    assert_eq!(steps[0]["stop"], "CANCELLED");
+    // Again: still CANCELLED, exit 0; unknown: exit 1.
+    assert_eq!(rs(&["cancel", &id]).status.code(), Some(0));
+    assert_eq!(rs(&["cancel", "e2e:never-was"]).status.code(), Some(1));
+}
