@@ -139,6 +139,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Print the JSON Schema of flow files (what client-configs/schema/flow.schema.json holds).
     Schema {
         /// Print the schema of catalog rules instead.
@@ -167,14 +172,8 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            // Bad usage: one line, exit 2.
-            let rendered = e.render().to_string();
-            let first = rendered
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("invalid usage")
-                .trim_start_matches("error: ");
-            eprintln!("rulestream: {first} (see rulestream --help)");
+            // Bad usage: one line naming what is wrong, exit 2.
+            eprintln!("rulestream: {} (see rulestream --help)", usage_line(&e));
             return ExitCode::from(2);
         }
     };
@@ -203,6 +202,15 @@ fn main() -> ExitCode {
                 Ok(ops::Waited::Done(o)) => Ok(o),
                 Err(e) => Err(e),
             }
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "rulestream",
+                &mut std::io::stdout(),
+            );
+            Ok(Outcome::Ok)
         }
         Command::Status { id, json } => ops::status(&id, json),
         Command::Trace { id, json } => ops::trace(&id, json),
@@ -269,6 +277,25 @@ fn main() -> ExitCode {
             eprintln!("rulestream: {}", one_line(&e));
             ExitCode::from(2)
         }
+    }
+}
+
+/// clap's error on one line: the message and what it lists (the missing `--flow <FLOW>`, a
+/// suggestion), without the usage block.
+fn usage_line(e: &clap::Error) -> String {
+    let rendered = e.render().to_string();
+    let parts: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty())
+        .collect();
+    let line = parts.join(" ");
+    let line = line.trim_start_matches("error: ").trim();
+    if line.is_empty() {
+        "invalid usage".to_string()
+    } else {
+        line.to_string()
     }
 }
 

@@ -273,3 +273,27 @@ fn dry_run_takes_mocks_and_client_data_and_says_a_rate_limit_was_granted() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("fraud"));
 }
+
+/// Usage errors name what is wrong on one line (SPEC section 6), e.g. the missing option.
+#[test]
+fn usage_errors_name_the_missing_option_and_completions_are_printed() {
+    let o = rulestream(&["dry-run", "--input", "{}"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(err.contains("--flow"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    let o = rulestream(&["run", "acme"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(err.contains("<FLOW>") && err.contains("--input"), "{err}");
+    for shell in ["bash", "zsh", "fish"] {
+        let o = rulestream(&["completions", shell]);
+        assert_eq!(o.status.code(), Some(0), "{shell}");
+        let script = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            script.contains("dry-run") && script.contains("rulestream"),
+            "{shell}"
+        );
+    }
+    assert_eq!(rulestream(&["completions", "tcsh"]).status.code(), Some(2));
+}
