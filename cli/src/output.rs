@@ -2,46 +2,11 @@
 
 use rulestream_core::engine::Explain;
 use rulestream_core::{Flow, RunReport};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// The `dry-run --json` document (SPEC section 6).
 pub fn dry_run_json(r: &RunReport) -> Value {
-    let steps: Vec<Value> = r
-        .steps
-        .iter()
-        .map(|s| {
-            // As in a trace: actual values cut, values read from `client` hidden.
-            let mut explain = serde_json::to_value(&s.explain).unwrap_or(Value::Null);
-            rulestream_core::chain::sanitize_explain(&mut explain);
-            let mut step = json!({
-                "rule": s.rule,
-                "outcome": s.outcome,
-                "transition": s.transition,
-                "explain": explain,
-                "set": s.set,
-            });
-            if let Some(note) = &s.note {
-                step["note"] = json!(note);
-            }
-            step
-        })
-        .collect();
-    let mut doc = json!({
-        "status": r.status,
-        "reason": r.reason,
-        "path": r.path,
-        "steps": steps,
-        "ctx": r.ctx,
-        "tags": r.tags,
-        "actions": r.actions,
-    });
-    if let Some(route) = &r.route {
-        doc["route"] = json!(route);
-    }
-    if let Some(e) = &r.error {
-        doc["error"] = json!(e);
-    }
-    doc
+    r.spec_json()
 }
 
 fn transition_text(t: &Value) -> String {

@@ -344,6 +344,16 @@ where
         }
     }
 
+    /// The rule a row the orchestrator wrote will run (its seal opened, nothing else done);
+    /// `None` for a row that is not sealed or does not open. The sync API's inline mode asks
+    /// this to decide where to hand the rest of an execution to the chain.
+    pub async fn next_rule(&self, row: &Value) -> Option<String> {
+        let sealed: SealedRow = serde_json::from_value(row.clone()).ok()?;
+        let plain = self.sealer.open(&sealed.aad(), &sealed.sealed).await.ok()?;
+        let carried: Carried = serde_json::from_slice(&plain).ok()?;
+        carried.state.rule
+    }
+
     async fn load(&self, client: &str, flow: &str, version: u64) -> Result<Load, Retry> {
         match self.flows.flow_version(client, flow, version).await {
             Ok(f) => Ok(Load::Ok(f)),

@@ -1319,6 +1319,49 @@ pub struct RunReport {
     pub actions: Vec<PlannedAction>,
 }
 
+impl RunReport {
+    /// The dry-run answer of SPEC section 6 (and of the API's `POST /v1/dry-run`):
+    /// `{status, reason, path, steps: [{rule, outcome, transition, explain, set, note?}], ctx,
+    /// tags, actions}` (+ `error`, `route`), explains cut and client data hidden as in a trace.
+    pub fn spec_json(&self) -> Value {
+        let steps: Vec<Value> = self
+            .steps
+            .iter()
+            .map(|s| {
+                let mut explain = serde_json::to_value(&s.explain).unwrap_or(Value::Null);
+                crate::chain::sanitize_explain(&mut explain);
+                let mut step = json!({
+                    "rule": s.rule,
+                    "outcome": s.outcome,
+                    "transition": s.transition,
+                    "explain": explain,
+                    "set": s.set,
+                });
+                if let Some(note) = &s.note {
+                    step["note"] = json!(note);
+                }
+                step
+            })
+            .collect();
+        let mut doc = json!({
+            "status": self.status,
+            "reason": self.reason,
+            "path": self.path,
+            "steps": steps,
+            "ctx": self.ctx,
+            "tags": self.tags,
+            "actions": self.actions,
+        });
+        if let Some(route) = &self.route {
+            doc["route"] = json!(route);
+        }
+        if let Some(e) = &self.error {
+            doc["error"] = json!(e);
+        }
+        doc
+    }
+}
+
 /// Runs an execution from its start rule to the end (dry-run and inline mode).
 pub async fn run<E: Effects>(
     flow: &CompiledFlow,

@@ -1,0 +1,313 @@
+//! The sync API (SPEC section 5) on the local stack: the real `sync-api` binary under `cargo lambda
+//! watch`, reached through its function URL (`/lambda-url/sync-api/...`, the API Gateway HTTP API
+//! payload v2 the function gets on AWS too), in front of the same tables and orchestrator.
+
+use std::process::Command;
+
+use rulestream_e2e::{Stack, new_id};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+fn base() -> String {
+    let port = std::env::var("RULESTREAM_LAMBDA_PORT").unwrap_or_else(|_| "9000".into());
+    format!("http://127.0.0.1:{port}/lambda-url/sync-api")
+}
+
+/// (status, body) of one request; `key` goes in `x-api-key`.
+fn call(method: &str, path: &str, key: Option<&str>, body: Option<&str>) -> (u16, Value) {
+    let mut c = Command::new("curl");
+    c.args([
+        "-sS",
+        "--max-time",
+        "60",
+        "-X",
+        method,
+        "-w",
+        "\n%{http_code}",
+    ]);
+    c.args(["-H", "content-type: application/json"]);
+    if let Some(k) = key {
+        c.args(["-H", &format!("x-api-key: {k}")]);
+    }
+    if body.is_some() {
+        c.args(["--data-binary", "@-"]);
+        c.stdin(std::process::Stdio::piped());
+    }
+    c.arg(format!("{}{path}", base()));
+    c.stdout(std::process::Stdio::piped());
+    let mut child = c.spawn().expect("curl runs");
+    if let Some(b) = body {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(b.as_bytes())
+            .expect("write body");
+    }
+    let out = child.wait_with_output().expect("curl ends");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').expect("status line");
+    let status: u16 = code.trim().parse().expect("status code");
+    let v = serde_json::from_str(body).unwrap_or(Value::String(body.to_string()));
+    (status, v)
+}
+
+fn hex(key: &str) -> String {
+    Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn error_code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("?")
+}
+
+/// Registers `flow` for its client with API key `key` (and a rotated-out second key).
+async fn register(stack: &Stack, flow: &Value, key: &str) {
+    stack.register_flow(flow).await;
+    let client = flow["client_id"].as_str().expect("client");
+    let id = flow["flow_id"].as_str().expect("flow");
+    stack
+        .ddb
+        .update_item()
+        .table_name(stack.table("clients"))
+        .key(
+            "client_id",
+            aws_sdk_dynamodb::types::AttributeValue::S(client.into()),
+        )
+        .key(
+            "flow_id",
+            aws_sdk_dynamodb::types::AttributeValue::S(id.into()),
+        )
+        .update_expression("SET api_key_sha256 = :k")
+        .expression_attribute_values(
+            ":k",
+            aws_sdk_dynamodb::types::AttributeValue::L(vec![
+                aws_sdk_dynamodb::types::AttributeValue::S(hex(key)),
+                aws_sdk_dynamodb::types::AttributeValue::S(hex("an-older-key")),
+            ]),
+        )
+        .send()
+        .await
+        .expect("set the API key");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_wait_read_list_cancel_and_dry_run_with_auth() {
+    let stack = Stack::from_env().await;
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let client = format!("api{}", &tag[..8]);
+    let other = format!("oth{}", &tag[..8]);
+    let key = format!("key-{tag}");
+    let other_key = format!("other-{tag}");
+    let flow = json!({"client_id": client, "flow_id": "score", "version": 1,
+        "terminal_statuses": ["HIGH", "LOW"],
+        "rules": [{"id": "size", "conditions": [[{"field": "input.n", "op": "gte", "value": 10}]],
+                   "on": {"true": {"complete": "HIGH"}, "false": {"next": true}}},
+                  {"id": "low", "when": "true", "on": {"true": {"complete": "LOW", "set": {"twice": "input.n * 2"}}}}]});
+    register(&stack, &flow, &key).await;
+    let mut other_flow = flow.clone();
+    other_flow["client_id"] = json!(other);
+    register(&stack, &other_flow, &other_key).await;
+    let k = Some(key.as_str());
+
+    // Auth.
+    let start = json!({"client_id": client, "flow_id": "score", "input": {"n": 3}}).to_string();
+    let (s, v) = call("POST", "/v1/executions", None, Some(&start));
+    assert_eq!((s, error_code(&v)), (401, "unauthorized"), "{v}");
+    let (s, _) = call("POST", "/v1/executions", Some("wrong"), Some(&start));
+    assert_eq!(s, 401);
+    let (s, v) = call("POST", "/v1/executions", Some(&other_key), Some(&start));
+    assert_eq!((s, error_code(&v)), (403, "forbidden"), "{v}");
+
+    // Bad requests name the field.
+    let (s, v) = call("POST", "/v1/executions", k, Some("{not json"));
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = call(
+        "POST",
+        "/v1/executions",
+        k,
+        Some(&json!({"client_id": client, "input": {}}).to_string()),
+    );
+    assert!(
+        s == 400
+            && v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("flow_id")),
+        "{v}"
+    );
+    let (s, v) = call("POST", "/v1/executions", k, Some(&json!({"client_id": client, "flow_id": "score", "input": {}, "wait": {"terminal_statuses": ["NOPE"]}}).to_string()));
+    assert!(
+        s == 400
+            && v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("NOPE")),
+        "{v}"
+    );
+    let (s, v) = call("POST", "/v1/executions", k, Some(&json!({"client_id": client, "flow_id": "score", "input": {}, "execution_id": format!("{other}:x")}).to_string()));
+    assert!(
+        s == 400
+            && v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("execution_id")),
+        "{v}"
+    );
+    let (s, v) = call(
+        "POST",
+        "/v1/executions",
+        k,
+        Some(&json!({"client_id": client, "flow_id": "nope", "input": {}}).to_string()),
+    );
+    assert_eq!((s, error_code(&v)), (404, "not_found"), "{v}");
+    let big =
+        json!({"client_id": client, "flow_id": "score", "input": {"blob": "x".repeat(300_000)}})
+            .to_string();
+    let (s, v) = call("POST", "/v1/executions", k, Some(&big));
+    assert_eq!((s, error_code(&v)), (413, "payload_too_large"), "{v}");
+
+    // Start and wait (chain mode): 200 with the end.
+    let id = new_id(&client, "api");
+    let body = json!({"client_id": client, "flow_id": "score", "input": {"n": 3}, "execution_id": id,
+                      "wait": {"terminal_statuses": ["LOW", "HIGH"], "timeout_ms": 20000}});
+    let (s, v) = call("POST", "/v1/executions", k, Some(&body.to_string()));
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["status"], "LOW");
+    assert_eq!(v["output"]["twice"], json!(6));
+    assert_eq!(v["flow_version"], json!(1));
+    assert_eq!(v["execution_id"], json!(id));
+    // The same id again: 409.
+    let (s, v) = call("POST", "/v1/executions", k, Some(&body.to_string()));
+    assert_eq!((s, error_code(&v)), (409, "conflict"), "{v}");
+    // Read it: summary and trace; another client's key sees nothing.
+    let (s, v) = call("GET", &format!("/v1/executions/{id}"), k, None);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["trace"].as_array().map(Vec::len), Some(2));
+    let (s, _) = call(
+        "GET",
+        &format!("/v1/executions/{id}"),
+        Some(&other_key),
+        None,
+    );
+    assert_eq!(s, 404);
+    let (s, _) = call("GET", &format!("/v1/executions/{client}:never"), k, None);
+    assert_eq!(s, 404);
+
+    // Async: 202, then it ends.
+    let (s, v) = call(
+        "POST",
+        "/v1/executions",
+        k,
+        Some(&json!({"client_id": client, "flow_id": "score", "input": {"n": 50}}).to_string()),
+    );
+    assert_eq!(s, 202, "{v}");
+    assert_eq!(v["status"], "RUNNING");
+    let async_id = v["execution_id"].as_str().expect("id").to_string();
+    assert!(async_id.starts_with(&format!("{client}:")));
+    let done = stack
+        .wait_all(
+            std::slice::from_ref(&async_id),
+            std::time::Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(done[&async_id]["status"], "HIGH");
+    // A wait that times out first: 202.
+    let (s, v) = call("POST", "/v1/executions", k, Some(&json!({"client_id": client, "flow_id": "score", "input": {"n": 1}, "wait": {"timeout_ms": 0}}).to_string()));
+    assert_eq!((s, v["status"].clone()), (202, json!("RUNNING")), "{v}");
+
+    // Inline: every step in the invocation, the same summary and steps, no trigger row.
+    let inline_id = new_id(&client, "inline");
+    let (s, v) = call("POST", "/v1/executions", k, Some(&json!({"client_id": client, "flow_id": "score", "input": {"n": 4}, "execution_id": inline_id, "mode": "inline"}).to_string()));
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["status"], "LOW");
+    assert_eq!(v["output"]["twice"], json!(8));
+    assert!(
+        stack
+            .items_of(&stack.table("trigger"), &inline_id)
+            .await
+            .is_empty(),
+        "no trigger rows inline"
+    );
+    assert_eq!(
+        stack
+            .items_of(&stack.table("steps"), &inline_id)
+            .await
+            .len(),
+        2
+    );
+    let e = stack.execution(&inline_id).await.expect("summary");
+    assert_eq!(e["steps_total"], json!(2));
+
+    // Listing: newest first, this client's only.
+    let (s, v) = call("GET", "/v1/executions?flow_id=score", k, None);
+    assert_eq!(s, 200, "{v}");
+    let listed: Vec<&str> = v["executions"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|e| e["execution_id"].as_str())
+        .collect();
+    assert!(
+        listed.contains(&id.as_str()) && listed.contains(&inline_id.as_str()),
+        "{v}"
+    );
+    assert!(listed.iter().all(|i| i.starts_with(&format!("{client}:"))));
+    let (s, _) = call("GET", &format!("/v1/executions?client_id={other}"), k, None);
+    assert_eq!(s, 403);
+
+    // Cancel: a running execution ends CANCELLED; again is fine; an ended one is a conflict.
+    let running = format!("{client}:cancel-{tag}");
+    stack
+        .ddb
+        .put_item()
+        .table_name(stack.table("executions"))
+        .set_item(Some(
+            serde_dynamo::to_item(
+                json!({"execution_id": running, "client_id": client, "flow_id": "score",
+            "flow_version": 1, "status": "RUNNING", "started_at": chrono::Utc::now().to_rfc3339()}),
+            )
+            .expect("item"),
+        ))
+        .send()
+        .await
+        .expect("put summary");
+    let (s, v) = call("POST", &format!("/v1/executions/{running}/cancel"), k, None);
+    assert_eq!((s, v["status"].clone()), (200, json!("CANCELLED")), "{v}");
+    let (s, _) = call("POST", &format!("/v1/executions/{running}/cancel"), k, None);
+    assert_eq!(s, 200);
+    let (s, v) = call("POST", &format!("/v1/executions/{id}/cancel"), k, None);
+    assert_eq!((s, error_code(&v)), (409, "conflict"), "{v}");
+
+    // Dry run: no side effects, client data stand-in hidden in the explain.
+    let (s, v) = call(
+        "POST",
+        "/v1/dry-run",
+        k,
+        Some(&json!({"client_id": client, "flow_id": "score", "input": {"n": 12}}).to_string()),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["status"], "HIGH");
+    assert_eq!(v["path"], json!(["size"]));
+    assert_eq!(
+        v["steps"][0]["explain"]["conditions"][0]["expected"],
+        json!(10)
+    );
+    assert!(
+        stack
+            .execution(&format!("{client}:dry-run"))
+            .await
+            .is_none(),
+        "nothing written"
+    );
+    let (s, _) = call(
+        "POST",
+        "/v1/dry-run",
+        Some(&other_key),
+        Some(&json!({"client_id": client, "flow_id": "score", "input": {}}).to_string()),
+    );
+    assert_eq!(s, 403);
+    // Unknown route.
+    let (s, v) = call("GET", "/v1/nothing", k, None);
+    assert_eq!((s, error_code(&v)), (404, "not_found"), "{v}");
+}
