@@ -62,7 +62,14 @@ MANAGED_ALLOWED = {
         "arn:aws:iam::aws:policy/AWSXrayWriteOnlyAccess",
         "arn:aws:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole",
     },
+    "sync-api": {
+        "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole",
+        "arn:aws:iam::aws:policy/AWSXrayWriteOnlyAccess",
+        "arn:aws:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole",
+    },
 }
+
+FUNCTIONS = ("orchestrator", "sweeper", "sync-api")
 
 
 class Unresolved(Exception):
@@ -319,7 +326,7 @@ def _(st):
 def _(st):
     targets = st.table_targets("steps") + st.table_targets("executions") + st.table_targets("trigger")
     out = []
-    for fn in ("orchestrator", "sweeper"):
+    for fn in FUNCTIONS:
         out += grants(st.statements_of_role(st.role_of(fn)), ddb(DDB_BULK_READ), targets)
     return out
 
@@ -328,7 +335,7 @@ def _(st):
 def _(st):
     targets = sum((st.table_targets(t) for t in ("trigger", "steps", "executions", "clients", "catalog")), [])
     out = []
-    for fn in ("orchestrator", "sweeper"):
+    for fn in FUNCTIONS:
         out += grants(st.statements_of_role(st.role_of(fn)), ddb(DDB_DELETE), targets)
     return out
 
@@ -354,12 +361,12 @@ def _(st):
 
 
 @check("sts-assume-client-roles-only",
-       "sts:AssumeRole only on rulestream-client-* roles, only by the orchestrator, with an "
-       "ExternalId required")
+       "sts:AssumeRole only on rulestream-client-* roles, only by the functions that run steps "
+       "(the orchestrator, the sync API's inline mode), with an ExternalId required")
 def _(st):
     out = []
-    orch_role = st.role_of("orchestrator")
-    orch_sources = {s.source for s in st.statements_of_role(orch_role)}
+    orch_sources = {s.source for fn in ("orchestrator", "sync-api")
+                    for s in st.statements_of_role(st.role_of(fn))}
     for s in st.all_policy_statements():
         if not s.grants("sts:AssumeRole"):
             continue
@@ -421,7 +428,7 @@ def _(st):
        "NotAction or NotResource")
 def _(st):
     out = []
-    for fn in ("orchestrator", "sweeper"):
+    for fn in FUNCTIONS:
         for s in st.statements_of_role(st.role_of(fn)):
             if s.effect != "Allow":
                 continue
@@ -465,6 +472,16 @@ def _(st):
             ("sts:AssumeRole", f"arn:{PARTITION}:iam::210987654321:role/rulestream-client-acme"),
             ("sqs:SendMessage", st.getatt(st.find("AWS::SQS::Queue", st.prefix + "-orchestrator-dlq"), "Arn")),
         ],
+        "sync-api": [
+            ("dynamodb:PutItem", st.table_arn("trigger")),
+            ("dynamodb:PutItem", st.table_arn("steps")),
+            ("dynamodb:Query", st.table_arn("steps")),
+            ("dynamodb:UpdateItem", st.table_arn("executions")),
+            ("dynamodb:Query", f"{st.table_arn('executions')}/index/by-client"),
+            ("dynamodb:Scan", st.table_arn("clients")),
+            ("secretsmanager:GetSecretValue", st.secret_arn("state-key")),
+            ("secretsmanager:GetSecretValue", st.secret_arn("redis-auth")),
+        ],
         "sweeper": [
             ("dynamodb:Query", f"{st.table_arn('steps')}/index/pending"),
             ("dynamodb:UpdateItem", st.table_arn("steps")),
@@ -487,7 +504,8 @@ def _(st):
 def _(st):
     out = []
     pointed = {"orchestrator": ("RULESTREAM_STATE_KEY_SECRET", "REDIS_AUTH_SECRET"),
-               "sweeper": ("REDIS_AUTH_SECRET",)}
+               "sweeper": ("REDIS_AUTH_SECRET",),
+               "sync-api": ("RULESTREAM_STATE_KEY_SECRET", "REDIS_AUTH_SECRET")}
     for fn, variables in pointed.items():
         env = st.env_of(fn)
         sts = st.statements_of_role(st.role_of(fn))
@@ -520,7 +538,7 @@ def _(st):
         token = st.render(p.get("AuthToken"))
         if token != expected_token:
             out.append(f"{rid}.AuthToken is {token!r}, not {expected_token!r}")
-    for fn in ("orchestrator", "sweeper"):
+    for fn in FUNCTIONS:
         url = str(st.env_of(fn).get("REDIS_URL"))
         if not url.startswith("rediss://"):
             out.append(f"{fn} REDIS_URL is {url!r}, not rediss://")
@@ -626,8 +644,17 @@ def _table(logical_id):
     return lambda t: t["Resources"][logical_id]["Properties"]
 
 
-ORCH, SWEEP = "OrchestratorFunction", "SweeperFunction"
+ORCH, SWEEP, API = "OrchestratorFunction", "SweeperFunction", "SyncApiFunction"
 MUTATIONS = [
+    ("sync-api Scan on the executions table",
+     _add_statement(API, {"Effect": "Allow", "Action": "dynamodb:Scan",
+                          "Resource": {"Fn::GetAtt": ["ExecutionsTable", "Arn"]}}),
+     ["no-scan-steps-executions"]),
+    ("sync-api without its listing index",
+     lambda t: next(s for s in _role_policy(t, API)["Policies"][-1]["PolicyDocument"]["Statement"]
+                    if s.get("Sid") == "ExecutionsReadWrite").__setitem__(
+         "Resource", {"Fn::GetAtt": ["ExecutionsTable", "Arn"]}),
+     ["required-grants"]),
     ("orchestrator PutItem on the clients table",
      _add_statement(ORCH, {"Effect": "Allow", "Action": "dynamodb:PutItem",
                            "Resource": {"Fn::GetAtt": ["ClientsTable", "Arn"]}}),
