@@ -110,6 +110,29 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run an execution again: a new one on the original's input, linked by rerun_of (the
+    /// original is never changed), on the flow's current release or, with --same-version, on the
+    /// version the original ran.
+    Rerun {
+        /// The execution to run again.
+        id: String,
+        /// Run the version the original ran instead of the current release.
+        #[arg(long)]
+        same_version: bool,
+        /// Start from a rule (its first visit) or a seq, with the context the original had
+        /// there. Not built yet: refused.
+        #[arg(long, value_name = "RULE|SEQ")]
+        from: Option<String>,
+        /// Wait for the end (exit 1 if FAILED, 3 on timeout).
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits, in seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Cancel a running execution: it ends CANCELLED before its next step.
     Cancel {
         /// The execution id.
@@ -211,6 +234,26 @@ fn main() -> ExitCode {
                 &mut std::io::stdout(),
             );
             Ok(Outcome::Ok)
+        }
+        Command::Rerun {
+            id,
+            same_version,
+            from,
+            wait,
+            timeout,
+            json,
+        } => {
+            if let Some(f) = from {
+                eprintln!(
+                    "rulestream: rerun --from {f} is not built yet: rerun without it starts from the first rule"
+                );
+                return ExitCode::from(2);
+            }
+            match ops::rerun(&id, same_version, wait, timeout, json) {
+                Ok(ops::Waited::TimedOut) => return ExitCode::from(3),
+                Ok(ops::Waited::Done(o)) => Ok(o),
+                Err(e) => Err(e),
+            }
         }
         Command::Status { id, json } => ops::status(&id, json),
         Command::Trace { id, json } => ops::trace(&id, json),

@@ -303,6 +303,84 @@ pub fn run(a: &RunArgs) -> anyhow::Result<Waited> {
     if let Some(v) = a.flow_version {
         row["flow_version"] = json!(v);
     }
+    start_and_follow(&b, &rt, row, a.wait, a.timeout_secs, a.json)
+}
+
+/// `rerun ID [--same-version] [--wait]`: a new execution of the original's client and flow, on
+/// its input (read from its seq 0 row), linked by `rerun_of`; the original is never changed.
+pub fn rerun(
+    original: &str,
+    same_version: bool,
+    wait: bool,
+    timeout_secs: u64,
+    json_out: bool,
+) -> anyhow::Result<Waited> {
+    let b = Backend::connect()?;
+    let rt = runtime()?;
+    let got = rt
+        .block_on(
+            b.ddb
+                .get_item()
+                .table_name(&b.cfg.trigger_table)
+                .key("execution_id", AttributeValue::S(original.to_string()))
+                .key("seq", AttributeValue::N("0".into()))
+                .consistent_read(true)
+                .send(),
+        )
+        .map_err(|e| {
+            anyhow!(
+                "cannot read {}: {}",
+                b.cfg.trigger_table,
+                aws_sdk_dynamodb::error::DisplayErrorContext(&e)
+            )
+        })?;
+    let Some(item) = got.item else {
+        eprintln!(
+            "rulestream: no seq 0 row of `{original}` (unknown, or expired: trigger rows live {} days, and a rerun needs the original input)",
+            b.cfg.trigger_ttl.as_secs() / 86_400
+        );
+        return Ok(Waited::Done(Outcome::UserFix));
+    };
+    let first: Value = serde_dynamo::from_item(item).context("the original's seq 0 row")?;
+    let client = first["client_id"].as_str().unwrap_or_default().to_string();
+    let id = format!("{client}:{}", uuid::Uuid::new_v4());
+    let mut row = json!({"execution_id": id, "seq": 0, "client_id": client,
+        "flow_id": first["flow_id"], "input": first["input"], "rerun_of": original,
+        "expires_at": chrono::Utc::now().timestamp() + 7 * 86_400});
+    if let Some(rules) = first.get("rules").filter(|r| r.is_string()) {
+        row["rules"] = rules.clone();
+    }
+    if same_version {
+        let summary = rt
+            .block_on(b.journal.summary(original))
+            .map_err(backend_error)?;
+        match summary
+            .as_ref()
+            .and_then(|s| s.get("flow_version"))
+            .and_then(Value::as_u64)
+        {
+            Some(v) => row["flow_version"] = json!(v),
+            None => bail!("--same-version: `{original}` has no recorded flow version"),
+        }
+    }
+    start_and_follow(&b, &rt, row, wait, timeout_secs, json_out)
+}
+
+/// Inserts a seq 0 row (never over an existing id) and, with `wait`, follows the execution.
+fn start_and_follow(
+    b: &Backend,
+    rt: &tokio::runtime::Runtime,
+    row: Value,
+    wait: bool,
+    timeout_secs: u64,
+    json_out: bool,
+) -> anyhow::Result<Waited> {
+    let id = row["execution_id"].as_str().unwrap_or_default().to_string();
+    let a = FollowArgs {
+        wait,
+        timeout_secs,
+        json: json_out,
+    };
     let item: HashMap<String, AttributeValue> =
         serde_dynamo::to_item(&row).context("the trigger row")?;
     let put = rt.block_on(
@@ -327,6 +405,22 @@ pub fn run(a: &RunArgs) -> anyhow::Result<Waited> {
             aws_sdk_dynamodb::error::DisplayErrorContext(&e)
         );
     }
+    follow(b, rt, &id, &a)
+}
+
+struct FollowArgs {
+    wait: bool,
+    timeout_secs: u64,
+    json: bool,
+}
+
+fn follow(
+    b: &Backend,
+    rt: &tokio::runtime::Runtime,
+    id: &str,
+    a: &FollowArgs,
+) -> anyhow::Result<Waited> {
+    let id = id.to_string();
     if !a.wait {
         if a.json {
             println!("{}", json!({"execution_id": id, "status": RUNNING}));

@@ -141,6 +141,28 @@ async fn run_wait_status_trace_and_logs() {
     assert_eq!(out_json(&o)["status"], "FAILED");
     // Unknown ids.
     assert_eq!(rs(&["status", "e2e:nope-nope"]).status.code(), Some(1));
+
+    // Rerun: a new execution on the original's input, linked by rerun_of; the original unchanged.
+    let o = rs(&["rerun", &id, "--same-version", "--wait", "--json"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let again = out_json(&o);
+    assert_eq!(again["status"], "SMALL");
+    assert_eq!(again["output"]["twice"], json!(6));
+    let new_id = again["execution_id"].as_str().expect("id").to_string();
+    assert_ne!(new_id, id);
+    let st = out_json(&rs(&["status", &new_id, "--json"]));
+    assert_eq!(st["rerun_of"], json!(id));
+    assert_eq!(out_json(&rs(&["status", &id, "--json"]))["status"], "SMALL");
+    assert_eq!(rs(&["rerun", "e2e:nope-nope"]).status.code(), Some(1));
+    assert_eq!(
+        rs(&["rerun", &id, "--from", "small"]).status.code(),
+        Some(2)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
