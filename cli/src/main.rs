@@ -120,7 +120,7 @@ enum Command {
         #[arg(long)]
         same_version: bool,
         /// Start from a rule (its first visit) or a seq, with the context the original had
-        /// there. Not built yet: refused.
+        /// there (the orchestrator reads it from the original's steps).
         #[arg(long, value_name = "RULE|SEQ")]
         from: Option<String>,
         /// Wait for the end (exit 1 if FAILED, 3 on timeout).
@@ -242,19 +242,11 @@ fn main() -> ExitCode {
             wait,
             timeout,
             json,
-        } => {
-            if let Some(f) = from {
-                eprintln!(
-                    "rulestream: rerun --from {f} is not built yet: rerun without it starts from the first rule"
-                );
-                return ExitCode::from(2);
-            }
-            match ops::rerun(&id, same_version, wait, timeout, json) {
-                Ok(ops::Waited::TimedOut) => return ExitCode::from(3),
-                Ok(ops::Waited::Done(o)) => Ok(o),
-                Err(e) => Err(e),
-            }
-        }
+        } => match ops::rerun(&id, same_version, from.as_deref(), wait, timeout, json) {
+            Ok(ops::Waited::TimedOut) => return ExitCode::from(3),
+            Ok(ops::Waited::Done(o)) => Ok(o),
+            Err(e) => Err(e),
+        },
         Command::Status { id, json } => ops::status(&id, json),
         Command::Trace { id, json } => ops::trace(&id, json),
         Command::Cancel { id, json } => ops::cancel_cmd(&id, json),

@@ -306,11 +306,14 @@ pub fn run(a: &RunArgs) -> anyhow::Result<Waited> {
     start_and_follow(&b, &rt, row, a.wait, a.timeout_secs, a.json)
 }
 
-/// `rerun ID [--same-version] [--wait]`: a new execution of the original's client and flow, on
-/// its input (read from its seq 0 row), linked by `rerun_of`; the original is never changed.
+/// `rerun ID [--from RULE|SEQ] [--same-version] [--wait]`: a new execution of the original's
+/// client and flow, on its input (read from its seq 0 row), linked by `rerun_of`; with `from`,
+/// starting at that step with the context the original had there (read by the orchestrator).
+/// The original is never changed.
 pub fn rerun(
     original: &str,
     same_version: bool,
+    from: Option<&str>,
     wait: bool,
     timeout_secs: u64,
     json_out: bool,
@@ -349,6 +352,9 @@ pub fn rerun(
         "expires_at": chrono::Utc::now().timestamp() + 7 * 86_400});
     if let Some(rules) = first.get("rules").filter(|r| r.is_string()) {
         row["rules"] = rules.clone();
+    }
+    if let Some(f) = from {
+        row["from"] = json!(f);
     }
     if same_version {
         let summary = rt

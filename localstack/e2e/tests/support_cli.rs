@@ -159,9 +159,35 @@ async fn run_wait_status_trace_and_logs() {
     assert_eq!(st["rerun_of"], json!(id));
     assert_eq!(out_json(&rs(&["status", &id, "--json"]))["status"], "SMALL");
     assert_eq!(rs(&["rerun", "e2e:nope-nope"]).status.code(), Some(1));
+    // From a rule: only that step runs, with the context the original had there.
+    let o = rs(&["rerun", &id, "--from", "small", "--wait", "--json"]);
     assert_eq!(
-        rs(&["rerun", &id, "--from", "small"]).status.code(),
-        Some(2)
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let from = out_json(&o);
+    assert_eq!(from["status"], "SMALL");
+    let tr = out_json(&rs(&[
+        "trace",
+        from["execution_id"].as_str().expect("id"),
+        "--json",
+    ]));
+    let rules: Vec<&str> = tr["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .filter_map(|s| s["rule"].as_str())
+        .collect();
+    assert_eq!(rules, vec!["small"]);
+    // From a step the original never ran: it ends FAILED saying so (exit 1).
+    let o = rs(&["rerun", &id, "--from", "99", "--wait", "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        out_json(&o)["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("no such step"))
     );
 }
 

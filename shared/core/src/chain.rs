@@ -534,15 +534,73 @@ where
                 };
             }
         }
+        let state = match row.from.as_deref() {
+            None => RunState::default(),
+            Some(from) => match self
+                .rerun_state(&row.client_id, row.rerun_of.as_deref(), from, &flow)
+                .await?
+            {
+                Ok(s) => s,
+                Err(why) => return self.end_failed(&header, &RunState::default(), why).await,
+            },
+        };
         let carried = Carried {
             input: row.input,
             rules: row.rules,
-            state: RunState::default(),
+            state,
             started_at: header.started_at.clone(),
             rerun_of: row.rerun_of,
             client,
         };
         self.hop(table, header, flow, carried).await
+    }
+
+    /// The state a rerun `--from` starts with: the original's context just before the step
+    /// `from` (a seq, or a rule id: its first visit), read from the original's steps. `Ok(Err)`
+    /// for a rerun that cannot start (and says why); the original must be the same client's.
+    async fn rerun_state(
+        &self,
+        client: &str,
+        original: Option<&str>,
+        from: &str,
+        flow: &CompiledFlow,
+    ) -> Result<Result<RunState, String>, Retry> {
+        let Some(original) = original else {
+            return Ok(Err("malformed trigger row: `from` needs `rerun_of`".into()));
+        };
+        if !original.starts_with(&format!("{client}:")) {
+            return Ok(Err(format!(
+                "malformed trigger row: `rerun_of` {original} is not an execution of client `{client}`"
+            )));
+        }
+        let steps = match self.journal.steps(original).await {
+            Ok(s) => decided(s),
+            Err(StoreError::Transient(e)) => return Err(Retry(e)),
+            Err(e) => return Ok(Err(format!("rerun from `{from}`: {e}"))),
+        };
+        let at = match from.parse::<u64>() {
+            Ok(seq) => steps
+                .iter()
+                .position(|s| s.get("seq").and_then(Value::as_u64) == Some(seq)),
+            Err(_) => steps.iter().position(|s| str_of(s, "rule") == from),
+        };
+        let Some(at) = at else {
+            return Ok(Err(format!(
+                "rerun from `{from}`: {original} has no such step ({} steps recorded)",
+                steps.len()
+            )));
+        };
+        let rule = str_of(&steps[at], "rule").to_string();
+        if !flow.flow().rules.iter().any(|r| r.id == rule) {
+            return Ok(Err(format!(
+                "rerun from `{from}`: rule `{rule}` is not in version {} of the flow",
+                flow.flow().version
+            )));
+        }
+        let mut state = replay(&steps[..at], flow.reads_steps());
+        state.seq = 0;
+        state.rule = Some(rule);
+        Ok(Ok(state))
     }
 
     /// Whether a start of `client` fits its quota. A redelivered seq 0 row of an execution that

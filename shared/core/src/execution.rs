@@ -31,6 +31,10 @@ pub struct TriggerRow {
     /// The execution this one reruns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rerun_of: Option<String>,
+    /// With `rerun_of`: start at this step of the original (a seq, or a rule id meaning its
+    /// first visit), with the context the original had there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
     /// TTL (epoch seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<i64>,

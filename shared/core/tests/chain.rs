@@ -836,3 +836,53 @@ fn a_cancelled_execution_ends_before_its_next_step_and_cancel_is_safe_to_repeat(
         Ok(Cancel::AlreadyEnded("NO".into()))
     );
 }
+
+#[test]
+fn a_rerun_from_a_step_starts_there_with_the_originals_context() {
+    let c = chain();
+    block(c.run_row(None, start("acme:orig", json!({"n": 5})))).expect("start");
+    drain(&c, 1);
+    assert_eq!(summary(&c, "acme:orig")["status"], "OK");
+    let rerun = |id: &str, of: &str, from: &str| {
+        json!({"execution_id": id, "seq": 0, "client_id": "acme", "flow_id": "f",
+               "input": {"n": 5}, "rerun_of": of, "from": from})
+    };
+    // From rule `b` (and from seq 1, the same step): only `b` runs.
+    for (id, from) in [("acme:from-b", "b"), ("acme:from-1", "1")] {
+        block(c.run_row(None, rerun(id, "acme:orig", from))).expect("start");
+        drain(&c, 1);
+        let s = summary(&c, id);
+        assert_eq!(s["status"], "OK", "{s}");
+        assert_eq!(s["rerun_of"], "acme:orig");
+        let rules: Vec<&str> = s["trace"]
+            .as_array()
+            .expect("trace")
+            .iter()
+            .filter_map(|t| t["rule"].as_str())
+            .collect();
+        assert_eq!(rules, vec!["b"], "{s}");
+    }
+    // A step it never ran, another client's execution, `from` without `rerun_of`: FAILED.
+    for (id, row, why) in [
+        (
+            "acme:from-x",
+            rerun("acme:from-x", "acme:orig", "7"),
+            "no such step",
+        ),
+        (
+            "acme:from-o",
+            rerun("acme:from-o", "other:e", "b"),
+            "not an execution of client",
+        ),
+        (
+            "acme:from-n",
+            json!({"execution_id": "acme:from-n", "seq": 0, "client_id": "acme", "flow_id": "f", "input": {}, "from": "b"}),
+            "needs `rerun_of`",
+        ),
+    ] {
+        block(c.run_row(None, row)).expect("start");
+        let s = summary(&c, id);
+        assert_eq!(s["status"], "FAILED", "{s}");
+        assert!(s["reason"].as_str().is_some_and(|r| r.contains(why)), "{s}");
+    }
+}
