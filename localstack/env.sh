@@ -26,6 +26,9 @@ export RULESTREAM_AWS_PORT="${RULESTREAM_AWS_PORT:-4566}"      # LocalStack gate
 export RULESTREAM_REDIS_PORT="${RULESTREAM_REDIS_PORT:-6390}"  # redis-server
 export RULESTREAM_KAFKA_PORT="${RULESTREAM_KAFKA_PORT:-19092}" # tansu broker
 export RULESTREAM_LAMBDA_PORT="${RULESTREAM_LAMBDA_PORT:-9000}" # cargo lambda watch (Invoke API)
+# `lambda` master rules: the SDK's Lambda client reaches the rule functions that `cargo lambda
+# watch` serves (its Invoke API), the same binaries as on AWS.
+export AWS_ENDPOINT_URL_LAMBDA="${AWS_ENDPOINT_URL_LAMBDA:-http://127.0.0.1:$RULESTREAM_LAMBDA_PORT}"
 
 # The contract the code, tests and demos read.
 export RULESTREAM_PREFIX="${RULESTREAM_PREFIX:-rulestream}"

@@ -77,7 +77,7 @@ start() {
       done
       # Per-service endpoint overrides (AWS_ENDPOINT_URL_DYNAMODB...) and every other RULESTREAM_*
       # setting (RULESTREAM_TRIGGER_TTL_DAYS, RULESTREAM_CONFIG_TTL_SECS...) the caller exported.
-      env | grep -E '^(AWS_ENDPOINT_URL_[A-Z0-9_]+|RULESTREAM_[A-Z0-9_]+)=' | grep -v '^RULESTREAM_PREFIX=' || true
+      env | grep -E '^(AWS_ENDPOINT_URL_[A-Z0-9_]+|RULESTREAM_[A-Z0-9_]+)=' | grep -vE '^RULESTREAM_(PREFIX|E2E_FILTER|CHAOS_[A-Z_]+)=' || true
     } >"$ENV_FILE"
     args=(--invoke-address 127.0.0.1 --invoke-port "$PORT" --env-file "$ENV_FILE")
     [[ "${RULESTREAM_LAMBDA_RELOAD:-0}" == 1 ]] || args+=(--ignore-changes)

@@ -27,7 +27,7 @@ async fn run() -> Result<(), lambda_runtime::Error> {
     let chain = Arc::new(Chain {
         flows: AwsFlowSource::new(cfg.clone(), &sdk, Arc::clone(&limiter)),
         journal,
-        effects: AwsEffects::new(Arc::clone(&limiter), Arc::clone(&http)),
+        effects: AwsEffects::new(Arc::clone(&limiter), Arc::clone(&http), &sdk),
         deliveries: http,
         sealer: StateSealer::from_secret(&sdk, &cfg.state_key_secret),
         settings: cfg.chain_settings(),

@@ -29,7 +29,7 @@ async fn run() -> Result<(), lambda_http::Error> {
     let chain = Chain {
         flows: AwsFlowSource::new(cfg.clone(), &sdk, Arc::clone(&limiter)),
         journal: inline::Captured::new(journal),
-        effects: AwsEffects::new(Arc::clone(&limiter), Arc::clone(&http)),
+        effects: AwsEffects::new(Arc::clone(&limiter), Arc::clone(&http), &sdk),
         deliveries: http,
         sealer: StateSealer::from_secret(&sdk, &cfg.state_key_secret),
         settings: cfg.chain_settings(),

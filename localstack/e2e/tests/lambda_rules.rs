@@ -1,0 +1,113 @@
+//! `lambda` master rules (SPEC section 2) on the local stack: the orchestrator invokes the real
+//! example rule function (`functions/rules/score`, served by `cargo lambda watch`, reached through
+//! the SDK's endpoint setting `AWS_ENDPOINT_URL_LAMBDA`); a function that times out, answers
+//! garbage, fails or does not exist is an evaluation error, so `on_error` decides.
+
+use std::time::Duration;
+
+use rulestream_e2e::{Stack, new_id};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lambda_rules_decide_and_their_failures_take_on_error() {
+    let stack = Stack::from_env().await;
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let rule = |suffix: &str, function: &str, params: serde_json::Value, timeout: u64| {
+        json!({"rule_id": format!("score_{suffix}_{tag}"), "version": 1, "kind": "lambda",
+               "function": function, "params": params, "timeout_ms": timeout,
+               "description": "example rule function"})
+    };
+    let rules = [
+        rule(
+            "ok",
+            "rulestream-rule-score",
+            json!({"threshold": 100}),
+            10_000,
+        ),
+        rule(
+            "slow",
+            "rulestream-rule-score",
+            json!({"threshold": 100, "behave": "sleep", "sleep_ms": 4000}),
+            1_000,
+        ),
+        rule(
+            "junk",
+            "rulestream-rule-score",
+            json!({"behave": "garbage"}),
+            10_000,
+        ),
+        rule(
+            "fail",
+            "rulestream-rule-score",
+            json!({"behave": "fail"}),
+            10_000,
+        ),
+        rule("gone", "rulestream-rule-missing", json!({}), 3_000),
+    ];
+    for r in &rules {
+        stack
+            .ddb
+            .put_item()
+            .table_name(stack.table("catalog"))
+            .set_item(Some(serde_dynamo::to_item(r).expect("item")))
+            .send()
+            .await
+            .expect("put catalog rule");
+    }
+    let mut conn = rulestream_e2e::redis_conn().await;
+    let _: i64 = redis::cmd("INCR")
+        .arg(format!("{}:epoch", stack.prefix))
+        .query_async(&mut conn)
+        .await
+        .expect("bump epoch");
+
+    let mut cases = Vec::new();
+    for (suffix, amount, want, why) in [
+        ("ok", 300, "HIGH", None),
+        ("ok", 50, "LOW", None),
+        (
+            "slow",
+            300,
+            "ERRORED",
+            Some("did not answer within 1000 ms"),
+        ),
+        ("junk", 300, "ERRORED", Some("no `outcome`")),
+        ("fail", 300, "ERRORED", Some("failed")),
+        ("gone", 300, "ERRORED", Some("rulestream-rule-missing")),
+    ] {
+        let flow_id = format!("lambda-{suffix}-{tag}");
+        let flow = json!({"client_id": "e2e", "flow_id": flow_id, "version": 1,
+            "terminal_statuses": ["HIGH", "LOW", "ERRORED"],
+            "rules": [{"id": "score", "use": format!("score_{suffix}_{tag}"),
+                       "on": {"high": {"complete": "HIGH"}, "low": {"complete": "LOW"}},
+                       "on_error": {"complete": "ERRORED", "reason": "the rule function failed"}}]});
+        stack.register_flow(&flow).await;
+        let id = new_id("e2e", &format!("lambda-{suffix}"));
+        stack
+            .trigger(&stack.table("trigger"), &json!({"execution_id": id, "seq": 0, "client_id": "e2e", "flow_id": flow_id, "input": {"amount": amount}}))
+            .await;
+        cases.push((id, amount, want, why));
+    }
+    let ids: Vec<String> = cases.iter().map(|c| c.0.clone()).collect();
+    let done = stack.wait_all(&ids, Duration::from_secs(240)).await;
+    for (id, amount, want, why) in &cases {
+        let e = &done[id];
+        assert_eq!(e["status"], *want, "{id}: {e}");
+        let step = &e["trace"][0];
+        match why {
+            None => {
+                assert_eq!(
+                    e["output"]["score"].as_f64(),
+                    Some(f64::from(*amount) / 100.0),
+                    "{e}"
+                );
+                assert_eq!(step["explain"]["type"], "master", "{step}");
+            }
+            Some(why) => {
+                let message = step["explain"]["message"].as_str().unwrap_or_default();
+                assert!(message.contains(why), "{id}: {message}");
+                assert!(message.contains("score_"), "names the rule: {message}");
+            }
+        }
+    }
+}
