@@ -29,6 +29,7 @@ cleanup() {
   local rc=$?
   stop_pidfile scheduler-e2e scheduler.py e2e
   stop_pidfile faultproxy faultproxy.py e2e
+  stop_pidfile rule-risk app.py e2e
   for name in runner-e2e runner-e2e-dup; do
     stop_pidfile "$name" runner.py e2e
   done
@@ -47,6 +48,16 @@ trap cleanup EXIT
 bash "$HERE/up.sh"
 # The local stack's own tools (the runner's AWS semantics, the fault proxy), against fakes.
 (cd "$REPO" && "$RULESTREAM_PY" -m unittest -q localstack.tests.test_runner localstack.tests.test_faultproxy)
+"$RULESTREAM_PY" "$REPO/functions/rules/risk/test_app.py" -q
+
+# The example `http` master rule in Python (functions/rules/risk), for the catalog rules the tests
+# add (their `url`).
+RISK_PORT="${RULESTREAM_RULE_RISK_PORT:-9181}"
+export RULESTREAM_RULE_RISK_URL="http://127.0.0.1:$RISK_PORT/risk"
+stop_pidfile rule-risk app.py e2e
+(cd "$REPO" && exec setsid "$RULESTREAM_PY" "$REPO/functions/rules/risk/app.py" --listen "127.0.0.1:$RISK_PORT" \
+  >"$S/rule-risk.log" 2>&1 </dev/null) &
+echo $! >"$S/rule-risk.pid"
 "$RULESTREAM_PY" "$HERE/provision.py"
 "$RULESTREAM_PY" "$HERE/seed.py" --extra-trigger-table "$RULESTREAM_PREFIX-trigger-dup"
 # The fault-injecting proxy (localstack/faultproxy.py) in front of LocalStack: the functions reach

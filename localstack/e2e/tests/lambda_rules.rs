@@ -111,3 +111,82 @@ async fn lambda_rules_decide_and_their_failures_take_on_error() {
         }
     }
 }
+
+/// One flow, two languages: the Rust `lambda` rule decides the first branch, the Python `http`
+/// rule (functions/rules/risk, served by `localstack/e2e.sh`) the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rust_lambda_rule_and_a_python_http_rule_decide_one_flow() {
+    let stack = Stack::from_env().await;
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let risk_url = std::env::var("RULESTREAM_RULE_RISK_URL")
+        .expect("RULESTREAM_RULE_RISK_URL is set by localstack/e2e.sh");
+    for r in [
+        json!({"rule_id": format!("rust_score_{tag}"), "version": 1, "kind": "lambda",
+               "function": "rulestream-rule-score", "params": {"threshold": 100}, "timeout_ms": 10000,
+               "description": "Rust example"}),
+        json!({"rule_id": format!("py_risk_{tag}"), "version": 1, "kind": "http", "url": risk_url,
+               "params": {"high_risk_countries": ["XX"], "max_amount": 1000}, "description": "Python example"}),
+    ] {
+        stack
+            .ddb
+            .put_item()
+            .table_name(stack.table("catalog"))
+            .set_item(Some(serde_dynamo::to_item(&r).expect("item")))
+            .send()
+            .await
+            .expect("put catalog rule");
+    }
+    let mut conn = rulestream_e2e::redis_conn().await;
+    let _: i64 = redis::cmd("INCR")
+        .arg(format!("{}:epoch", stack.prefix))
+        .query_async(&mut conn)
+        .await
+        .expect("bump epoch");
+    let flow_id = format!("two-languages-{tag}");
+    let flow = json!({"client_id": "e2e", "flow_id": flow_id, "version": 1,
+        "terminal_statuses": ["LOW", "REVIEW", "APPROVED", "ERRORED"],
+        "rules": [
+            {"id": "score", "use": format!("rust_score_{tag}"),
+             "on": {"high": {"next": true}, "low": {"complete": "LOW"}}, "on_error": {"complete": "ERRORED"}},
+            {"id": "risk", "use": format!("py_risk_{tag}"),
+             "on": {"risky": {"complete": "REVIEW"}, "safe": {"complete": "APPROVED"}}, "on_error": {"complete": "ERRORED"}}]});
+    stack.register_flow(&flow).await;
+    let mut cases = Vec::new();
+    for (input, want, path) in [
+        (
+            json!({"amount": 300, "country": "XX"}),
+            "REVIEW",
+            vec!["score", "risk"],
+        ),
+        (
+            json!({"amount": 300, "country": "FR"}),
+            "APPROVED",
+            vec!["score", "risk"],
+        ),
+        (json!({"amount": 50, "country": "XX"}), "LOW", vec!["score"]),
+    ] {
+        let id = new_id("e2e", "two-languages");
+        stack
+            .trigger(&stack.table("trigger"), &json!({"execution_id": id, "seq": 0, "client_id": "e2e", "flow_id": flow_id, "input": input}))
+            .await;
+        cases.push((id, want, path));
+    }
+    let ids: Vec<String> = cases.iter().map(|c| c.0.clone()).collect();
+    let done = stack.wait_all(&ids, Duration::from_secs(120)).await;
+    for (id, want, path) in &cases {
+        let e = &done[id];
+        assert_eq!(e["status"], *want, "{e}");
+        assert_eq!(rulestream_e2e::path(e), *path, "{e}");
+        if path.len() == 2 {
+            assert!(
+                e["output"]["risk"].as_f64().is_some(),
+                "the Python rule set `risk`: {e}"
+            );
+            assert_eq!(
+                e["output"]["score"].as_f64(),
+                Some(3.0),
+                "the Rust rule set `score`: {e}"
+            );
+        }
+    }
+}
