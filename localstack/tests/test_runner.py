@@ -334,12 +334,12 @@ class RecordAgeTest(RunnerTestCase):
         self.assertNotIn("responseContext", msg)  # never invoked
 
     def test_a_failing_record_is_retried_until_it_is_too_old(self):
+        # The record is fresh when the runner starts (3 s of age allowed: a loaded machine may
+        # take a second before the first read) and keeps failing until it is too old.
         records = [make_record(0)]
         url = self.serve(lambda n, seqs, e: function_error())
-        t0 = time.monotonic()
-        self.run_shard(records, url, "--max-retries", "-1", "--max-record-age", "1",
+        self.run_shard(records, url, "--max-retries", "-1", "--max-record-age", "3",
                        "--retry-max-delay", "0.05")
-        self.assertLess(time.monotonic() - t0, 5)
         self.assertGreater(len(self.fake_lambda.calls), 1)
         self.assertEqual(len(self.sent), 1)
         msg = self.sent[0]
@@ -363,12 +363,11 @@ class RecordAgeTest(RunnerTestCase):
 
 class TimeoutTest(RunnerTestCase):
     def test_an_invocation_slower_than_the_timeout_is_a_function_error(self):
-        url = self.serve(lambda n, seqs, e: (200, {}, b"null", 1.0 if n == 1 else 0))
+        # The answer would come after 2 s (a success): a timed-out result shows the wait was cut.
+        url = self.serve(lambda n, seqs, e: (200, {}, b"null", 2.0 if n == 1 else 0))
         invoker = runner.Invoker(url, "orchestrator", 0.3)
         event = runner.event_record(make_record(0), STREAM_ARN, "us-east-1")
-        t0 = time.monotonic()
         result = invoker.invoke(runner.event_body([json.dumps(event).encode()]), [seq_of(0)])
-        self.assertLess(time.monotonic() - t0, 0.9)  # the wait was cut at the timeout
         self.assertEqual(result.status, "error")
         self.assertIn("timed out", result.detail)
         self.assertEqual(result.response_context(),
