@@ -489,6 +489,8 @@ def _(st):
             ("dynamodb:UpdateItem", st.table_arn("executions")),
             ("secretsmanager:GetSecretValue", SIGNING_SECRETS.replace("*", "acme/webhook-AbCdEf")),
             ("secretsmanager:GetSecretValue", st.secret_arn("redis-auth")),
+            ("sqs:ReceiveMessage", st.getatt(st.find("AWS::SQS::Queue", st.prefix + "-orchestrator-dlq"), "Arn")),
+            ("sqs:DeleteMessage", st.getatt(st.find("AWS::SQS::Queue", st.prefix + "-orchestrator-dlq"), "Arn")),
         ],
     }
     out = []

@@ -248,3 +248,46 @@ async fn a_throttled_commit_is_decided_once_and_the_trace_and_the_delivery_agree
     assert_eq!(body["outcome"], outcome.as_str(), "{body}");
     assert_eq!(body["status"], e["status"], "{body}");
 }
+
+/// A step whose record can never be committed (its next row's write throttled every time) is
+/// given up by the event source mapping after its retries: the runner puts AWS's invocation
+/// record in the on-failure queue, and the sweeper ends the execution FAILED from it, naming the
+/// step, long before the stall bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_given_up_to_the_on_failure_queue_ends_its_execution() {
+    let stack = Stack::from_env().await;
+    let tag = uid();
+    let flow = json!({"client_id": "e2e", "flow_id": format!("given-up-{tag}"), "version": 1,
+        "terminal_statuses": ["DONE"],
+        "rules": [{"id": "first", "when": "true", "on": {"true": {"next": true}}},
+                  {"id": "second", "when": "true", "on": {"true": {"complete": "DONE"}}}]});
+    stack.register_flow(&flow).await;
+    let id = new_id("e2e", "given-up");
+    // Every write of this execution's next trigger row is throttled.
+    let rule = faults::inject(&json!({"service": "dynamodb", "action": "PutItem",
+        "resource_contains": "-trigger", "body_contains": id, "fault": "throttle", "times": -1}));
+    let started = std::time::Instant::now();
+    stack
+        .trigger(&stack.table("trigger"), &json!({"execution_id": id, "seq": 0, "client_id": "e2e", "flow_id": flow["flow_id"], "input": {}}))
+        .await;
+    let done = stack
+        .wait_all(std::slice::from_ref(&id), Duration::from_secs(55))
+        .await;
+    faults::remove(&rule);
+    let e = &done[&id];
+    assert_eq!(e["status"], "FAILED", "{e}");
+    let reason = e["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("on-failure destination") && reason.contains("RetryAttemptsExhausted"),
+        "{reason}"
+    );
+    assert_eq!(
+        e["steps_total"],
+        json!(1),
+        "step 0 ran, step 1 never did: {e}"
+    );
+    eprintln!(
+        "ended from the on-failure queue after {:?}",
+        started.elapsed()
+    );
+}

@@ -1280,6 +1280,60 @@ fn header_of(summary: &Value) -> ExecutionHeader {
     }
 }
 
+/// Ends a running execution `FAILED` because the record of its step `seq` reached the stream's
+/// on-failure destination: every attempt at that record failed, so the chain cannot go on from
+/// it (its step may have been decided, but the row after it was never written). A stop marker
+/// claims the seq the execution would take next (`seq`, or the one after the last recorded step
+/// if that is later) first, so a step that lands there meanwhile keeps the execution alive.
+/// `Ok(true)` when it was ended here. Safe to repeat and to race the chain or another sweep.
+pub async fn end_at<J: Journal>(
+    journal: &J,
+    settings: &Settings,
+    id: &str,
+    seq: u64,
+    why: &str,
+) -> Result<bool, StoreError> {
+    let Some(summary) = journal.summary(id).await? else {
+        return Ok(false);
+    };
+    if str_of(&summary, "status") != RUNNING {
+        return Ok(false);
+    }
+    let last = journal.last_step(id).await?;
+    let seq = match last
+        .as_ref()
+        .and_then(|l| l.get("seq").and_then(Value::as_u64))
+    {
+        // Already stopped (its summary write was lost): finish below.
+        Some(l) if last.as_ref().is_some_and(|s| s.get("stop").is_some()) => l,
+        Some(l) if l >= seq => l + 1,
+        _ => seq,
+    };
+    let marker = stop_marker(id, seq, FAILED, why, Utc::now(), settings);
+    if !journal.put_step(&marker).await? {
+        // The step exists: either it ran after all, or a marker is already there.
+        let there = journal.step(id, seq).await?;
+        if there.as_ref().is_none_or(|s| s.get("stop").is_none()) {
+            return Ok(false);
+        }
+    }
+    let steps = decided(journal.steps(id).await?);
+    let state = replay(&steps, false);
+    tracing::warn!(execution_id = %id, seq, reason = %why, "execution ended: a step will never run");
+    finish(
+        journal,
+        settings,
+        &header_of(&summary),
+        &state,
+        FAILED,
+        Some(why.to_string()),
+        Some(why.to_string()),
+    )
+    .await
+    .map_err(|Retry(e)| StoreError::Transient(e))?;
+    Ok(true)
+}
+
 /// What [`cancel`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cancel {

@@ -886,3 +886,48 @@ fn a_rerun_from_a_step_starts_there_with_the_originals_context() {
         assert!(s["reason"].as_str().is_some_and(|r| r.contains(why)), "{s}");
     }
 }
+
+#[test]
+fn a_step_whose_record_was_given_up_ends_its_execution_unless_it_ran() {
+    use rulestream_core::chain::end_at;
+    let c = chain();
+    block(c.run_row(None, start("acme:lost", json!({"n": 5})))).expect("start");
+    let pending = std::mem::take(&mut *c.journal.rows.lock().expect("lock"));
+    // The record of seq 1 reached the on-failure destination: the sweeper ends the execution.
+    assert_eq!(
+        block(end_at(&c.journal, &c.settings, "acme:lost", 1, "given up")),
+        Ok(true)
+    );
+    let s = summary(&c, "acme:lost");
+    assert_eq!(
+        (s["status"].clone(), s["reason"].clone()),
+        (json!("FAILED"), json!("given up"))
+    );
+    // Again: nothing more. And the record, if it ever came back, runs nothing.
+    assert_eq!(
+        block(end_at(&c.journal, &c.settings, "acme:lost", 1, "given up")),
+        Ok(false)
+    );
+    for (table, row) in pending {
+        assert_eq!(block(c.run_row(Some(&table), row)), Ok(()));
+    }
+    assert!(c.deliveries.sent.lock().expect("lock").is_empty());
+    // The record of seq 0 given up after its step was decided (the next row never written):
+    // the marker goes after that step.
+    block(c.run_row(None, start("acme:lost0", json!({"n": 5})))).expect("start");
+    c.journal.rows.lock().expect("lock").clear();
+    assert_eq!(
+        block(end_at(&c.journal, &c.settings, "acme:lost0", 0, "given up")),
+        Ok(true)
+    );
+    assert_eq!(c.journal.step_sync("acme:lost0", 1)["stop"], "FAILED");
+    assert_eq!(summary(&c, "acme:lost0")["steps_total"], 1);
+    // A step that did run (a later retry got through) is not undone.
+    block(c.run_row(None, start("acme:ran", json!({"n": 5})))).expect("start");
+    drain(&c, 1);
+    assert_eq!(
+        block(end_at(&c.journal, &c.settings, "acme:ran", 1, "given up")),
+        Ok(false)
+    );
+    assert_eq!(summary(&c, "acme:ran")["status"], "OK");
+}
