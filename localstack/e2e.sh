@@ -82,16 +82,10 @@ AWS_ENDPOINT_URL_DYNAMODB="$RULESTREAM_FAULTPROXY_URL" AWS_ENDPOINT_URL_S3="$RUL
   AWS_ENDPOINT_URL_STS="$RULESTREAM_FAULTPROXY_URL" AWS_ENDPOINT_URL_SECRETS_MANAGER="$RULESTREAM_FAULTPROXY_URL" \
   RULESTREAM_LAMBDA_CONCURRENCY="${RULESTREAM_LAMBDA_CONCURRENCY:-4}" bash "$HERE/lambda.sh" start
 
-start_runner() { # name table [extra args]
-  local name=$1 table=$2
-  shift 2
-  (cd "$REPO" && exec setsid "$RULESTREAM_PY" "$HERE/runner.py" --table "$table" \
-    --template "$REPO/template.yaml" --function-logical-id OrchestratorFunction \
-    --failures-file "$S/$name.failures.jsonl" "$@" >"$S/$name.log" 2>&1 </dev/null) &
-  echo $! >"$S/$name.pid"
-}
-start_runner runner-e2e "$RULESTREAM_PREFIX-trigger"
-start_runner runner-e2e-dup "$RULESTREAM_PREFIX-trigger-dup" --duplicate
+: >"$S/runner-e2e.log"
+: >"$S/runner-e2e-dup.log"
+bash "$HERE/runners.sh" start runner-e2e "$RULESTREAM_PREFIX-trigger"
+bash "$HERE/runners.sh" start runner-e2e-dup "$RULESTREAM_PREFIX-trigger-dup" --duplicate
 
 # The local EventBridge schedule of the sweeper.
 if [[ -d "$REPO/functions/sweeper" ]]; then
