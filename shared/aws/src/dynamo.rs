@@ -264,10 +264,13 @@ impl Journal for DynamoJournal {
         shard: &str,
         lease_until_ms: i64,
     ) -> Result<bool, StoreError> {
+        // A later attempt only once the previous one's lease (or its backoff) has run out: two
+        // processes running the same record at once (a poller that died mid-batch and came
+        // back) never both send.
         let cond = if attempt <= 1 {
             "attribute_not_exists(#da) OR #da = :prev"
         } else {
-            "#da = :prev"
+            "#da = :prev AND (attribute_not_exists(#pd) OR #pd <= :now)"
         };
         let r = self
             .client
@@ -283,9 +286,14 @@ impl Journal for DynamoJournal {
             .expression_attribute_values(":attempt", n(attempt))
             .expression_attribute_values(":prev", n(attempt.saturating_sub(1)))
             .expression_attribute_values(":due", n(lease_until_ms))
-            .expression_attribute_values(":shard", s(shard))
-            .send()
-            .await;
+            .expression_attribute_values(":shard", s(shard));
+        let r = if attempt <= 1 {
+            r
+        } else {
+            r.expression_attribute_values(":now", n(chrono::Utc::now().timestamp_millis()))
+        }
+        .send()
+        .await;
         outcome("steps claim", r)
     }
 
