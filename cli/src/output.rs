@@ -43,10 +43,7 @@ fn explain_text(e: &Explain) -> Vec<String> {
                     c.field,
                     c.op,
                     c.value.as_ref().map(compact).unwrap_or_default(),
-                    if c.field == "client"
-                        || c.field.starts_with("client.")
-                        || c.field.starts_with("client[")
-                    {
+                    if rulestream_core::chain::reads_client(&c.field) {
                         "\"<client data>\"".to_string()
                     } else {
                         compact(&c.actual)

@@ -164,6 +164,14 @@ fn text<'a>(body: &'a Map<String, Value>, field: &str) -> Result<&'a str, ApiErr
     }
 }
 
+fn object(body: &Map<String, Value>, field: &str) -> Result<Value, ApiError> {
+    match body.get(field) {
+        Some(v @ Value::Object(_)) => Ok(v.clone()),
+        Some(_) => Err(ApiError::bad(format!("`{field}` must be a JSON object"))),
+        None => Err(ApiError::bad(format!("`{field}` is required"))),
+    }
+}
+
 fn opt_u64(body: &Map<String, Value>, field: &str) -> Result<Option<u64>, ApiError> {
     match body.get(field) {
         None | Some(Value::Null) => Ok(None),
@@ -278,11 +286,7 @@ impl App {
         )?;
         let client = text(&body, "client_id")?.to_string();
         let flow = text(&body, "flow_id")?.to_string();
-        let input = match body.get("input") {
-            Some(Value::Object(m)) => Value::Object(m.clone()),
-            Some(_) => return Err(ApiError::bad("`input` must be a JSON object")),
-            None => return Err(ApiError::bad("`input` is required")),
-        };
+        let input = object(&body, "input")?;
         let version = opt_u64(&body, "flow_version")?;
         let inline = match body.get("mode") {
             None | Some(Value::Null) => false,
@@ -478,6 +482,8 @@ impl App {
             self.put_row(&seq0, true).await?;
             return Ok(true);
         }
+        // The version the execution runs, read once (its summary was written at seq 0).
+        let flow = self.flow_of(id).await;
         loop {
             let rows = self.chain.journal.take(id);
             if rows.is_empty() {
@@ -485,7 +491,11 @@ impl App {
             }
             for (t, row) in rows {
                 let next = self.chain.next_rule(&row).await;
-                let calls_out = self.calls_out(id, next.as_deref()).await;
+                // Rules that decide with effects (and any doubt about the flow) go to the chain.
+                let calls_out = match (&flow, next.as_deref()) {
+                    (Some(f), Some(rule)) => f.decides_with_effects(Some(rule)),
+                    _ => true,
+                };
                 if calls_out || started.elapsed() > INLINE_BUDGET {
                     self.hand_off(&t, &row).await?;
                     return Ok(true);
@@ -508,26 +518,20 @@ impl App {
             .map_err(|e| ApiError::internal("handing the execution to the chain", e))
     }
 
-    /// Whether the execution's next rule decides with effects (see
-    /// `CompiledFlow::decides_with_effects`): those run in the chain, never inline.
-    async fn calls_out(&self, id: &str, rule: Option<&str>) -> bool {
-        let Ok(Some(summary)) = self.chain.journal.summary(id).await else {
-            return true;
-        };
-        let (client, flow) = (
-            summary["client_id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-            summary["flow_id"].as_str().unwrap_or_default().to_string(),
-        );
-        let Some(version) = summary["flow_version"].as_u64() else {
-            return true;
-        };
-        match self.chain.flows.flow_version(&client, &flow, version).await {
-            Ok(f) => rule.is_none() || f.decides_with_effects(rule),
-            Err(_) => true,
-        }
+    /// The compiled flow version an execution runs (from its summary); `None` when it cannot be
+    /// told, and then every next step goes to the chain.
+    async fn flow_of(&self, id: &str) -> Option<Arc<rulestream_core::CompiledFlow>> {
+        let summary = self.chain.journal.summary(id).await.ok()??;
+        let version = summary["flow_version"].as_u64()?;
+        self.chain
+            .flows
+            .flow_version(
+                summary["client_id"].as_str()?,
+                summary["flow_id"].as_str()?,
+                version,
+            )
+            .await
+            .ok()
     }
 
     /// The answer for an execution that has ended, if it has.
@@ -746,11 +750,7 @@ impl App {
         )?;
         let client = text(&body, "client_id")?.to_string();
         let flow = text(&body, "flow_id")?.to_string();
-        let input = match body.get("input") {
-            Some(Value::Object(m)) => Value::Object(m.clone()),
-            Some(_) => return Err(ApiError::bad("`input` must be a JSON object")),
-            None => return Err(ApiError::bad("`input` is required")),
-        };
+        let input = object(&body, "input")?;
         let mocks = match body.get("mocks") {
             None | Some(Value::Null) => Map::new(),
             Some(Value::Object(m)) => {

@@ -47,6 +47,37 @@ impl Stack {
 
     /// Uploads a flow version to S3 and registers it as the client's stable version.
     pub async fn register_flow(&self, flow: &Value) {
+        self.register_flow_row(flow, json!({})).await;
+    }
+
+    /// [`Stack::register_flow`] for a client with data: the clients row names `role_arn` and
+    /// `secret_id` (SPEC section 3).
+    pub async fn register_flow_with_data(&self, flow: &Value, role_arn: &str, secret_id: &str) {
+        self.register_flow_row(flow, json!({"role_arn": role_arn, "secret_id": secret_id}))
+            .await;
+    }
+
+    /// Puts master rules into the catalog table and bumps the config epoch, so warm containers
+    /// reload the catalog on their next record.
+    pub async fn publish_catalog(&self, rules: &[Value]) {
+        for r in rules {
+            self.ddb
+                .put_item()
+                .table_name(self.table("catalog"))
+                .set_item(Some(serde_dynamo::to_item(r).expect("item")))
+                .send()
+                .await
+                .expect("put catalog rule");
+        }
+        let mut conn = redis_conn().await;
+        let _: i64 = redis::cmd("INCR")
+            .arg(format!("{}:epoch", self.prefix))
+            .query_async(&mut conn)
+            .await
+            .expect("bump epoch");
+    }
+
+    async fn register_flow_row(&self, flow: &Value, extra: Value) {
         let client = flow["client_id"].as_str().expect("client_id");
         let id = flow["flow_id"].as_str().expect("flow_id");
         let version = flow["version"].as_u64().expect("version");
@@ -59,8 +90,11 @@ impl Stack {
             .send()
             .await
             .expect("upload flow");
-        let row = json!({"client_id": client, "flow_id": id, "config_key": key, "enabled": true,
+        let mut row = json!({"client_id": client, "flow_id": id, "config_key": key, "enabled": true,
                          "release": {"stable": version, "percent": 0, "generation": 1}});
+        if let (Some(r), Value::Object(extra)) = (row.as_object_mut(), extra) {
+            r.extend(extra);
+        }
         self.ddb
             .put_item()
             .table_name(self.table("clients"))
@@ -207,6 +241,9 @@ pub fn cli() -> std::process::Command {
         .unwrap_or_else(|_| repo().join("target"));
     std::process::Command::new(target.join("debug/rulestream"))
 }
+
+/// The client-data role seeding creates for acme-bank (`rulestream-client-<client_id>`).
+pub const ACME_ROLE: &str = "arn:aws:iam::000000000000:role/rulestream-client-acme-bank";
 
 /// A fresh execution id of `client` (`<client_id>:<unique>`, SPEC section 3) with a readable tag.
 pub fn new_id(client: &str, tag: &str) -> String {

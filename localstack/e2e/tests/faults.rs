@@ -5,31 +5,13 @@
 use std::time::Duration;
 
 use rulestream_e2e::receiver::receiver;
-use rulestream_e2e::{Stack, faults, new_id};
+use rulestream_e2e::{ACME_ROLE, Stack, faults, new_id};
 use serde_json::{Value, json};
 
 const DEADLINE: Duration = Duration::from_secs(120);
 
 fn uid() -> String {
     uuid::Uuid::new_v4().simple().to_string()
-}
-
-/// Registers `flow` for acme-bank with a data source reading `secret_id` through the seeded role.
-async fn register_with_data(stack: &Stack, flow: &Value, secret_id: &str) {
-    stack.register_flow(flow).await;
-    let flow_id = flow["flow_id"].as_str().expect("flow_id");
-    let row = json!({"client_id": "acme-bank", "flow_id": flow_id,
-        "config_key": format!("flows/acme-bank/{flow_id}/v1.json"), "enabled": true,
-        "role_arn": "arn:aws:iam::000000000000:role/rulestream-client-acme-bank", "secret_id": secret_id,
-        "release": {"stable": 1, "percent": 0, "generation": 1}});
-    stack
-        .ddb
-        .put_item()
-        .table_name(stack.table("clients"))
-        .set_item(Some(serde_dynamo::to_item(row).expect("item")))
-        .send()
-        .await
-        .expect("register client flow");
 }
 
 async fn create_secret(name: &str, value: &Value) -> aws_sdk_secretsmanager::Client {
@@ -61,7 +43,9 @@ async fn a_forged_row_reads_no_secret_and_assumes_no_role() {
         "terminal_statuses": ["DONE"],
         "rules": [{"id": "first", "when": "true", "on": {"true": {"next": true}}},
                   {"id": "second", "when": "client.tier == 'gold'", "default": {"complete": "DONE"}}]});
-    register_with_data(&stack, &flow, &secret_id).await;
+    stack
+        .register_flow_with_data(&flow, ACME_ROLE, &secret_id)
+        .await;
 
     // The forged row names the secret and a role of its own; the orchestrator wrote no such row.
     let forged = new_id("acme-bank", "forged");
@@ -117,7 +101,9 @@ async fn denied_secrets_missing_flows_and_oversized_outputs_end_failed_with_thei
     let denied_flow = json!({"client_id": "acme-bank", "flow_id": format!("denied-{tag}"), "version": 1,
         "terminal_statuses": ["DONE"],
         "rules": [{"id": "tier", "when": "client.tier == 'gold'", "default": {"complete": "DONE"}}]});
-    register_with_data(&stack, &denied_flow, &secret_id).await;
+    stack
+        .register_flow_with_data(&denied_flow, ACME_ROLE, &secret_id)
+        .await;
     let rule = faults::inject(
         &json!({"service": "secretsmanager", "action": "GetSecretValue",
         "resource_contains": secret_id, "fault": "access_denied", "times": -1}),

@@ -137,27 +137,9 @@ async fn client_data_and_secrets_never_land_in_an_item_a_row_or_a_log() {
              "on": {"true": {"next": true}, "false": {"complete": "NO"}}},
             {"id": "limit", "when": "client.limit > input.amount ? 'ok' : 'over'",
              "on": {"ok": {"complete": "DONE", "set": {"checked": "true"}}, "over": {"complete": "NO"}}}]});
-    let key = format!("flows/acme-bank/{flow_id}/v1.json");
     stack
-        .s3
-        .put_object()
-        .bucket(stack.table("configs"))
-        .key(&key)
-        .body(flow.to_string().into_bytes().into())
-        .send()
-        .await
-        .expect("upload flow");
-    let row = json!({"client_id": "acme-bank", "flow_id": flow_id, "config_key": key, "enabled": true,
-        "role_arn": "arn:aws:iam::000000000000:role/rulestream-client-acme-bank", "secret_id": secret_id,
-        "release": {"stable": 1, "percent": 0, "generation": 1}});
-    stack
-        .ddb
-        .put_item()
-        .table_name(stack.table("clients"))
-        .set_item(Some(serde_dynamo::to_item(row).expect("item")))
-        .send()
-        .await
-        .expect("register client flow");
+        .register_flow_with_data(&flow, rulestream_e2e::ACME_ROLE, &secret_id)
+        .await;
 
     let id = new_id("acme-bank", "leak");
     stack

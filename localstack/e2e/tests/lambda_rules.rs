@@ -44,22 +44,7 @@ async fn lambda_rules_decide_and_their_failures_take_on_error() {
         ),
         rule("gone", "rulestream-rule-missing", json!({}), 3_000),
     ];
-    for r in &rules {
-        stack
-            .ddb
-            .put_item()
-            .table_name(stack.table("catalog"))
-            .set_item(Some(serde_dynamo::to_item(r).expect("item")))
-            .send()
-            .await
-            .expect("put catalog rule");
-    }
-    let mut conn = rulestream_e2e::redis_conn().await;
-    let _: i64 = redis::cmd("INCR")
-        .arg(format!("{}:epoch", stack.prefix))
-        .query_async(&mut conn)
-        .await
-        .expect("bump epoch");
+    stack.publish_catalog(&rules).await;
 
     let mut cases = Vec::new();
     for (suffix, amount, want, why) in [
@@ -120,28 +105,15 @@ async fn a_rust_lambda_rule_and_a_python_http_rule_decide_one_flow() {
     let tag = uuid::Uuid::new_v4().simple().to_string();
     let risk_url = std::env::var("RULESTREAM_RULE_RISK_URL")
         .expect("RULESTREAM_RULE_RISK_URL is set by localstack/e2e.sh");
-    for r in [
+    stack
+        .publish_catalog(&[
         json!({"rule_id": format!("rust_score_{tag}"), "version": 1, "kind": "lambda",
                "function": "rulestream-rule-score", "params": {"threshold": 100}, "timeout_ms": 10000,
                "description": "Rust example"}),
         json!({"rule_id": format!("py_risk_{tag}"), "version": 1, "kind": "http", "url": risk_url,
                "params": {"high_risk_countries": ["XX"], "max_amount": 1000}, "description": "Python example"}),
-    ] {
-        stack
-            .ddb
-            .put_item()
-            .table_name(stack.table("catalog"))
-            .set_item(Some(serde_dynamo::to_item(&r).expect("item")))
-            .send()
-            .await
-            .expect("put catalog rule");
-    }
-    let mut conn = rulestream_e2e::redis_conn().await;
-    let _: i64 = redis::cmd("INCR")
-        .arg(format!("{}:epoch", stack.prefix))
-        .query_async(&mut conn)
-        .await
-        .expect("bump epoch");
+])
+        .await;
     let flow_id = format!("two-languages-{tag}");
     let flow = json!({"client_id": "e2e", "flow_id": flow_id, "version": 1,
         "terminal_statuses": ["LOW", "REVIEW", "APPROVED", "ERRORED"],

@@ -27,20 +27,7 @@ async fn webhooks_are_signed_and_delivered_once_per_key_and_http_rules_answer() 
     let rule_id = format!("e2e_score_{}", uuid::Uuid::new_v4().simple());
     let rule = json!({"rule_id": rule_id, "version": 1, "kind": "http", "url": format!("{base}/score"),
                       "description": "scores a request", "params": {"threshold": 5}});
-    stack
-        .ddb
-        .put_item()
-        .table_name(stack.table("catalog"))
-        .set_item(Some(serde_dynamo::to_item(&rule).expect("item")))
-        .send()
-        .await
-        .expect("put catalog rule");
-    let mut conn = rulestream_e2e::redis_conn().await;
-    let _: i64 = redis::cmd("INCR")
-        .arg(format!("{}:epoch", stack.prefix))
-        .query_async(&mut conn)
-        .await
-        .expect("bump epoch");
+    stack.publish_catalog(std::slice::from_ref(&rule)).await;
 
     let flow_id = format!("hooks-{}", uuid::Uuid::new_v4().simple());
     let flow = json!({"client_id": "e2e", "flow_id": flow_id, "version": 1,

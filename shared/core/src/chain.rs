@@ -219,16 +219,19 @@ fn advance(before: &RunState, step: &StepView, reads_steps: bool) -> RunState {
     s
 }
 
+/// Whether a condition's field reads client data (`client`, `client.x`, `client[...]`): its
+/// actual value is never shown (SPEC section 1, Trace).
+pub fn reads_client(field: &str) -> bool {
+    field == "client" || field.starts_with("client.") || field.starts_with("client[")
+}
+
 /// Cuts long values and hides client data in a step's explain (SPEC section 1, Trace).
 pub fn sanitize_explain(explain: &mut Value) {
     let Some(conds) = explain.get_mut("conditions").and_then(Value::as_array_mut) else {
         return;
     };
     for c in conds {
-        let from_client = {
-            let f = str_of(c, "field");
-            f == "client" || f.starts_with("client.") || f.starts_with("client[")
-        };
+        let from_client = reads_client(str_of(c, "field"));
         if let Some(actual) = c.get_mut("actual") {
             if from_client {
                 *actual = Value::String(CLIENT_DATA.into());
