@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Stops, by the PIDs in $RULESTREAM_STATE (localstack/.state/), what up.sh started, plus what
 # scripts/demo.sh, localstack/e2e.sh and localstack/lambda.sh started: the sweeper's schedulers
-# (scheduler*.pid), stream runners (runner*.pid) and `cargo lambda watch` (lambda.pid). Removes
+# (scheduler*.pid), stream runners (runner*.pid), the releases topic's runners
+# (kafka-runner*.pid) and `cargo lambda watch` (lambda.pid). Removes
 # the pidfiles. Fine if nothing runs.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -17,6 +18,9 @@ for f in "$S"/scheduler*.pid; do
 done
 for f in "$S"/runner*.pid; do
   stop_pidfile "$(basename "$f" .pid)" runner.py down
+done
+for f in "$S"/kafka-runner*.pid; do
+  stop_pidfile "$(basename "$f" .pid)" kafka_runner.py down
 done
 shopt -u nullglob
 stop_pidfile lambda lambda down

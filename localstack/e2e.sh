@@ -5,6 +5,7 @@
 # runners (the stream mapping settings of template.yaml's OrchestratorFunction: batch 100, bisect,
 # 5 retries, 1 h record age, 30 s timeout, INSERT filter, on-failure queue <prefix>-orchestrator-dlq):
 # one for <prefix>-trigger, one for <prefix>-trigger-dup that delivers every batch twice,
+# the releases topic's runner (localstack/kafka_runner.py -> release-bridge),
 # and the scheduler that invokes the sweeper every RULESTREAM_SWEEP_INTERVAL_SECS (when
 # functions/sweeper exists). Brings the stack up from nothing, runs the tests, and stops what it
 # started (KEEP_STACK=1 keeps it running for a look around).
@@ -33,11 +34,12 @@ cleanup() {
   for name in runner-e2e runner-e2e-dup; do
     stop_pidfile "$name" runner.py e2e
   done
+  stop_pidfile kafka-runner-e2e kafka_runner.py e2e
   if [[ "${KEEP_STACK:-0}" != 1 ]]; then
     bash "$HERE/down.sh" || true
   fi
   if [[ $rc -ne 0 ]]; then
-    for log in lambda runner-e2e runner-e2e-dup scheduler-e2e; do
+    for log in lambda runner-e2e runner-e2e-dup kafka-runner-e2e scheduler-e2e; do
       [[ -f "$S/$log.log" ]] && { echo "---- tail of $S/$log.log ----"; tail -n 30 "$S/$log.log"; }
     done
   fi
@@ -86,6 +88,10 @@ AWS_ENDPOINT_URL_DYNAMODB="$RULESTREAM_FAULTPROXY_URL" AWS_ENDPOINT_URL_S3="$RUL
 : >"$S/runner-e2e-dup.log"
 bash "$HERE/runners.sh" start runner-e2e "$RULESTREAM_PREFIX-trigger"
 bash "$HERE/runners.sh" start runner-e2e-dup "$RULESTREAM_PREFIX-trigger-dup" --duplicate
+# The MSK event source of the release bridge: <prefix>.releases on tansu.
+(cd "$REPO" && exec setsid "$RULESTREAM_PY" -u "$HERE/kafka_runner.py" --topic "$RULESTREAM_PREFIX.releases" \
+  --function release-bridge >"$S/kafka-runner-e2e.log" 2>&1 </dev/null) &
+echo $! >"$S/kafka-runner-e2e.pid"
 
 # The local EventBridge schedule of the sweeper.
 if [[ -d "$REPO/functions/sweeper" ]]; then

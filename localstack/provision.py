@@ -17,6 +17,7 @@ Tables (the layout of template.yaml):
               while RUNNING; the sweeper finds stalled executions through it).
 - clients     HASH client_id S, RANGE flow_id S.
 - catalog     HASH rule_id S, RANGE version N.
+- audit       HASH subject S (`<client>/<flow>` or `catalog/<rule>`), RANGE id S; append-only.
 Bucket: <prefix>-configs.
 Queue: <prefix>-orchestrator-dlq, the on-failure destination of the orchestrator's stream mapping
 (template.yaml's OrchestratorDeadLetterQueue: 14 days' retention, SSE-SQS); runner.py --template
@@ -61,6 +62,7 @@ TABLES = {
     ]),
     "clients": ([("client_id", "S", "HASH"), ("flow_id", "S", "RANGE")], None, None, []),
     "catalog": ([("rule_id", "S", "HASH"), ("version", "N", "RANGE")], None, None, []),
+    "audit": ([("subject", "S", "HASH"), ("id", "S", "RANGE")], None, None, []),
 }
 BUCKET_SUFFIX = "configs"
 # name suffix -> attributes, as template.yaml declares the queue (MessageRetentionPeriod,

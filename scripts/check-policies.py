@@ -62,6 +62,13 @@ MANAGED_ALLOWED = {
         "arn:aws:iam::aws:policy/AWSXrayWriteOnlyAccess",
         "arn:aws:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole",
     },
+    "release-bridge": {
+        "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole",
+        "arn:aws:iam::aws:policy/AWSXrayWriteOnlyAccess",
+        "arn:aws:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole",
+        # ENIs in the cluster's VPC and kafka:Describe*/GetBootstrapBrokers for the MSK mapping.
+        "arn:aws:iam::aws:policy/service-role/AWSLambdaMSKExecutionRole",
+    },
     "sync-api": {
         "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole",
         "arn:aws:iam::aws:policy/AWSXrayWriteOnlyAccess",
@@ -69,7 +76,7 @@ MANAGED_ALLOWED = {
     },
 }
 
-FUNCTIONS = ("orchestrator", "sweeper", "sync-api")
+FUNCTIONS = ("orchestrator", "sweeper", "sync-api", "release-bridge")
 
 
 class Unresolved(Exception):
@@ -99,6 +106,9 @@ class Stack:
             if "Default" in p:
                 d = p["Default"]
                 self.params[name] = ",".join(map(str, d)) if isinstance(d, list) else str(d)
+        # Parameters without a default get the value a deployment would pass.
+        self.params.setdefault(
+            "MskClusterArn", f"arn:{PARTITION}:kafka:{REGION}:{ACCOUNT}:cluster/rulestream/abcd-1234")
         self.prefix = self.params.get("Prefix", "rulestream")
         self.pseudo = {
             "AWS::Region": REGION, "AWS::AccountId": ACCOUNT, "AWS::Partition": PARTITION,
@@ -331,9 +341,26 @@ def _(st):
     return out
 
 
+@check("audit-append-only",
+       "the audit table is append-only: no function may update or delete its items")
+def _(st):
+    out = []
+    for fn in FUNCTIONS:
+        out += grants(st.statements_of_role(st.role_of(fn)),
+                      ddb([a for a in DDB_WRITE if a != "PutItem"]), st.table_targets("audit"))
+    return out
+
+
+@check("bridge-no-chain-writes",
+       "the release bridge cannot write the trigger, steps or executions table (it never runs rules)")
+def _(st):
+    targets = st.table_targets("trigger") + st.table_targets("steps") + st.table_targets("executions")
+    return grants(st.statements_of_role(st.role_of("release-bridge")), ddb(DDB_WRITE), targets)
+
+
 @check("no-item-deletes", "neither function can delete items or tables (TTL expires them)")
 def _(st):
-    targets = sum((st.table_targets(t) for t in ("trigger", "steps", "executions", "clients", "catalog")), [])
+    targets = sum((st.table_targets(t) for t in ("trigger", "steps", "executions", "clients", "catalog", "audit")), [])
     out = []
     for fn in FUNCTIONS:
         out += grants(st.statements_of_role(st.role_of(fn)), ddb(DDB_DELETE), targets)
@@ -507,7 +534,8 @@ def _(st):
     out = []
     pointed = {"orchestrator": ("RULESTREAM_STATE_KEY_SECRET", "REDIS_AUTH_SECRET"),
                "sweeper": ("REDIS_AUTH_SECRET",),
-               "sync-api": ("RULESTREAM_STATE_KEY_SECRET", "REDIS_AUTH_SECRET")}
+               "sync-api": ("RULESTREAM_STATE_KEY_SECRET", "REDIS_AUTH_SECRET"),
+               "release-bridge": ("REDIS_AUTH_SECRET",)}
     for fn, variables in pointed.items():
         env = st.env_of(fn)
         sts = st.statements_of_role(st.role_of(fn))
@@ -646,7 +674,8 @@ def _table(logical_id):
     return lambda t: t["Resources"][logical_id]["Properties"]
 
 
-ORCH, SWEEP, API = "OrchestratorFunction", "SweeperFunction", "SyncApiFunction"
+ORCH, SWEEP, API, BRIDGE = ("OrchestratorFunction", "SweeperFunction", "SyncApiFunction",
+                            "ReleaseBridgeFunction")
 MUTATIONS = [
     ("sync-api Scan on the executions table",
      _add_statement(API, {"Effect": "Allow", "Action": "dynamodb:Scan",
@@ -715,6 +744,14 @@ MUTATIONS = [
     ("orchestrator without steps access",
      _drop_sid(ORCH, "StepsReadWrite"),
      ["required-grants"]),
+    ("release bridge UpdateItem on the audit table",
+     _add_statement(BRIDGE, {"Effect": "Allow", "Action": "dynamodb:UpdateItem",
+                             "Resource": {"Fn::GetAtt": ["AuditTable", "Arn"]}}),
+     ["audit-append-only"]),
+    ("release bridge PutItem on the trigger table",
+     _add_statement(BRIDGE, {"Effect": "Allow", "Action": "dynamodb:PutItem",
+                             "Resource": {"Fn::GetAtt": ["TriggerTable", "Arn"]}}),
+     ["bridge-no-chain-writes"]),
     ("Redis without transit encryption", _set(_redis, "TransitEncryptionEnabled", False), ["redis-tls-auth"]),
     ("Redis without an AUTH token", _set(_redis, "AuthToken", None), ["redis-tls-auth"]),
     ("Redis with a literal AUTH token", _set(_redis, "AuthToken", "x" * 32), ["redis-tls-auth"]),

@@ -13,6 +13,8 @@
 #                              .state/runner.log; given-up batches go to the SQS queue
 #                              <prefix>-orchestrator-dlq and .state/runner-failures.jsonl); kept if
 #                              already running for that table
+#    localstack/kafka_runner.py  the topic <prefix>.releases (tansu) -> release-bridge, as MSK's event
+#                              source delivers it (background; .state/kafka-runner.pid, .log)
 #    localstack/scheduler.py   invokes the sweeper every RULESTREAM_SWEEP_INTERVAL_SECS (default 60;
 #                              background; .state/scheduler.pid, .state/scheduler.log); kept if
 #                              already running; only when functions/sweeper exists
@@ -52,6 +54,14 @@ if ! alive_as runner runner.py; then
   alive_as runner runner.py || { echo "demo: ERROR: runner exited:" >&2; tail -n 20 "$S/runner.log" >&2; exit 1; }
 fi
 
+# --- the local MSK event source of the release bridge: <prefix>.releases ----------------------------
+# Started afresh (it replays the topic from its start: the bridge applies each message once).
+stop_pidfile kafka-runner kafka_runner.py demo
+echo "demo: starting the releases runner for $RULESTREAM_PREFIX.releases (log $S/kafka-runner.log)"
+(exec setsid nohup "$RULESTREAM_PY" -u localstack/kafka_runner.py --topic "$RULESTREAM_PREFIX.releases" \
+    --function release-bridge >"$S/kafka-runner.log" 2>&1 </dev/null) &
+echo $! >"$S/kafka-runner.pid"
+
 # --- the local EventBridge schedule of the sweeper ---------------------------------------------------
 if [[ ! -d functions/sweeper ]]; then
   echo "demo: no functions/sweeper: the scheduler is not started"
@@ -68,7 +78,7 @@ rc=0
 "$RULESTREAM_PY" localstack/demo.py "$@" || rc=$?
 cat <<EOF
 
-demo: the stack keeps running. Logs: $S/{localstack,lambda,runner,scheduler}.log
+demo: the stack keeps running. Logs: $S/{localstack,lambda,runner,kafka-runner,scheduler}.log
 demo: stop everything with: make down   (same as: bash localstack/down.sh)
 EOF
 exit "$rc"

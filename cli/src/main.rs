@@ -7,6 +7,7 @@
 mod dry_run;
 mod ops;
 mod output;
+mod release;
 mod validate;
 
 use std::path::PathBuf;
@@ -162,6 +163,83 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Store a flow file as its next immutable version and publish it (the version is the file's).
+    Upload {
+        /// The flow file (its `client_id`, `flow_id` and `version` say where it goes).
+        file: PathBuf,
+        /// Share (0–100) of executions, by the flow's gray key, that run it; the rest stay on
+        /// stable (default 0: staged, nobody runs it until set-percent or promote). A flow's
+        /// first version serves everyone.
+        #[arg(long)]
+        percent: Option<f64>,
+        /// Roll back automatically when the new version fails more, e.g.
+        /// '{"max_failed_delta": 0.05, "min_executions": 200}'.
+        #[arg(long)]
+        guard: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change the share of executions that run the candidate version.
+    SetPercent {
+        /// Client id.
+        client: String,
+        /// Flow id.
+        flow: String,
+        /// 0–100.
+        percent: f64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the candidate version stable: every new execution runs it.
+    Promote {
+        /// Client id.
+        client: String,
+        /// Flow id.
+        flow: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drop the candidate (or, with none, go back to the stable version before the last promote).
+    Rollback {
+        /// Client id.
+        client: String,
+        /// Flow id.
+        flow: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The release history of a flow: who changed what, when, and automatic rollbacks.
+    Releases {
+        /// Client id.
+        client: String,
+        /// Flow id.
+        flow: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// What changed between two stored versions, rule by rule (default: stable -> candidate).
+    Diff {
+        /// Client id.
+        client: String,
+        /// Flow id.
+        flow: String,
+        /// Two versions, e.g. `1 2`.
+        #[arg(num_args = 0..=2)]
+        versions: Vec<u64>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publish or roll back master rules of the deployed catalog.
+    Catalog {
+        #[command(subcommand)]
+        action: CatalogAction,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -173,6 +251,26 @@ enum Command {
         #[arg(long)]
         catalog: bool,
         /// Accepted for symmetry with the other commands: the output is always JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CatalogAction {
+    /// Write every rule of FILE (an object or an array) as a new version (never overwriting one).
+    Publish {
+        /// A catalog file.
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Retire a rule's serving version: flows use the version before it.
+    Rollback {
+        /// The rule id.
+        rule: String,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -246,6 +344,49 @@ fn main() -> ExitCode {
             Ok(ops::Waited::TimedOut) => return ExitCode::from(3),
             Ok(ops::Waited::Done(o)) => Ok(o),
             Err(e) => Err(e),
+        },
+        Command::Upload {
+            file,
+            percent,
+            guard,
+            json,
+        } => release::upload(&file, percent, guard.as_deref(), json),
+        Command::SetPercent {
+            client,
+            flow,
+            percent,
+            json,
+        } => release::change(
+            rulestream_core::release::ReleaseOp::SetPercent,
+            &client,
+            &flow,
+            Some(percent),
+            json,
+        ),
+        Command::Promote { client, flow, json } => release::change(
+            rulestream_core::release::ReleaseOp::Promote,
+            &client,
+            &flow,
+            None,
+            json,
+        ),
+        Command::Rollback { client, flow, json } => release::change(
+            rulestream_core::release::ReleaseOp::Rollback,
+            &client,
+            &flow,
+            None,
+            json,
+        ),
+        Command::Releases { client, flow, json } => release::releases(&client, &flow, json),
+        Command::Diff {
+            client,
+            flow,
+            versions,
+            json,
+        } => release::diff(&client, &flow, &versions, json),
+        Command::Catalog { action } => match action {
+            CatalogAction::Publish { file, json } => release::catalog_publish(&file, json),
+            CatalogAction::Rollback { rule, json } => release::catalog_rollback(&rule, json),
         },
         Command::Status { id, json } => ops::status(&id, json),
         Command::Trace { id, json } => ops::trace(&id, json),

@@ -30,8 +30,14 @@ pub struct Config {
     pub clients_table: String,
     /// `<prefix>-catalog`.
     pub catalog_table: String,
+    /// `<prefix>-audit`.
+    pub audit_table: String,
     /// `<prefix>-configs`.
     pub bucket: String,
+    /// `KAFKA_BROKERS`: comma-separated `host:port` list of the releases topic's brokers.
+    pub kafka_brokers: Option<String>,
+    /// `<prefix>.releases`.
+    pub releases_topic: String,
     /// `REDIS_URL` (`rediss://` for TLS); without it, rate-limited rules behave as if Redis
     /// were down.
     pub redis_url: Option<String>,
@@ -104,7 +110,10 @@ impl Config {
             steps_table: format!("{prefix}-steps"),
             clients_table: format!("{prefix}-clients"),
             catalog_table: format!("{prefix}-catalog"),
+            audit_table: format!("{prefix}-audit"),
             bucket: format!("{prefix}-configs"),
+            kafka_brokers: get("KAFKA_BROKERS").filter(|u| !u.trim().is_empty()),
+            releases_topic: format!("{prefix}.releases"),
             redis_url: get("REDIS_URL").filter(|u| !u.is_empty()),
             redis_ca_file: get("REDIS_CA_FILE").filter(|u| !u.is_empty()),
             redis_auth_secret: get("REDIS_AUTH_SECRET").filter(|u| !u.is_empty()),

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::types::AttributeValue;
 use rulestream_core::execution::{ClientFlow, DataSource, Release};
 use rulestream_core::ports::{FlowSource, StoreError};
-use rulestream_core::{Catalog, CompiledFlow, MasterRule, validate_str};
+use rulestream_core::{Catalog, CompiledFlow, validate_str};
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::{Mutex, OnceCell};
@@ -112,28 +112,8 @@ impl AwsFlowSource {
             return Ok(c.value);
         }
         let epoch = self.redis.epoch().await.ok();
-        let mut catalog = Catalog::new();
-        let mut start: Option<HashMap<String, AttributeValue>> = None;
-        loop {
-            let out = self
-                .ddb
-                .scan()
-                .table_name(&self.cfg.catalog_table)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| crate::dynamo::store_error("catalog scan", &e))?;
-            for item in out.items() {
-                let rule: MasterRule = serde_dynamo::from_item(item.clone()).map_err(|e| {
-                    StoreError::Invalid(format!("catalog table holds an invalid rule: {e}"))
-                })?;
-                catalog.insert(rule);
-            }
-            match out.last_evaluated_key() {
-                Some(k) if !k.is_empty() => start = Some(k.clone()),
-                _ => break,
-            }
-        }
+        let (catalog, _skipped) =
+            crate::releases::load_catalog(&self.ddb, &self.cfg.catalog_table).await?;
         let catalog = Arc::new(catalog);
         *self.catalog.lock().await = Some(Cached {
             value: Arc::clone(&catalog),
@@ -177,16 +157,11 @@ impl FlowSource for AwsFlowSource {
         let release = match (row.release, &row.config_key) {
             (Some(r), _) => r,
             // A row without a release serves the version its config key names.
-            (None, Some(k)) => Release {
-                stable: version_of_key(k).ok_or_else(|| {
-                    StoreError::Invalid(format!(
-                        "clients row {client_id}/{flow_id}: config_key `{k}` names no version"
-                    ))
-                })?,
-                candidate: None,
-                percent: 0.0,
-                generation: 0,
-            },
+            (None, Some(k)) => Release::stable_only(version_of_key(k).ok_or_else(|| {
+                StoreError::Invalid(format!(
+                    "clients row {client_id}/{flow_id}: config_key `{k}` names no version"
+                ))
+            })?),
             (None, None) => {
                 return Err(StoreError::Invalid(format!(
                     "clients row {client_id}/{flow_id} has neither `release` nor `config_key`"

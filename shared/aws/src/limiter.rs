@@ -203,4 +203,18 @@ impl RedisLimiter {
             }
         }
     }
+
+    /// Moves the config epoch on: every warm container reloads clients rows and the catalog on
+    /// its next read.
+    pub async fn bump_epoch(&self) -> Result<u64, RedisError> {
+        let mut c = self.connection().await?;
+        let r: Result<u64, _> = redis::cmd("INCR")
+            .arg(format!("{}:epoch", self.prefix))
+            .query_async(&mut c)
+            .await;
+        r.map_err(|e| {
+            self.forget();
+            RedisError(e.to_string())
+        })
+    }
 }

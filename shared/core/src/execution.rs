@@ -72,9 +72,62 @@ pub struct Release {
     /// Bumped by every release message applied; stale messages are ignored.
     #[serde(default)]
     pub generation: u64,
+    /// The candidate's guard (automatic rollback, SPEC section 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<Guard>,
+    /// When the candidate was published (RFC 3339): its guard counts from then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate_since: Option<String>,
+    /// The stable version before the last promote (what a rollback without a candidate returns to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<u64>,
+    /// The id of the release message that made this generation (a redelivered message finds it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_message_id: Option<String>,
+}
+
+/// A release's guard (SPEC section 4): roll the candidate back when its `FAILED` share exceeds
+/// stable's by more than `max_failed_delta`, once it has finished `min_executions`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Guard {
+    /// A share (0–1): 0.05 is five points.
+    pub max_failed_delta: f64,
+    /// Executions the candidate must have finished before the guard judges it.
+    pub min_executions: u64,
+}
+
+impl Guard {
+    /// Checks the ranges; the error names the field.
+    pub fn check(&self) -> Result<(), String> {
+        if !(self.max_failed_delta.is_finite() && (0.0..=1.0).contains(&self.max_failed_delta)) {
+            return Err(format!(
+                "guard `max_failed_delta` must be a share between 0 and 1 (got {})",
+                self.max_failed_delta
+            ));
+        }
+        if self.min_executions == 0 {
+            return Err("guard `min_executions` must be at least 1".into());
+        }
+        Ok(())
+    }
 }
 
 impl Release {
+    /// One version for everyone, no candidate, generation 0.
+    pub fn stable_only(version: u64) -> Release {
+        Release {
+            stable: version,
+            candidate: None,
+            percent: 0.0,
+            generation: 0,
+            guard: None,
+            candidate_since: None,
+            previous: None,
+            last_message_id: None,
+        }
+    }
+
     /// The version an execution starts on (SPEC section 4): the pinned one, else the candidate
     /// when the gray key's bucket is below the percent, else stable.
     pub fn pick(&self, client_id: &str, flow_id: &str, pinned: Option<u64>, gray_key: &str) -> u64 {

@@ -24,6 +24,7 @@ pub mod expr;
 pub mod gray;
 pub mod model;
 pub mod ports;
+pub mod release;
 pub mod token_bucket;
 pub mod validate;
 

@@ -294,10 +294,8 @@ fn chain() -> C {
             flow_id: "f".into(),
             enabled: true,
             release: Release {
-                stable: 1,
-                candidate: None,
-                percent: 0.0,
                 generation: 1,
+                ..Release::stable_only(1)
             },
             data_source: Some(DataSource {
                 role_arn: "arn:role".into(),
