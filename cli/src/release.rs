@@ -594,6 +594,7 @@ pub fn catalog_rollback(rule_id: &str, json_out: bool) -> anyhow::Result<Outcome
 
 /// Bumps the config epoch when Redis is configured (else orchestrators reload on their TTL).
 async fn bump(c: &Ctx) -> Option<u64> {
+    rulestream_aws::install_crypto();
     let redis = match rulestream_aws::redis_from_config(&c.cfg, &c.sdk).await {
         Ok(r) => r,
         Err(e) => {
