@@ -4,6 +4,7 @@
 //! 2 bad usage or an unreachable backend, 3 when `--wait` times out, always with a one-line reason
 //! on stderr.
 
+mod clients;
 mod dry_run;
 mod ops;
 mod output;
@@ -115,8 +116,19 @@ enum Command {
     /// original is never changed), on the flow's current release or, with --same-version, on the
     /// version the original ran.
     Rerun {
-        /// The execution to run again.
-        id: String,
+        /// The execution to run again (not with --failed).
+        #[arg(required_unless_present = "failed", conflicts_with = "failed")]
+        id: Option<String>,
+        /// Redrive: rerun every execution of --client that ended FAILED since --since (each at
+        /// most once, however often the command runs).
+        #[arg(long, requires = "client", conflicts_with_all = ["from", "wait"])]
+        failed: bool,
+        /// With --failed: the client whose executions are rerun.
+        #[arg(long)]
+        client: Option<String>,
+        /// With --failed: how far back (30s, 15m, 2h, 7d).
+        #[arg(long, default_value = "24h", requires = "failed")]
+        since: String,
         /// Run the version the original ran instead of the current release.
         #[arg(long)]
         same_version: bool,
@@ -240,6 +252,11 @@ enum Command {
         #[command(subcommand)]
         action: CatalogAction,
     },
+    /// Onboard, switch off or rotate the API key of a client (no redeploy).
+    Client {
+        #[command(subcommand)]
+        action: ClientAction,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -251,6 +268,62 @@ enum Command {
         #[arg(long)]
         catalog: bool,
         /// Accepted for symmetry with the other commands: the output is always JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClientAction {
+    /// Register a client's flow (enabled, no version yet: `upload` its first). A new client gets
+    /// an API key, printed once; another flow of a known client shares its keys.
+    Add {
+        /// Client id: 1-63 of a-z, 0-9, `-`.
+        client: String,
+        /// Flow id.
+        flow: String,
+        /// Client data: the role to assume in the client's account (with --secret-id).
+        #[arg(long, requires = "secret_id")]
+        role_arn: Option<String>,
+        /// Client data: the secret in the client's account (with --role-arn).
+        #[arg(long, requires = "role_arn")]
+        secret_id: Option<String>,
+        /// Start quota: executions the client may start per second.
+        #[arg(long)]
+        quota: Option<f64>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a client's flow (or all its flows): new executions end FAILED, "disabled".
+    Disable {
+        /// Client id.
+        client: String,
+        /// Only this flow.
+        flow: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Switch a disabled client's flow (or all its flows) on again.
+    Enable {
+        /// Client id.
+        client: String,
+        /// Only this flow.
+        flow: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a new API key (printed once; the old keys stay valid), or with --finish keep only the
+    /// newest.
+    RotateKey {
+        /// Client id.
+        client: String,
+        /// Remove every key but the newest.
+        #[arg(long)]
+        finish: bool,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -335,15 +408,29 @@ fn main() -> ExitCode {
         }
         Command::Rerun {
             id,
+            failed,
+            client,
+            since,
             same_version,
             from,
             wait,
             timeout,
             json,
-        } => match ops::rerun(&id, same_version, from.as_deref(), wait, timeout, json) {
-            Ok(ops::Waited::TimedOut) => return ExitCode::from(3),
-            Ok(ops::Waited::Done(o)) => Ok(o),
-            Err(e) => Err(e),
+        } => match (failed, id, client) {
+            (true, _, Some(client)) => ops::rerun_failed(&client, &since, same_version, json),
+            (_, Some(id), _) => {
+                match ops::rerun(&id, same_version, from.as_deref(), wait, timeout, json) {
+                    Ok(ops::Waited::TimedOut) => return ExitCode::from(3),
+                    Ok(ops::Waited::Done(o)) => Ok(o),
+                    Err(e) => Err(e),
+                }
+            }
+            _ => {
+                eprintln!(
+                    "rulestream: rerun needs an execution id, or --failed --client C (see rulestream --help)"
+                );
+                return ExitCode::from(2);
+            }
         },
         Command::Upload {
             file,
@@ -384,6 +471,34 @@ fn main() -> ExitCode {
             versions,
             json,
         } => release::diff(&client, &flow, &versions, json),
+        Command::Client { action } => match action {
+            ClientAction::Add {
+                client,
+                flow,
+                role_arn,
+                secret_id,
+                quota,
+                json,
+            } => clients::add(&clients::AddArgs {
+                client,
+                flow,
+                role_arn,
+                secret_id,
+                quota,
+                json,
+            }),
+            ClientAction::Disable { client, flow, json } => {
+                clients::set_enabled(&client, flow.as_deref(), false, json)
+            }
+            ClientAction::Enable { client, flow, json } => {
+                clients::set_enabled(&client, flow.as_deref(), true, json)
+            }
+            ClientAction::RotateKey {
+                client,
+                finish,
+                json,
+            } => clients::rotate_key(&client, finish, json),
+        },
         Command::Catalog { action } => match action {
             CatalogAction::Publish { file, json } => release::catalog_publish(&file, json),
             CatalogAction::Rollback { rule, json } => release::catalog_rollback(&rule, json),

@@ -320,6 +320,26 @@ pub fn rerun(
 ) -> anyhow::Result<Waited> {
     let b = Backend::connect()?;
     let rt = runtime()?;
+    let Some(row) = rerun_row(&b, &rt, original, same_version, from, None)? else {
+        eprintln!(
+            "rulestream: no seq 0 row of `{original}` (unknown, or expired: trigger rows live {} days, and a rerun needs the original input)",
+            b.cfg.trigger_ttl.as_secs() / 86_400
+        );
+        return Ok(Waited::Done(Outcome::UserFix));
+    };
+    start_and_follow(&b, &rt, row, wait, timeout_secs, json_out)
+}
+
+/// The seq 0 row of a rerun of `original` (`None`: its seq 0 row is gone), with id `id` or a
+/// new `<client>:<uuid>`.
+fn rerun_row(
+    b: &Backend,
+    rt: &tokio::runtime::Runtime,
+    original: &str,
+    same_version: bool,
+    from: Option<&str>,
+    id: Option<String>,
+) -> anyhow::Result<Option<Value>> {
     let got = rt
         .block_on(
             b.ddb
@@ -338,15 +358,11 @@ pub fn rerun(
             )
         })?;
     let Some(item) = got.item else {
-        eprintln!(
-            "rulestream: no seq 0 row of `{original}` (unknown, or expired: trigger rows live {} days, and a rerun needs the original input)",
-            b.cfg.trigger_ttl.as_secs() / 86_400
-        );
-        return Ok(Waited::Done(Outcome::UserFix));
+        return Ok(None);
     };
     let first: Value = serde_dynamo::from_item(item).context("the original's seq 0 row")?;
     let client = first["client_id"].as_str().unwrap_or_default().to_string();
-    let id = format!("{client}:{}", uuid::Uuid::new_v4());
+    let id = id.unwrap_or_else(|| format!("{client}:{}", uuid::Uuid::new_v4()));
     let mut row = json!({"execution_id": id, "seq": 0, "client_id": client,
         "flow_id": first["flow_id"], "input": first["input"], "rerun_of": original,
         "expires_at": chrono::Utc::now().timestamp() + 7 * 86_400});
@@ -369,7 +385,131 @@ pub fn rerun(
             None => bail!("--same-version: `{original}` has no recorded flow version"),
         }
     }
-    start_and_follow(&b, &rt, row, wait, timeout_secs, json_out)
+    Ok(Some(row))
+}
+
+/// `rerun --failed --client C [--since DUR] [--same-version]`: reruns every execution of the
+/// client that ended `FAILED` since then (redrive after an incident). Each rerun's id is derived
+/// from its original (`<client>:redrive-<hash>`), so running the command twice starts nothing
+/// twice; reruns made by a redrive are not redriven again.
+pub fn rerun_failed(
+    client: &str,
+    since: &str,
+    same_version: bool,
+    json_out: bool,
+) -> anyhow::Result<Outcome> {
+    use sha2::Digest;
+    let secs = parse_duration(since)?;
+    let b = Backend::connect()?;
+    let rt = runtime()?;
+    let t = chrono::Utc::now() - chrono::Duration::seconds(secs);
+    let mut failed: Vec<String> = Vec::new();
+    let mut start: Option<HashMap<String, AttributeValue>> = None;
+    loop {
+        let page = rt
+            .block_on(
+                b.ddb
+                    .query()
+                    .table_name(&b.cfg.executions_table)
+                    .index_name("by-client")
+                    .key_condition_expression("client_id = :c AND started_at >= :t")
+                    .filter_expression("#s = :f")
+                    .expression_attribute_names("#s", "status")
+                    .expression_attribute_values(":c", AttributeValue::S(client.into()))
+                    .expression_attribute_values(
+                        ":t",
+                        AttributeValue::S(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+                    )
+                    .expression_attribute_values(":f", AttributeValue::S("FAILED".into()))
+                    .projection_expression("execution_id")
+                    .set_exclusive_start_key(start.take())
+                    .send(),
+            )
+            .map_err(|e| {
+                anyhow!(
+                    "cannot query {} (index by-client): {}",
+                    b.cfg.executions_table,
+                    aws_sdk_dynamodb::error::DisplayErrorContext(&e)
+                )
+            })?;
+        for item in page.items() {
+            if let Some(AttributeValue::S(id)) = item.get("execution_id")
+                && !id.contains(":redrive-")
+            {
+                failed.push(id.clone());
+            }
+        }
+        match page.last_evaluated_key() {
+            Some(k) if !k.is_empty() => start = Some(k.clone()),
+            _ => break,
+        }
+    }
+    let (mut started, mut already, mut gone) = (Vec::new(), 0usize, Vec::new());
+    for original in &failed {
+        let hash = sha2::Sha256::digest(original.as_bytes());
+        let hex: String = hash.iter().take(16).map(|b| format!("{b:02x}")).collect();
+        let id = format!("{client}:redrive-{hex}");
+        let Some(row) = rerun_row(&b, &rt, original, same_version, None, Some(id.clone()))? else {
+            gone.push(original.clone());
+            continue;
+        };
+        let item: HashMap<String, AttributeValue> =
+            serde_dynamo::to_item(&row).context("the trigger row")?;
+        let put = rt.block_on(
+            b.ddb
+                .put_item()
+                .table_name(&b.cfg.trigger_table)
+                .set_item(Some(item))
+                .condition_expression("attribute_not_exists(execution_id)")
+                .send(),
+        );
+        match put {
+            Ok(_) => started.push(json!({"execution_id": id, "rerun_of": original})),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
+            {
+                already += 1;
+            }
+            Err(e) => bail!(
+                "cannot insert the trigger row into {}: {}",
+                b.cfg.trigger_table,
+                aws_sdk_dynamodb::error::DisplayErrorContext(&e)
+            ),
+        }
+        if !json_out && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            eprint!(
+                "\rredrive: {} started, {already} already redriven, {} without input  ",
+                started.len(),
+                gone.len()
+            );
+        }
+    }
+    if json_out {
+        println!(
+            "{}",
+            json!({"failed": failed.len(), "started": started, "already_redriven": already,
+                   "without_input": gone})
+        );
+    } else {
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            eprintln!();
+        }
+        for s in &started {
+            println!(
+                "{}  rerun of {}",
+                s["execution_id"].as_str().unwrap_or(""),
+                s["rerun_of"].as_str().unwrap_or("")
+            );
+        }
+        println!(
+            "{} FAILED execution(s) of {client} since {since}: {} rerun started, {already} already redriven, {} without input (seq 0 row expired)",
+            failed.len(),
+            started.len(),
+            gone.len()
+        );
+    }
+    Ok(Outcome::Ok)
 }
 
 /// Inserts a seq 0 row (never over an existing id) and, with `wait`, follows the execution.

@@ -32,12 +32,13 @@ async fn run() -> Result<(), lambda_runtime::Error> {
         sealer: StateSealer::from_secret(&sdk, &cfg.state_key_secret),
         settings: cfg.chain_settings(),
     });
+    let metrics = Arc::new(rulestream_aws::metrics::Metrics::init());
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Event>| {
-        let chain = Arc::clone(&chain);
+        let (chain, metrics) = (Arc::clone(&chain), Arc::clone(&metrics));
         async move {
-            Ok::<DynamoDbEventResponse, lambda_runtime::Error>(
-                handler::handle(&chain, event.payload).await,
-            )
+            let out = handler::handle(&chain, event.payload).await;
+            metrics.flush();
+            Ok::<DynamoDbEventResponse, lambda_runtime::Error>(out)
         }
     }))
     .await

@@ -26,12 +26,14 @@ async fn run() -> Result<(), lambda_runtime::Error> {
     let releases = Arc::new(rulestream_aws::releases::ReleaseStore::new(
         &base.sdk, &base.cfg,
     ));
+    let metrics = Arc::new(rulestream_aws::metrics::Metrics::init());
     lambda_runtime::run(service_fn(move |_event: LambdaEvent<Value>| {
-        let (base, settings, failures, releases) = (
+        let (base, settings, failures, releases, metrics) = (
             Arc::clone(&base),
             Arc::clone(&settings),
             Arc::clone(&failures),
             Arc::clone(&releases),
+            Arc::clone(&metrics),
         );
         async move {
             let (given_up, queue_errors) = match failures.as_ref() {
@@ -54,6 +56,7 @@ async fn run() -> Result<(), lambda_runtime::Error> {
                 errors = report.errors + queue_errors + guards.errors,
                 "sweep"
             );
+            metrics.flush();
             let mut out = serde_json::to_value(&report).unwrap_or(Value::Null);
             out["given_up"] = serde_json::json!(given_up);
             out["rolled_back"] = serde_json::json!(guards.rolled_back);

@@ -40,9 +40,14 @@ async fn run() -> Result<(), lambda_http::Error> {
         ddb,
         cfg,
     });
+    let metrics = Arc::new(rulestream_aws::metrics::Metrics::init());
     lambda_http::run(service_fn(move |req: Request| {
-        let app = Arc::clone(&app);
-        async move { Ok::<_, lambda_http::Error>(app.handle(req).await) }
+        let (app, metrics) = (Arc::clone(&app), Arc::clone(&metrics));
+        async move {
+            let out = app.handle(req).await;
+            metrics.flush();
+            Ok::<_, lambda_http::Error>(out)
+        }
     }))
     .await
 }

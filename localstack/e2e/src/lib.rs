@@ -152,6 +152,45 @@ impl Stack {
             .map(|i| serde_dynamo::from_item(i).expect("execution item decodes"))
     }
 
+    /// The executions items of up to 100 ids (BatchGetItem, consistent reads), as JSON.
+    pub async fn executions(&self, ids: &[&String]) -> Vec<Value> {
+        let table = self.table("executions");
+        let keys: Vec<HashMap<String, AttributeValue>> = ids
+            .iter()
+            .map(|id| {
+                HashMap::from([("execution_id".to_string(), AttributeValue::S((*id).clone()))])
+            })
+            .collect();
+        let mut request = Some(
+            aws_sdk_dynamodb::types::KeysAndAttributes::builder()
+                .set_keys(Some(keys))
+                .consistent_read(true)
+                .build()
+                .expect("keys"),
+        );
+        let mut out = Vec::new();
+        while let Some(r) = request.take() {
+            let got = self
+                .ddb
+                .batch_get_item()
+                .request_items(&table, r)
+                .send()
+                .await
+                .expect("batch get executions");
+            if let Some(items) = got.responses().and_then(|m| m.get(&table)) {
+                out.extend(items.iter().map(|i| {
+                    serde_dynamo::from_item::<_, Value>(i.clone()).expect("execution item decodes")
+                }));
+            }
+            request = got
+                .unprocessed_keys()
+                .and_then(|m| m.get(&table))
+                .filter(|k| !k.keys().is_empty())
+                .cloned();
+        }
+        out
+    }
+
     /// Waits until every execution has left RUNNING, printing progress; panics at the deadline
     /// with the ones still running.
     pub async fn wait_all(&self, ids: &[String], deadline: Duration) -> HashMap<String, Value> {
@@ -159,14 +198,14 @@ impl Stack {
         let mut done: HashMap<String, Value> = HashMap::new();
         let mut last = usize::MAX;
         while done.len() < ids.len() {
-            for id in ids {
-                if done.contains_key(id) {
-                    continue;
-                }
-                if let Some(e) = self.execution(id).await
-                    && e["status"] != "RUNNING"
-                {
-                    done.insert(id.clone(), e);
+            let pending: Vec<&String> = ids.iter().filter(|i| !done.contains_key(*i)).collect();
+            for chunk in pending.chunks(100) {
+                for e in self.executions(chunk).await {
+                    if e["status"] != "RUNNING"
+                        && let Some(id) = e["execution_id"].as_str()
+                    {
+                        done.insert(id.to_string(), e);
+                    }
                 }
             }
             if done.len() != last {
@@ -534,5 +573,57 @@ pub mod receiver {
             }
         });
         (base, seen)
+    }
+}
+
+/// The sync API through its local function URL (`/lambda-url/sync-api/...`).
+pub mod api {
+    use serde_json::Value;
+    use std::process::Command;
+
+    /// The API's base URL on the local stack.
+    pub fn base() -> String {
+        let port = std::env::var("RULESTREAM_LAMBDA_PORT").unwrap_or_else(|_| "9000".into());
+        format!("http://127.0.0.1:{port}/lambda-url/sync-api")
+    }
+
+    /// (status, body) of one request; `key` goes in `x-api-key`.
+    pub fn call(method: &str, path: &str, key: Option<&str>, body: Option<&str>) -> (u16, Value) {
+        let mut c = Command::new("curl");
+        c.args([
+            "-sS",
+            "--max-time",
+            "60",
+            "-X",
+            method,
+            "-w",
+            "\n%{http_code}",
+        ]);
+        c.args(["-H", "content-type: application/json"]);
+        if let Some(k) = key {
+            c.args(["-H", &format!("x-api-key: {k}")]);
+        }
+        if body.is_some() {
+            c.args(["--data-binary", "@-"]);
+            c.stdin(std::process::Stdio::piped());
+        }
+        c.arg(format!("{}{path}", base()));
+        c.stdout(std::process::Stdio::piped());
+        let mut child = c.spawn().expect("curl runs");
+        if let Some(b) = body {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(b.as_bytes())
+                .expect("write body");
+        }
+        let out = child.wait_with_output().expect("curl ends");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').expect("status line");
+        let status: u16 = code.trim().parse().expect("status code");
+        let v = serde_json::from_str(body).unwrap_or(Value::String(body.to_string()));
+        (status, v)
     }
 }

@@ -2,56 +2,10 @@
 //! watch`, reached through its function URL (`/lambda-url/sync-api/...`, the API Gateway HTTP API
 //! payload v2 the function gets on AWS too), in front of the same tables and orchestrator.
 
-use std::process::Command;
-
+use rulestream_e2e::api::call;
 use rulestream_e2e::{Stack, new_id};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-
-fn base() -> String {
-    let port = std::env::var("RULESTREAM_LAMBDA_PORT").unwrap_or_else(|_| "9000".into());
-    format!("http://127.0.0.1:{port}/lambda-url/sync-api")
-}
-
-/// (status, body) of one request; `key` goes in `x-api-key`.
-fn call(method: &str, path: &str, key: Option<&str>, body: Option<&str>) -> (u16, Value) {
-    let mut c = Command::new("curl");
-    c.args([
-        "-sS",
-        "--max-time",
-        "60",
-        "-X",
-        method,
-        "-w",
-        "\n%{http_code}",
-    ]);
-    c.args(["-H", "content-type: application/json"]);
-    if let Some(k) = key {
-        c.args(["-H", &format!("x-api-key: {k}")]);
-    }
-    if body.is_some() {
-        c.args(["--data-binary", "@-"]);
-        c.stdin(std::process::Stdio::piped());
-    }
-    c.arg(format!("{}{path}", base()));
-    c.stdout(std::process::Stdio::piped());
-    let mut child = c.spawn().expect("curl runs");
-    if let Some(b) = body {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(b.as_bytes())
-            .expect("write body");
-    }
-    let out = child.wait_with_output().expect("curl ends");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').expect("status line");
-    let status: u16 = code.trim().parse().expect("status code");
-    let v = serde_json::from_str(body).unwrap_or(Value::String(body.to_string()));
-    (status, v)
-}
 
 fn hex(key: &str) -> String {
     Sha256::digest(key.as_bytes())

@@ -306,3 +306,98 @@ async fn failing_receivers_never_hold_the_chain_and_are_retried_then_recorded() 
         .count();
     assert_eq!(hits, 6, "one POST per attempt");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_reach_their_channel_once_with_the_rendered_template() {
+    let stack = Stack::from_env().await;
+    let (base, seen) = receiver().await;
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let secrets = aws_sdk_secretsmanager::Client::new(&sdk);
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    // The channel's URL lives only in the client's secret (SPEC section 1: `channels.<name>`).
+    let secret_id = format!("rulestream/acme-bank/notify-{tag}");
+    let channel_url = format!("{base}/slack/{tag}");
+    secrets
+        .create_secret()
+        .name(&secret_id)
+        .secret_string(json!({"channels": {"ops": channel_url}}).to_string())
+        .send()
+        .await
+        .expect("create secret");
+    let flow_id = format!("notify-{tag}");
+    let flow = json!({"client_id": "acme-bank", "flow_id": flow_id, "version": 1,
+        "terminal_statuses": ["DENIED", "OK"],
+        "rules": [{"id": "size", "when": "input.amount > 100",
+            "on": {"true": {"complete": "DENIED", "reason": "too large", "set": {"amount": "input.amount"},
+                            "actions": [
+                                {"type": "send_notification", "channel": "ops",
+                                 "template": "Trade {{execution.id}} {{status}}: {{reason}} (amount {{output.amount}})"},
+                                {"type": "send_notification", "channel": "nowhere", "template": "lost"}]},
+                   "false": {"complete": "OK"}}}]});
+    stack
+        .register_flow_with_data(&flow, rulestream_e2e::ACME_ROLE, &secret_id)
+        .await;
+    let once = new_id("acme-bank", "notify-once");
+    let twice = new_id("acme-bank", "notify-twice");
+    let row = |id: &str| json!({"execution_id": id, "seq": 0, "client_id": "acme-bank", "flow_id": flow_id, "input": {"amount": 250}});
+    stack.trigger(&stack.table("trigger"), &row(&once)).await;
+    stack
+        .trigger(&stack.table("trigger-dup"), &row(&twice))
+        .await;
+    let done = stack
+        .wait_all(&[once.clone(), twice.clone()], Duration::from_secs(120))
+        .await;
+    for id in [&once, &twice] {
+        assert_eq!(done[id]["status"], "DENIED", "{}", done[id]);
+        let mut step = Value::Null;
+        for _ in 0..80 {
+            step = step_item(&stack, id, 0).await.expect("step 0");
+            if step["actions"][0]["delivery"]["status"] != "pending" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        assert_eq!(
+            step["actions"][0]["delivery"]["status"], "delivered",
+            "{step}"
+        );
+        assert_eq!(step["actions"][0]["delivery"]["attempts"], 1, "{step}");
+        assert_eq!(step["actions"][1]["delivery"]["status"], "failed", "{step}");
+        assert!(
+            step["actions"][1]["delivery"]["last"]
+                .as_str()
+                .unwrap_or("")
+                .contains("channel `nowhere`"),
+            "{step}"
+        );
+        assert!(
+            !step.to_string().contains(&format!("/slack/{tag}")),
+            "the channel URL is in no step once sent: {step}"
+        );
+    }
+    let seen = seen.lock().expect("lock").clone();
+    let posts: Vec<&Request> = seen
+        .iter()
+        .filter(|r| r.path == format!("/slack/{tag}"))
+        .collect();
+    assert_eq!(
+        posts.len(),
+        2,
+        "one notification per execution, even delivered twice"
+    );
+    for p in &posts {
+        let body: Value = serde_json::from_slice(&p.body).expect("json");
+        let text = body["text"].as_str().expect("Slack-compatible text");
+        assert!(
+            text.starts_with("Trade acme-bank:notify-")
+                && text.ends_with("DENIED: too large (amount 250)"),
+            "{text}"
+        );
+        assert!(p.header("idempotency-key").is_some());
+    }
+    let texts: std::collections::HashSet<String> = posts
+        .iter()
+        .map(|p| String::from_utf8_lossy(&p.body).to_string())
+        .collect();
+    assert!(texts.iter().any(|t| t.contains(&once)) && texts.iter().any(|t| t.contains(&twice)));
+}

@@ -68,6 +68,8 @@ pub struct AwsFlowSource {
     /// Compiled flow versions (immutable, so never stale). One cell per version: concurrent cold
     /// loads of the same version wait for one S3 GET and one compile (single-flight).
     flows: Mutex<HashMap<(String, String, u64), FlowCell>>,
+    /// The catalog the cached flows were compiled against.
+    compiled_with: Mutex<Option<Arc<Catalog>>>,
     data: TtlCache<(String, DataSource), Value>,
 }
 
@@ -92,6 +94,7 @@ impl AwsFlowSource {
             clients: Mutex::new(HashMap::new()),
             catalog: Mutex::new(None),
             flows: Mutex::new(HashMap::new()),
+            compiled_with: Mutex::new(None),
             data: TtlCache::new(CLIENT_DATA_TTL),
         }
     }
@@ -104,9 +107,10 @@ impl AwsFlowSource {
         }
     }
 
-    async fn catalog(&self) -> Result<Arc<Catalog>, StoreError> {
+    async fn catalog(&self, force: bool) -> Result<Arc<Catalog>, StoreError> {
         let cached = self.catalog.lock().await.clone();
-        if let Some(c) = cached
+        if !force
+            && let Some(c) = cached
             && self.fresh(c.epoch, c.at).await.0
         {
             return Ok(c.value);
@@ -164,7 +168,7 @@ impl FlowSource for AwsFlowSource {
             })?),
             (None, None) => {
                 return Err(StoreError::Invalid(format!(
-                    "clients row {client_id}/{flow_id} has neither `release` nor `config_key`"
+                    "flow {client_id}/{flow_id} has no version yet (upload one: rulestream upload FILE)"
                 )));
             }
         };
@@ -199,10 +203,24 @@ impl FlowSource for AwsFlowSource {
         flow_id: &str,
         version: u64,
     ) -> Result<Arc<CompiledFlow>, StoreError> {
+        // Compiled against the catalog that serves now: when it changes (the config epoch moved),
+        // every compiled version is dropped, so a changed master rule is seen at once.
+        let catalog = self.catalog(false).await?;
         let key = (client_id.to_string(), flow_id.to_string(), version);
-        let cell = Arc::clone(self.flows.lock().await.entry(key).or_default());
+        let cell = {
+            let mut flows = self.flows.lock().await;
+            let mut compiled_with = self.compiled_with.lock().await;
+            if !compiled_with
+                .as_ref()
+                .is_some_and(|c| Arc::ptr_eq(c, &catalog))
+            {
+                flows.clear();
+                *compiled_with = Some(Arc::clone(&catalog));
+            }
+            Arc::clone(flows.entry(key).or_default())
+        };
         // A failed load leaves the cell empty: the next record tries again.
-        cell.get_or_try_init(|| self.load_flow(client_id, flow_id, version))
+        cell.get_or_try_init(|| self.load_flow(client_id, flow_id, version, catalog))
             .await
             .map(Arc::clone)
     }
@@ -219,6 +237,7 @@ impl AwsFlowSource {
         client_id: &str,
         flow_id: &str,
         version: u64,
+        catalog: Arc<Catalog>,
     ) -> Result<Arc<CompiledFlow>, StoreError> {
         let s3_key = format!("flows/{client_id}/{flow_id}/v{version}.json");
         let out = match self
@@ -264,8 +283,13 @@ impl AwsFlowSource {
             .into_bytes();
         let text = String::from_utf8(bytes.to_vec())
             .map_err(|_| StoreError::Invalid(format!("{s3_key} is not UTF-8")))?;
-        let catalog = self.catalog().await?;
-        let v = validate_str(&text, &catalog);
+        let mut v = validate_str(&text, &catalog);
+        if v.errors()
+            .any(|f| f.to_string().contains("is not in the catalog"))
+        {
+            // A rule published a moment ago, read past a stale cache: read the catalog again.
+            v = validate_str(&text, &*self.catalog(true).await?);
+        }
         let Some(flow) = v.flow.filter(|_| {
             v.findings
                 .iter()

@@ -12,6 +12,7 @@ pub mod errors;
 pub mod flows;
 pub mod kafka;
 pub mod limiter;
+pub mod metrics;
 pub mod releases;
 pub mod sealer;
 pub mod secrets;

@@ -118,6 +118,101 @@ pub struct Chain<F, J, E, D, S> {
     pub settings: Settings,
 }
 
+/// Metrics (SPEC section 7) through the `metrics` facade, dimensions `client_id` and `flow_id`.
+/// Each function installs the CloudWatch EMF recorder and flushes it after every invocation
+/// (`rulestream_aws::metrics`); without a recorder (unit tests, the CLI) these are no-ops.
+pub mod emit {
+    /// A step was decided (not a redelivery): `Steps`, `StepDuration`, and `HopLatency` when the
+    /// row's write time is known (rows the orchestrator wrote).
+    pub fn step(client: &str, flow: &str, duration_ms: f64, hop_ms: Option<f64>) {
+        let labels = [
+            ("client_id", client.to_string()),
+            ("flow_id", flow.to_string()),
+        ];
+        metrics::counter!("Steps", &labels).increment(1);
+        metrics::histogram!("StepDuration", &labels).record(duration_ms);
+        if let Some(h) = hop_ms {
+            metrics::histogram!("HopLatency", &labels).record(h.max(0.0));
+        }
+    }
+
+    /// An execution ended (its summary was written once): `Executions` by status and
+    /// `ExecutionDuration`.
+    pub fn ended(client: &str, flow: &str, status: &str, duration_ms: Option<f64>) {
+        let labels = [
+            ("client_id", client.to_string()),
+            ("flow_id", flow.to_string()),
+        ];
+        metrics::counter!(
+            "Executions",
+            "client_id" => client.to_string(),
+            "flow_id" => flow.to_string(),
+            "status" => status.to_string()
+        )
+        .increment(1);
+        if let Some(d) = duration_ms {
+            metrics::histogram!("ExecutionDuration", &labels).record(d.max(0.0));
+        }
+    }
+
+    /// A delivery was given up on: `DeliveryFailures`.
+    pub fn delivery_failed(client: &str, flow: &str) {
+        let labels = [
+            ("client_id", client.to_string()),
+            ("flow_id", flow.to_string()),
+        ];
+        metrics::counter!("DeliveryFailures", &labels).increment(1);
+    }
+
+    /// Milliseconds from an RFC 3339 time to now.
+    pub fn since(rfc3339: &str) -> Option<f64> {
+        let t = chrono::DateTime::parse_from_rfc3339(rfc3339).ok()?;
+        let ms = (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_milliseconds();
+        Some(ms as f64)
+    }
+}
+
+/// The webhook URL of a notification channel: `channels.<name>` of the client's data (its secret).
+fn channel_url(client: Option<&Value>, channel: &str) -> Option<String> {
+    client?
+        .get("channels")?
+        .get(channel)?
+        .as_str()
+        .filter(|u| !u.is_empty())
+        .map(str::to_string)
+}
+
+/// Fills `{{path}}` placeholders from `context` (a dotted path; strings as they are, other
+/// values as JSON, a missing path as nothing).
+pub fn render_template(template: &str, context: &Value) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find("{{") {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 2..];
+        let Some(close) = after.find("}}") else {
+            out.push_str(&rest[open..]);
+            return out;
+        };
+        let path = after[..close].trim();
+        let mut v = Some(context);
+        for part in path.split('.').filter(|p| !p.is_empty()) {
+            v = v.and_then(|x| match x {
+                Value::Array(a) => part.parse::<usize>().ok().and_then(|i| a.get(i)),
+                other => other.get(part),
+            });
+        }
+        match v {
+            Some(Value::String(s)) => out.push_str(s),
+            Some(Value::Null) | None => {}
+            Some(other) => out.push_str(&other.to_string()),
+        }
+        rest = &after[close + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
 fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
@@ -392,7 +487,12 @@ where
         doc["tags"] = json!([]);
         doc["trace"] = json!([]);
         match self.journal.start(&doc).await {
-            Ok(_) => Ok(()),
+            Ok(written) => {
+                if written {
+                    emit::ended(&h.client_id, &h.flow_id, FAILED, Some(0.0));
+                }
+                Ok(())
+            }
             Err(StoreError::Transient(e)) => Err(Retry(e)),
             Err(e) => {
                 tracing::error!(execution_id = %h.execution_id, error = %e, "cannot record the failure");
@@ -554,6 +654,7 @@ where
             started_at: header.started_at.clone(),
             rerun_of: row.rerun_of,
             client,
+            written_ms: None,
         };
         self.hop(table, header, flow, carried).await
     }
@@ -727,7 +828,14 @@ where
             let why = why.unwrap_or_else(|| "the execution cannot go on".into());
             return self.end_failed(&header, &carried.state, why).await;
         };
-        let doc = self.step_document(&header, &record, &result.next, &after, now)?;
+        let doc = self.step_document(
+            &header,
+            &record,
+            &result.next,
+            &after,
+            carried.client.as_ref(),
+            now,
+        )?;
         let view = StepView::of(&record, result.next);
         match self.journal.put_step(&doc).await {
             Ok(true) => {
@@ -761,6 +869,7 @@ where
         record: &StepRecord,
         next: &Next,
         after: &RunState,
+        client: Option<&Value>,
         now: DateTime<Utc>,
     ) -> Result<Value, Retry> {
         let id = &header.execution_id;
@@ -774,6 +883,42 @@ where
         let own_secrets = format!("rulestream/{}/", header.client_id);
         if let Some(actions) = doc.get_mut("actions").and_then(Value::as_array_mut) {
             for (i, (a, planned)) in actions.iter_mut().zip(&record.actions).enumerate() {
+                if planned.action.kind == ActionType::SendNotification {
+                    let context = json!({
+                        "execution": {"id": id, "client_id": header.client_id, "flow_id": header.flow_id,
+                                      "flow_version": header.flow_version, "seq": record.seq},
+                        "rule": record.rule,
+                        "outcome": record.outcome,
+                        "status": status,
+                        "reason": reason,
+                        "output": after.ctx,
+                        "tags": after.tags,
+                    });
+                    let channel = planned.action.channel.clone().unwrap_or_default();
+                    let text = render_template(
+                        planned.action.template.as_deref().unwrap_or_default(),
+                        &context,
+                    );
+                    // The channel's URL is the client's secret: it goes to the outbox (removed
+                    // once sent, never in a trace), never to the action.
+                    match channel_url(client, &channel) {
+                        Some(url) => {
+                            a["delivery"] = json!({"status": "pending", "attempts": 0});
+                            outbox.push(json!({
+                                "index": i,
+                                "key": planned.idempotency_key,
+                                "url": url,
+                                "channel": channel,
+                                "body": json!({"text": text}).to_string(),
+                            }));
+                        }
+                        None => {
+                            a["delivery"] = json!({"status": "failed", "attempts": 0,
+                                "last": format!("channel `{channel}` is not in the client's secret (`channels.{channel}`)")});
+                        }
+                    }
+                    continue;
+                }
                 if planned.action.kind != ActionType::CallWebhook {
                     continue;
                 }
@@ -872,6 +1017,7 @@ where
         redelivered: bool,
     ) -> Result<(), Retry> {
         let state = advance(&carried.state, &view, flow.reads_steps());
+        let written_ms = carried.written_ms;
         match &view.next {
             Next::Rule { .. } => {
                 let next = Carried { state, ..carried };
@@ -896,6 +1042,15 @@ where
             }
         }
         deliver_pending(&self.journal, &self.deliveries, &self.settings, step).await;
+        if !redelivered {
+            let now_ms = Utc::now().timestamp_millis();
+            emit::step(
+                &header.client_id,
+                &header.flow_id,
+                started.elapsed().as_secs_f64() * 1000.0,
+                written_ms.map(|w| (now_ms - w) as f64),
+            );
+        }
         tracing::info!(
             execution_id = %header.execution_id,
             client_id = %header.client_id,
@@ -913,6 +1068,10 @@ where
     }
 
     async fn put_next(&self, table: &str, h: &ExecutionHeader, next: Carried) -> Result<(), Retry> {
+        let next = Carried {
+            written_ms: Some(Utc::now().timestamp_millis()),
+            ..next
+        };
         let plain =
             serde_json::to_vec(&next).map_err(|e| Retry(format!("cannot encode state: {e}")))?;
         let mut row = SealedRow {
@@ -1022,7 +1181,17 @@ pub async fn finish<J: Journal>(
         }
     }
     match journal.finish(&h.execution_id, &doc).await {
-        Ok(_) => Ok(()),
+        Ok(written) => {
+            if written {
+                emit::ended(
+                    &h.client_id,
+                    &h.flow_id,
+                    &status,
+                    emit::since(&h.started_at),
+                );
+            }
+            Ok(())
+        }
         Err(StoreError::Transient(e)) => Err(Retry(e)),
         Err(e) => {
             let why = format!("cannot record the end ({status}): {e}");
@@ -1150,6 +1319,9 @@ pub async fn deliver_pending<J: Journal, D: Deliveries>(
         };
         if status != "delivered" {
             tracing::warn!(key = %str_of(o, "key"), attempt, result = %last, "webhook not delivered");
+        }
+        if status == "failed" {
+            emit::delivery_failed(str_of(step, "client_id"), str_of(step, "flow_id"));
         }
         let mut history = a
             .get("delivery")
@@ -1496,6 +1668,27 @@ async fn end_if_stalled<J: Journal>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn templates_fill_paths_from_the_public_context() {
+        let ctx = json!({"execution": {"id": "c:1"}, "status": "DENIED", "output": {"n": 3, "l": [1, 2]},
+                         "reason": null});
+        assert_eq!(
+            render_template(
+                "{{execution.id}} is {{ status }}: n={{output.n}} l={{output.l.1}} {{reason}}{{missing.x}}!",
+                &ctx
+            ),
+            "c:1 is DENIED: n=3 l=2 !"
+        );
+        assert_eq!(render_template("no {{ end", &ctx), "no {{ end");
+        let client = json!({"channels": {"ops": "https://hooks.example/x"}});
+        assert_eq!(
+            channel_url(Some(&client), "ops").as_deref(),
+            Some("https://hooks.example/x")
+        );
+        assert_eq!(channel_url(Some(&client), "sales"), None);
+        assert_eq!(channel_url(None, "ops"), None);
+    }
 
     #[test]
     fn urls_show_scheme_host_and_port_only() {

@@ -249,6 +249,9 @@ pub struct Carried {
     /// Client data read at seq 0 (absent when the client has no data source).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client: Option<Value>,
+    /// When the orchestrator wrote this row (epoch ms; `HopLatency`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written_ms: Option<i64>,
 }
 
 /// The clear part of a trigger row the orchestrator writes (seq > 0); `sealed` holds the rest.
