@@ -156,9 +156,9 @@ enum Command {
     },
     /// List a client's executions, newest first (an index query by client and start time).
     Logs {
-        /// The client whose executions to list.
+        /// The client whose executions to list (default: every client's, merged).
         #[arg(long)]
-        client: String,
+        client: Option<String>,
         /// Only this flow.
         #[arg(long)]
         flow: Option<String>,
@@ -256,6 +256,24 @@ enum Command {
     Client {
         #[command(subcommand)]
         action: ClientAction,
+    },
+    /// A live view of executions per second, statuses and latencies, from the executions index.
+    Top {
+        /// Only this client.
+        #[arg(long)]
+        client: Option<String>,
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 2)]
+        interval: u64,
+        /// The window the figures cover, in seconds.
+        #[arg(long, default_value_t = 60)]
+        window: u64,
+        /// Print one frame and exit.
+        #[arg(long)]
+        once: bool,
+        /// One JSON document per frame.
+        #[arg(long)]
+        json: bool,
     },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
@@ -503,6 +521,19 @@ fn main() -> ExitCode {
             CatalogAction::Publish { file, json } => release::catalog_publish(&file, json),
             CatalogAction::Rollback { rule, json } => release::catalog_rollback(&rule, json),
         },
+        Command::Top {
+            client,
+            interval,
+            window,
+            once,
+            json,
+        } => ops::top(&ops::TopArgs {
+            client,
+            interval,
+            window,
+            once,
+            json,
+        }),
         Command::Status { id, json } => ops::status(&id, json),
         Command::Trace { id, json } => ops::trace(&id, json),
         Command::Cancel { id, json } => ops::cancel_cmd(&id, json),

@@ -642,7 +642,7 @@ fn follow(
 /// `logs --client C [--flow F] [--status S] [--since DUR] [--limit N]`: newest first, from the
 /// executions index by client and start time (never a scan).
 pub struct LogsArgs {
-    pub client: String,
+    pub client: Option<String>,
     pub flow: Option<String>,
     pub status: Option<String>,
     pub since: Option<String>,
@@ -671,8 +671,90 @@ pub fn logs(a: &LogsArgs) -> anyhow::Result<Outcome> {
     let since = a.since.as_deref().map(parse_duration).transpose()?;
     let b = Backend::connect()?;
     let rt = runtime()?;
+    let clients = match &a.client {
+        Some(c) => vec![c.clone()],
+        // Every client's executions: the clients table is small configuration; each client's
+        // executions come from the index by client and start time, never a scan of them.
+        None => client_ids(&b, &rt)?,
+    };
+    let mut out: Vec<Value> = Vec::new();
+    for client in &clients {
+        out.extend(list_client(&b, &rt, client, since, a)?);
+    }
+    out.sort_by_key(|e| std::cmp::Reverse(s(e, "started_at")));
+    out.truncate(a.limit);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(Outcome::Ok);
+    }
+    if out.is_empty() {
+        match &a.client {
+            Some(c) => eprintln!("no executions of client `{c}` match"),
+            None => eprintln!("no executions match"),
+        }
+        return Ok(Outcome::Ok);
+    }
+    println!(
+        "{:<24} {:<14} {:<20} {:<4} {:<56}",
+        "started", "status", "flow", "ver", "execution"
+    );
+    for e in &out {
+        println!(
+            "{:<24} {:<14} {:<20} {:<4} {:<56}",
+            s(e, "started_at"),
+            s(e, "status"),
+            s(e, "flow_id"),
+            s(e, "flow_version"),
+            s(e, "execution_id")
+        );
+    }
+    Ok(Outcome::Ok)
+}
+
+/// Every client id of the clients table.
+fn client_ids(b: &Backend, rt: &tokio::runtime::Runtime) -> anyhow::Result<Vec<String>> {
+    let mut ids = std::collections::BTreeSet::new();
+    let mut start: Option<HashMap<String, AttributeValue>> = None;
+    loop {
+        let page = rt
+            .block_on(
+                b.ddb
+                    .scan()
+                    .table_name(&b.cfg.clients_table)
+                    .projection_expression("client_id")
+                    .set_exclusive_start_key(start.take())
+                    .send(),
+            )
+            .map_err(|e| {
+                anyhow!(
+                    "cannot read {}: {}",
+                    b.cfg.clients_table,
+                    aws_sdk_dynamodb::error::DisplayErrorContext(&e)
+                )
+            })?;
+        for item in page.items() {
+            if let Some(AttributeValue::S(c)) = item.get("client_id") {
+                ids.insert(c.clone());
+            }
+        }
+        match page.last_evaluated_key() {
+            Some(k) if !k.is_empty() => start = Some(k.clone()),
+            _ => break,
+        }
+    }
+    Ok(ids.into_iter().collect())
+}
+
+/// One client's executions, newest first, at most `a.limit`.
+fn list_client(
+    b: &Backend,
+    rt: &tokio::runtime::Runtime,
+    client: &str,
+    since: Option<i64>,
+    a: &LogsArgs,
+) -> anyhow::Result<Vec<Value>> {
     let mut names = HashMap::from([("#c".to_string(), "client_id".to_string())]);
-    let mut values = HashMap::from([(":c".to_string(), AttributeValue::S(a.client.clone()))]);
+    let mut values = HashMap::from([(":c".to_string(), AttributeValue::S(client.to_string()))]);
     let mut key = "#c = :c".to_string();
     if let Some(secs) = since {
         let t = chrono::Utc::now() - chrono::Duration::seconds(secs);
@@ -709,7 +791,7 @@ pub fn logs(a: &LogsArgs) -> anyhow::Result<Outcome> {
                     .set_expression_attribute_names(Some(names.clone()))
                     .set_expression_attribute_values(Some(values.clone()))
                     .projection_expression(
-                        "execution_id, client_id, flow_id, flow_version, #s2, started_at, finished_at, reason",
+                        "execution_id, client_id, flow_id, flow_version, #s2, started_at, finished_at, reason, steps_total",
                     )
                     .expression_attribute_names("#s2", "status")
                     .scan_index_forward(false)
@@ -734,29 +816,140 @@ pub fn logs(a: &LogsArgs) -> anyhow::Result<Outcome> {
             _ => break,
         }
     }
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(Outcome::Ok);
+    Ok(out)
+}
+
+/// Options of `top`.
+pub struct TopArgs {
+    /// One client (default: all).
+    pub client: Option<String>,
+    /// Seconds between frames.
+    pub interval: u64,
+    /// The window the figures cover, seconds.
+    pub window: u64,
+    /// Print one frame and exit.
+    pub once: bool,
+    /// JSON frames.
+    pub json: bool,
+}
+
+/// One frame of `top`: what the executions index says about the last `window` seconds.
+fn top_frame(b: &Backend, rt: &tokio::runtime::Runtime, a: &TopArgs) -> anyhow::Result<Value> {
+    let clients = match &a.client {
+        Some(c) => vec![c.clone()],
+        None => client_ids(b, rt)?,
+    };
+    let la = LogsArgs {
+        client: None,
+        flow: None,
+        status: None,
+        since: None,
+        limit: 100_000,
+        json: true,
+    };
+    let secs = i64::try_from(a.window).unwrap_or(60);
+    let mut rows = Vec::new();
+    for c in &clients {
+        rows.extend(list_client(b, rt, c, Some(secs), &la)?);
     }
-    if out.is_empty() {
-        eprintln!("no executions of client `{}` match", a.client);
-        return Ok(Outcome::Ok);
+    let mut by_status: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut by_flow: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut durations: Vec<f64> = Vec::new();
+    let mut per_step: Vec<f64> = Vec::new();
+    for e in &rows {
+        *by_status.entry(s(e, "status")).or_default() += 1;
+        *by_flow
+            .entry(format!("{}/{}", s(e, "client_id"), s(e, "flow_id")))
+            .or_default() += 1;
+        let (Ok(st), Ok(fi)) = (
+            chrono::DateTime::parse_from_rfc3339(&s(e, "started_at")),
+            chrono::DateTime::parse_from_rfc3339(&s(e, "finished_at")),
+        ) else {
+            continue;
+        };
+        let ms = (fi - st).num_milliseconds() as f64;
+        durations.push(ms);
+        if let Some(n) = e
+            .get("steps_total")
+            .and_then(Value::as_f64)
+            .filter(|n| *n > 0.0)
+        {
+            per_step.push(ms / n);
+        }
     }
-    println!(
-        "{:<24} {:<14} {:<20} {:<4} {:<56}",
-        "started", "status", "flow", "ver", "execution"
+    let pct = |v: &mut Vec<f64>, p: f64| -> Option<f64> {
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+        v.get(i).copied()
+    };
+    let finished = durations.len() as f64;
+    Ok(json!({
+        "at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "window_secs": a.window,
+        "started": rows.len(),
+        "started_per_sec": rows.len() as f64 / a.window as f64,
+        "finished_per_sec": finished / a.window as f64,
+        "by_status": by_status,
+        "by_flow": by_flow,
+        "execution_ms": {"p50": pct(&mut durations.clone(), 0.5), "p99": pct(&mut durations, 0.99)},
+        "step_ms": {"p50": pct(&mut per_step.clone(), 0.5), "p99": pct(&mut per_step, 0.99)},
+    }))
+}
+
+fn render_top(f: &Value) -> String {
+    let num = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.1}"));
+    let mut out = format!(
+        "rulestream top  {}  (last {} s)\n\nexecutions/s  started {}  finished {}\nexecution ms  p50 {}  p99 {}\nstep ms       p50 {}  p99 {}\n\n{:<14} {:>8}\n",
+        f["at"].as_str().unwrap_or(""),
+        f["window_secs"],
+        num(&f["started_per_sec"]),
+        num(&f["finished_per_sec"]),
+        num(&f["execution_ms"]["p50"]),
+        num(&f["execution_ms"]["p99"]),
+        num(&f["step_ms"]["p50"]),
+        num(&f["step_ms"]["p99"]),
+        "STATUS",
+        "COUNT"
     );
-    for e in &out {
-        println!(
-            "{:<24} {:<14} {:<20} {:<4} {:<56}",
-            s(e, "started_at"),
-            s(e, "status"),
-            s(e, "flow_id"),
-            s(e, "flow_version"),
-            s(e, "execution_id")
-        );
+    for (k, v) in f["by_status"].as_object().into_iter().flatten() {
+        out.push_str(&format!("{k:<14} {v:>8}\n"));
     }
-    Ok(Outcome::Ok)
+    out.push_str(&format!("\n{:<40} {:>8}\n", "CLIENT/FLOW", "STARTED"));
+    let mut flows: Vec<(&String, &Value)> =
+        f["by_flow"].as_object().into_iter().flatten().collect();
+    flows.sort_by_key(|(_, v)| std::cmp::Reverse(v.as_u64().unwrap_or(0)));
+    for (k, v) in flows.into_iter().take(15) {
+        out.push_str(&format!("{k:<40} {v:>8}\n"));
+    }
+    out
+}
+
+/// `top`: a live view of the executions index, refreshed every `interval` seconds (Ctrl-C to
+/// stop); `--once` prints one frame.
+pub fn top(a: &TopArgs) -> anyhow::Result<Outcome> {
+    let b = Backend::connect()?;
+    let rt = runtime()?;
+    let live = !a.once && std::io::IsTerminal::is_terminal(&std::io::stdout());
+    loop {
+        let frame = top_frame(&b, &rt, a)?;
+        if a.json {
+            println!("{frame}");
+        } else if live {
+            // Clear the screen and home the cursor, then the frame.
+            print!("\x1b[2J\x1b[H{}", render_top(&frame));
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+        } else {
+            print!("{}", render_top(&frame));
+        }
+        if a.once {
+            return Ok(Outcome::Ok);
+        }
+        std::thread::sleep(Duration::from_secs(a.interval.max(1)));
+    }
 }
 
 #[cfg(test)]

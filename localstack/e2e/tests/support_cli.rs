@@ -224,3 +224,122 @@ async fn cancel_ends_a_running_execution_and_is_safe_to_repeat() {
     assert_eq!(rs(&["cancel", &id]).status.code(), Some(0));
     assert_eq!(rs(&["cancel", "e2e:never-was"]).status.code(), Some(1));
 }
+
+/// Runs `cmd` in a detached tmux session on a server of its own (so it gets this process's
+/// environment), waits `wait`, and answers the screen as a person would see it.
+fn tmux_screen(socket: &str, cmd: &str, wait: std::time::Duration) -> String {
+    let st = std::process::Command::new("tmux")
+        .args([
+            "-L",
+            socket,
+            "new-session",
+            "-d",
+            "-s",
+            "t",
+            "-x",
+            "120",
+            "-y",
+            "40",
+            cmd,
+        ])
+        .status()
+        .expect("tmux runs");
+    assert!(st.success(), "tmux new-session");
+    std::thread::sleep(wait);
+    let out = std::process::Command::new("tmux")
+        .args(["-L", socket, "capture-pane", "-p", "-t", "t"])
+        .output()
+        .expect("capture-pane");
+    let _ = std::process::Command::new("tmux")
+        .args(["-L", socket, "kill-server"])
+        .status();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_logs_and_run_wait_as_a_person_sees_them() {
+    let stack = Stack::from_env().await;
+    let tag = uuid::Uuid::new_v4().simple().to_string()[..10].to_string();
+    let flow_id = format!("top-{tag}");
+    stack
+        .register_flow(
+            &json!({"client_id": "e2e", "flow_id": flow_id, "version": 1,
+            "terminal_statuses": ["DONE"],
+            "rules": [{"id": "one", "when": "true", "on": {"true": {"next": true}}},
+                      {"id": "two", "when": "true", "on": {"true": {"complete": "DONE"}}}]}),
+        )
+        .await;
+    let rows: Vec<Value> = (0..20)
+        .map(|i| {
+            json!({"execution_id": format!("e2e:{flow_id}-{i}"), "seq": 0, "client_id": "e2e",
+                        "flow_id": flow_id, "input": {"i": i}})
+        })
+        .collect();
+    let ids: Vec<String> = rows
+        .iter()
+        .map(|r| r["execution_id"].as_str().expect("id").to_string())
+        .collect();
+    stack.trigger_all(&stack.table("trigger"), &rows).await;
+    stack
+        .wait_all(&ids, std::time::Duration::from_secs(120))
+        .await;
+
+    // logs without --client: every client's executions, merged newest first.
+    let all = out_json(&rs(&[
+        "logs", "--flow", &flow_id, "--since", "10m", "--json",
+    ]));
+    let listed: Vec<&str> = all
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|e| e["execution_id"].as_str())
+        .collect();
+    assert_eq!(listed.len(), 20, "{all}");
+    let started: Vec<&str> = all
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|e| e["started_at"].as_str())
+        .collect();
+    assert!(started.windows(2).all(|w| w[0] >= w[1]), "newest first");
+
+    // top, as JSON and as a person sees it.
+    let frame = out_json(&rs(&[
+        "top", "--client", "e2e", "--once", "--json", "--window", "600",
+    ]));
+    assert_eq!(
+        frame["by_flow"][format!("e2e/{flow_id}")],
+        json!(20),
+        "{frame}"
+    );
+    assert!(
+        frame["by_status"]["DONE"].as_u64().unwrap_or(0) >= 20,
+        "{frame}"
+    );
+    assert!(frame["step_ms"]["p50"].is_number(), "{frame}");
+    let cli_path = rulestream_e2e::cli()
+        .get_program()
+        .to_string_lossy()
+        .to_string();
+    let screen = tmux_screen(
+        &format!("rs-top-{tag}"),
+        &format!("{cli_path} top --client e2e --interval 1 --window 600"),
+        std::time::Duration::from_secs(4),
+    );
+    assert!(screen.contains("rulestream top"), "{screen}");
+    assert!(screen.contains(&format!("e2e/{flow_id}")), "{screen}");
+    assert!(
+        screen.contains("STATUS") && screen.contains("DONE"),
+        "{screen}"
+    );
+
+    // run --wait on a terminal: the final line names the status.
+    let screen = tmux_screen(
+        &format!("rs-run-{tag}"),
+        &format!(
+            "{cli_path} run e2e {flow_id} --input '{{\"i\": 99}}' --wait --timeout 60; sleep 30"
+        ),
+        std::time::Duration::from_secs(8),
+    );
+    assert!(screen.contains("DONE"), "{screen}");
+}
