@@ -70,6 +70,8 @@ pub struct AwsFlowSource {
     flows: Mutex<HashMap<(String, String, u64), FlowCell>>,
     /// The catalog the cached flows were compiled against.
     compiled_with: Mutex<Option<Arc<Catalog>>>,
+    /// Flow versions compiled with an execution's pinned master-rule versions.
+    pinned: Mutex<HashMap<String, Arc<CompiledFlow>>>,
     data: TtlCache<(String, DataSource), Value>,
 }
 
@@ -95,6 +97,7 @@ impl AwsFlowSource {
             catalog: Mutex::new(None),
             flows: Mutex::new(HashMap::new()),
             compiled_with: Mutex::new(None),
+            pinned: Mutex::new(HashMap::new()),
             data: TtlCache::new(CLIENT_DATA_TTL),
         }
     }
@@ -223,6 +226,50 @@ impl FlowSource for AwsFlowSource {
         cell.get_or_try_init(|| self.load_flow(client_id, flow_id, version, catalog))
             .await
             .map(Arc::clone)
+    }
+
+    async fn flow_pinned(
+        &self,
+        client_id: &str,
+        flow_id: &str,
+        version: u64,
+        pins: &std::collections::BTreeMap<String, u64>,
+    ) -> Result<Arc<CompiledFlow>, StoreError> {
+        let current = self.flow_version(client_id, flow_id, version).await?;
+        if current.agrees_with(pins) {
+            return Ok(current);
+        }
+        // The catalog moved on since the execution started: compile the flow again with the
+        // versions of its seq 0 (versions are immutable, so this is cached for good).
+        let key = format!(
+            "{client_id}/{flow_id}/v{version}/{}",
+            pins.iter()
+                .map(|(k, v)| format!("{k}@{v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        if let Some(f) = self.pinned.lock().await.get(&key) {
+            return Ok(Arc::clone(f));
+        }
+        let catalog = self.catalog(false).await?;
+        let flow = current.pinned_flow(pins);
+        match CompiledFlow::compile(&flow, &catalog) {
+            Ok(c) => {
+                let c = Arc::new(c);
+                self.pinned.lock().await.insert(key, Arc::clone(&c));
+                Ok(c)
+            }
+            Err(issues) => Err(StoreError::Invalid(format!(
+                "flow {client_id}/{flow_id} version {version} with the master-rule versions of its start ({}) does not compile: {}",
+                key.rsplit('/').next().unwrap_or_default(),
+                issues
+                    .iter()
+                    .take(3)
+                    .map(|i| format!("{}: {}", i.path, i.message))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ))),
+        }
     }
 
     async fn client_data(&self, client_id: &str, source: &DataSource) -> Result<Value, StoreError> {

@@ -634,7 +634,7 @@ fn rule_of_item(item: &HashMap<String, AttributeValue>) -> Option<MasterRule> {
 
 /// Reads the whole catalog table: the rules that serve, and a line for each row skipped (a row
 /// that is not a valid master rule is left out, so one bad row never makes every flow invalid;
-/// a retired version is left out so flows use the one before it).
+/// a retired version is kept but is never a rule's latest, so flows use the one before it).
 pub async fn load_catalog(ddb: &Ddb, table: &str) -> Result<(Catalog, Vec<String>), StoreError> {
     let mut catalog = Catalog::new();
     let mut skipped = Vec::new();
@@ -653,11 +653,11 @@ pub async fn load_catalog(ddb: &Ddb, table: &str) -> Result<(Catalog, Vec<String
                 Some(AttributeValue::S(s)) => s.clone(),
                 _ => "?".into(),
             };
-            if retired(item) {
-                continue;
-            }
             match rule_of_item(item) {
                 Some(rule) => match rulestream_core::validate::check_master_rule(&rule) {
+                    // A rolled-back version is never a rule's latest, but an execution that
+                    // pinned it at its start still finds it.
+                    Ok(()) if retired(item) => catalog.insert_retired(rule),
                     Ok(()) => catalog.insert(rule),
                     Err(m) => skipped.push(format!("catalog rule `{id}` skipped: {m}")),
                 },

@@ -31,6 +31,9 @@ pub enum CatalogError {
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
     rules: BTreeMap<String, BTreeMap<u64, MasterRule>>,
+    /// Versions rolled back: never a rule's latest, still found by number (an execution that
+    /// pinned one at its seq 0 keeps it).
+    retired: std::collections::BTreeSet<(String, u64)>,
 }
 
 impl Catalog {
@@ -47,12 +50,22 @@ impl Catalog {
             .insert(rule.version, rule);
     }
 
-    /// The pinned version of `rule_id`, or its latest when `version` is `None`.
+    /// Adds a rule version that was rolled back (see [`Catalog::get`]).
+    pub fn insert_retired(&mut self, rule: MasterRule) {
+        self.retired.insert((rule.rule_id.clone(), rule.version));
+        self.insert(rule);
+    }
+
+    /// The pinned version of `rule_id`, or its latest version not rolled back when `version` is
+    /// `None`.
     pub fn get(&self, rule_id: &str, version: Option<u64>) -> Option<&MasterRule> {
         let versions = self.rules.get(rule_id)?;
         match version {
             Some(v) => versions.get(&v),
-            None => versions.values().next_back(),
+            None => versions
+                .values()
+                .rev()
+                .find(|r| !self.retired.contains(&(r.rule_id.clone(), r.version))),
         }
     }
 
@@ -119,5 +132,48 @@ impl Catalog {
             catalog.add_source(&f.display().to_string(), &text)?;
         }
         Ok(catalog)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(version: u64, expression: &str) -> MasterRule {
+        serde_json::from_value(
+            serde_json::json!({"rule_id": "r", "version": version, "kind": "cel",
+            "expression": expression}),
+        )
+        .expect("rule")
+    }
+
+    #[test]
+    fn a_retired_version_is_never_the_latest_but_is_found_by_number() {
+        let mut c = Catalog::new();
+        c.insert(rule(1, "true"));
+        c.insert_retired(rule(2, "false"));
+        assert_eq!(c.get("r", None).map(|r| r.version), Some(1));
+        assert_eq!(c.get("r", Some(2)).map(|r| r.version), Some(2));
+        c.insert(rule(3, "1 == 1"));
+        assert_eq!(c.get("r", None).map(|r| r.version), Some(3));
+    }
+
+    #[test]
+    fn a_compiled_flow_names_the_versions_it_resolved_and_can_be_pinned() {
+        let mut c = Catalog::new();
+        c.insert(rule(1, "true"));
+        let flow: crate::Flow = serde_json::from_value(serde_json::json!({
+            "client_id": "c", "flow_id": "f", "version": 1, "terminal_statuses": ["OK"],
+            "rules": [{"id": "a", "use": "r", "on": {"true": {"complete": "OK"}, "false": {"complete": "OK"}}}]}))
+        .expect("flow");
+        let v1 = crate::CompiledFlow::compile(&flow, &c).expect("compiles");
+        let pins = v1.master_versions();
+        assert_eq!(pins.get("r"), Some(&1));
+        c.insert(rule(2, "false"));
+        let v2 = crate::CompiledFlow::compile(&flow, &c).expect("compiles");
+        assert!(!v2.agrees_with(&pins), "the catalog moved on");
+        let again = crate::CompiledFlow::compile(&v2.pinned_flow(&pins), &c).expect("pinned");
+        assert!(again.agrees_with(&pins));
+        assert_eq!(again.master_versions(), pins);
     }
 }

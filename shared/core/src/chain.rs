@@ -118,6 +118,10 @@ pub struct Chain<F, J, E, D, S> {
     pub settings: Settings,
 }
 
+/// The most steps one hop runs when its flow fuses pure steps: past it, a trigger row carries the
+/// chain on (bounds one invocation's work, whatever the flow).
+pub const MAX_FUSED: u32 = 25;
+
 /// Metrics (SPEC section 7) through the `metrics` facade, dimensions `client_id` and `flow_id`.
 /// Each function installs the CloudWatch EMF recorder and flushes it after every invocation
 /// (`rulestream_aws::metrics`); without a recorder (unit tests, the CLI) these are no-ops.
@@ -654,6 +658,7 @@ where
             started_at: header.started_at.clone(),
             rerun_of: row.rerun_of,
             client,
+            pins: flow.master_versions(),
             written_ms: None,
         };
         self.hop(table, header, flow, carried).await
@@ -763,12 +768,24 @@ where
             started_at: carried.started_at.clone(),
             rerun_of: carried.rerun_of.clone(),
         };
+        // The master-rule versions of seq 0, whatever the catalog says now.
         let flow = match self
-            .load(&row.client_id, &row.flow_id, row.flow_version)
-            .await?
+            .flows
+            .flow_pinned(
+                &row.client_id,
+                &row.flow_id,
+                row.flow_version,
+                &carried.pins,
+            )
+            .await
         {
-            Load::Ok(f) => f,
-            Load::Fail(why) => return self.end_failed(&header, &carried.state, why).await,
+            Ok(f) => f,
+            Err(StoreError::Transient(e)) => return Err(Retry(e)),
+            Err(e) => {
+                return self
+                    .end_failed(&header, &carried.state, e.to_string())
+                    .await;
+            }
         };
         self.hop(table, header, flow, carried).await
     }
@@ -782,6 +799,18 @@ where
         flow: Arc<CompiledFlow>,
         carried: Carried,
     ) -> Result<(), Retry> {
+        self.hop_fused(table, header, flow, carried, 0).await
+    }
+
+    /// One step; `fused` counts the steps already run in this hop before it (SPEC 1 Fusing).
+    async fn hop_fused(
+        &self,
+        table: &str,
+        header: ExecutionHeader,
+        flow: Arc<CompiledFlow>,
+        carried: Carried,
+        fused: u32,
+    ) -> Result<(), Retry> {
         let started = std::time::Instant::now();
         let id = header.execution_id.clone();
         let seq = carried.state.seq;
@@ -789,7 +818,7 @@ where
             match self.journal.step(&id, seq).await {
                 Ok(Some(step)) => {
                     return self
-                        .after_stored(table, &header, &flow, carried, step, started)
+                        .after_stored(table, &header, &flow, carried, step, (started, fused))
                         .await;
                 }
                 Ok(None) => {}
@@ -839,12 +868,21 @@ where
         let view = StepView::of(&record, result.next);
         match self.journal.put_step(&doc).await {
             Ok(true) => {
-                self.after_step(table, &header, &flow, carried, view, &doc, started, false)
-                    .await
+                self.after_step(
+                    table,
+                    &header,
+                    &flow,
+                    carried,
+                    view,
+                    &doc,
+                    (started, fused),
+                    false,
+                )
+                .await
             }
             Ok(false) => match self.journal.step(&id, seq).await {
                 Ok(Some(stored)) => {
-                    self.after_stored(table, &header, &flow, carried, stored, started)
+                    self.after_stored(table, &header, &flow, carried, stored, (started, fused))
                         .await
                 }
                 Ok(None) => Err(Retry(format!(
@@ -978,10 +1016,10 @@ where
         &self,
         table: &str,
         header: &ExecutionHeader,
-        flow: &CompiledFlow,
+        flow: &Arc<CompiledFlow>,
         carried: Carried,
         step: Value,
-        started: std::time::Instant,
+        started: (std::time::Instant, u32),
     ) -> Result<(), Retry> {
         if let Some(stop) = step.get("stop").and_then(Value::as_str) {
             tracing::warn!(execution_id = %header.execution_id, seq = carried.state.seq, status = stop,
@@ -1009,19 +1047,34 @@ where
         &self,
         table: &str,
         header: &ExecutionHeader,
-        flow: &CompiledFlow,
+        flow: &Arc<CompiledFlow>,
         carried: Carried,
         view: StepView,
         step: &Value,
-        started: std::time::Instant,
+        (started, fused): (std::time::Instant, u32),
         redelivered: bool,
     ) -> Result<(), Retry> {
         let state = advance(&carried.state, &view, flow.reads_steps());
         let written_ms = carried.written_ms;
+        let mut fuse_into: Option<Carried> = None;
         match &view.next {
-            Next::Rule { .. } => {
-                let next = Carried { state, ..carried };
-                self.put_next(table, header, next).await?;
+            Next::Rule { rule } => {
+                let next = Carried {
+                    state,
+                    written_ms: None,
+                    ..carried
+                };
+                // Fusing (SPEC 1): a pure step followed by a pure rule runs on in this hop,
+                // without a trigger row; a hop still ends after MAX_FUSED steps.
+                if flow.fuses()
+                    && fused + 1 < MAX_FUSED
+                    && flow.is_pure(Some(&view.rule))
+                    && flow.is_pure(Some(rule))
+                {
+                    fuse_into = Some(next);
+                } else {
+                    self.put_next(table, header, next).await?;
+                }
             }
             Next::Done {
                 status,
@@ -1064,6 +1117,16 @@ where
             duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
             "step"
         );
+        if let Some(next) = fuse_into {
+            return Box::pin(self.hop_fused(
+                table,
+                header.clone(),
+                Arc::clone(flow),
+                next,
+                fused + 1,
+            ))
+            .await;
+        }
         Ok(())
     }
 

@@ -199,6 +199,77 @@ impl CompiledFlow {
                 .is_some_and(|r| r.rate_limit.is_some())
     }
 
+    /// The catalog version each `use` rule resolved to (its `use_version`, or the latest): what
+    /// an execution pins at its seq 0 (SPEC section 2).
+    pub fn master_versions(&self) -> std::collections::BTreeMap<String, u64> {
+        self.rules
+            .iter()
+            .filter_map(|c| match &c.decide {
+                Decide::Master {
+                    rule_id, version, ..
+                } => Some((rule_id.clone(), *version)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The flow with `pins` written in as `use_version`, for compiling it again against a catalog
+    /// that has moved on since an execution started.
+    pub fn pinned_flow(&self, pins: &std::collections::BTreeMap<String, u64>) -> Flow {
+        let mut f = self.flow.clone();
+        for r in &mut f.rules {
+            if r.use_version.is_none()
+                && let Some(id) = &r.use_rule
+                && let Some(v) = pins.get(id)
+            {
+                r.use_version = Some(*v);
+            }
+        }
+        f
+    }
+
+    /// Whether `pins` are what this compile resolved (nothing to recompile).
+    pub fn agrees_with(&self, pins: &std::collections::BTreeMap<String, u64>) -> bool {
+        let mine = self.master_versions();
+        pins.iter().all(|(k, v)| mine.get(k).is_none_or(|m| m == v))
+    }
+
+    /// Whether the flow fuses pure steps into one hop (`"fuse": true`).
+    pub fn fuses(&self) -> bool {
+        self.flow.fuse
+    }
+
+    /// Whether `rule` (default: the start rule) has no side effect: no rate limit, no
+    /// `lambda`/`http` master rule, and no delivering action on any of its transitions. Such a
+    /// rule may run in the hop of the step before it when the flow fuses.
+    pub fn is_pure(&self, rule: Option<&str>) -> bool {
+        let idx = match rule {
+            None => self.start,
+            Some(id) => match self.index.get(id) {
+                Some(i) => *i,
+                None => return false,
+            },
+        };
+        let Some(r) = self.flow.rules.get(idx) else {
+            return false;
+        };
+        let delivers = |t: &crate::model::Transition| {
+            t.actions.iter().any(|a| {
+                matches!(
+                    a.kind,
+                    ActionType::CallWebhook | ActionType::SendNotification
+                )
+            })
+        };
+        !self.decides_with_effects(rule)
+            && !r
+                .on
+                .values()
+                .chain(r.default.as_ref())
+                .chain(r.on_error.as_ref())
+                .any(delivers)
+    }
+
     fn trie(&self, root: &str) -> Option<&PathTrie> {
         self.tries.get(root).filter(|t| !t.is_empty())
     }

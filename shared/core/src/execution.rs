@@ -249,6 +249,9 @@ pub struct Carried {
     /// Client data read at seq 0 (absent when the client has no data source).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client: Option<Value>,
+    /// Master-rule versions resolved at seq 0 (rule id -> version): every later step uses them.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub pins: std::collections::BTreeMap<String, u64>,
     /// When the orchestrator wrote this row (epoch ms; `HopLatency`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub written_ms: Option<i64>,

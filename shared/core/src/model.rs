@@ -49,6 +49,11 @@ pub struct Flow {
     /// Path (e.g. `input.employee.id`) whose value picks the gray bucket of an execution.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gray_key: Option<String>,
+    /// Run consecutive rules without side effects (no `rate_limit`, no `lambda`/`http` master
+    /// rule, no delivering action) in the same hop: each is still its own step and seq, and a
+    /// trigger row is written only where a hop starts.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fuse: bool,
     /// The rules, in file order (`next` means the following one).
     pub rules: Vec<Rule>,
 }

@@ -158,6 +158,20 @@ pub trait FlowSource: Sync {
         version: u64,
     ) -> impl Future<Output = Result<std::sync::Arc<crate::CompiledFlow>, StoreError>> + Send;
 
+    /// [`FlowSource::flow_version`] compiled with the master-rule versions an execution pinned
+    /// at its seq 0 (`pins`: rule id -> version). By default the current compile (a source
+    /// whose catalog never changes).
+    fn flow_pinned(
+        &self,
+        client_id: &str,
+        flow_id: &str,
+        version: u64,
+        pins: &std::collections::BTreeMap<String, u64>,
+    ) -> impl Future<Output = Result<std::sync::Arc<crate::CompiledFlow>, StoreError>> + Send {
+        let _ = pins;
+        self.flow_version(client_id, flow_id, version)
+    }
+
     /// The client's data, read in the client's own environment (the role is assumed with
     /// `ExternalId` = `client_id`).
     fn client_data(

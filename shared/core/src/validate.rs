@@ -306,6 +306,7 @@ fn best_effort_flow(doc: &Value) -> (Option<Flow>, Vec<usize>) {
         | "gray_key" => fits::<String>(v),
         "version" => fits::<u64>(v),
         "max_steps" => fits::<u32>(v),
+        "fuse" => fits::<bool>(v),
         "terminal_statuses" => fits::<Vec<String>>(v),
         "rules" => v.is_array(),
         _ => false,

@@ -929,3 +929,61 @@ fn a_step_whose_record_was_given_up_ends_its_execution_unless_it_ran() {
     );
     assert_eq!(summary(&c, "acme:ran")["status"], "OK");
 }
+
+#[test]
+fn a_fused_flow_runs_its_pure_steps_in_one_hop_and_writes_rows_only_where_a_hop_starts() {
+    // a, b, c are pure; d delivers a webhook (its own hop); e is pure again.
+    let fused = json!({"client_id": "acme", "flow_id": "f", "version": 3, "terminal_statuses": ["OK"],
+        "fuse": true,
+        "rules": [{"id": "a", "when": "true", "on": {"true": {"next": true, "set": {"x": "1"}}}},
+                  {"id": "b", "when": "ctx.x == 1", "on": {"true": {"next": true, "set": {"y": "2"}}}},
+                  {"id": "c", "when": "true", "on": {"true": {"next": true}}},
+                  {"id": "d", "when": "true", "on": {"true": {"next": true,
+                      "actions": [{"type": "call_webhook", "url": "http://127.0.0.1:1/h"}]}}},
+                  {"id": "e", "when": "ctx.y == 2", "on": {"true": {"complete": "OK"}}}]});
+    for times in [1, 2] {
+        let mut c = chain();
+        c.flows.versions.insert(3, fused.clone());
+        let row = json!({"execution_id": "acme:fz", "seq": 0, "client_id": "acme", "flow_id": "f",
+                         "flow_version": 3, "input": {}});
+        let mut written: Vec<u64> = Vec::new();
+        for _ in 0..times {
+            assert_eq!(block(c.run_row(None, row.clone())), Ok(()));
+        }
+        for _ in 0..10 {
+            let rows: Vec<(String, Value)> =
+                std::mem::take(&mut *c.journal.rows.lock().expect("lock"));
+            if rows.is_empty() {
+                break;
+            }
+            for (table, r) in rows {
+                written.push(r["seq"].as_u64().expect("seq"));
+                for _ in 0..times {
+                    assert_eq!(block(c.run_row(Some(&table), r.clone())), Ok(()));
+                }
+            }
+        }
+        let s = summary(&c, "acme:fz");
+        assert_eq!(s["status"], "OK", "{s}");
+        let trace: Vec<(u64, &str)> = s["trace"]
+            .as_array()
+            .expect("trace")
+            .iter()
+            .map(|t| {
+                (
+                    t["seq"].as_u64().expect("seq"),
+                    t["rule"].as_str().expect("rule"),
+                )
+            })
+            .collect();
+        assert_eq!(
+            trace,
+            vec![(0, "a"), (1, "b"), (2, "c"), (3, "d"), (4, "e")]
+        );
+        // a, b and c ran in the first hop: the next row is the one before d (seq 3); d delivers,
+        // so e gets a row of its own (seq 4).
+        written.dedup();
+        assert_eq!(written, vec![3, 4], "times={times}");
+        assert_eq!(c.deliveries.sent.lock().expect("lock").len(), 1);
+    }
+}
