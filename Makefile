@@ -4,7 +4,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/rulestream/target
 CARGO ?= cargo
 RULESTREAM := $(CARGO_TARGET_DIR)/debug/rulestream
 
-.PHONY: test check fmt clippy unit schema validate-samples template e2e bench bench-engine bench-stack demo down build fuzz chaos
+.PHONY: test check fmt clippy unit schema openapi validate-samples template e2e bench bench-engine bench-stack demo down build fuzz chaos
 
 ## make test: formatting, lints, every unit/table/property/CLI test, the template check, and the
 ## e2e suite on the local stack.
@@ -38,6 +38,10 @@ validate-samples: build
 ## Regenerate client-configs/schema/flow.schema.json from the Rust model.
 schema: build
 	$(RULESTREAM) schema > client-configs/schema/flow.schema.json
+
+## Regenerate docs/openapi.json (the sync API's OpenAPI 3.1 document) from its types.
+openapi:
+	$(CARGO) run -q -p sync-api -- --openapi > docs/openapi.json
 
 ## SAM template: sam validate --lint, then cfn-lint on the transformed template.
 template:

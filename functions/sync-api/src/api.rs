@@ -2,6 +2,7 @@
 //! in one place ([`ApiError`] → `{"error": {"code", "message"}}`). Never a stack trace, never a
 //! secret, never client data in an answer.
 
+use crate::openapi as api;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -88,6 +89,11 @@ fn store(what: &str, e: StoreError) -> ApiError {
 }
 
 type Answer = Result<(u16, Value), ApiError>;
+
+/// A typed answer as JSON (the types are the OpenAPI document's, [`crate::openapi`]).
+fn answer<T: serde::Serialize>(t: &T) -> Value {
+    serde_json::to_value(t).unwrap_or(Value::Null)
+}
 
 fn respond(status: u16, body: &Value) -> Response<Body> {
     let mut r = Response::new(Body::from(body.to_string()));
@@ -189,7 +195,12 @@ impl App {
             Ok((status, body)) => respond(status, &body),
             Err(e) => respond(
                 e.status,
-                &json!({"error": {"code": e.code, "message": e.message}}),
+                &answer(&api::ErrorBody {
+                    error: api::ErrorDetail {
+                        code: e.code.to_string(),
+                        message: e.message,
+                    },
+                }),
             ),
         }
     }
@@ -206,7 +217,7 @@ impl App {
             .collect();
         let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
         match (method.as_str(), segs.as_slice()) {
-            ("GET", ["v1", "health"]) => Ok((200, json!({"ok": true}))),
+            ("GET", ["v1", "health"]) => Ok((200, answer(&api::Health { ok: true }))),
             ("POST", ["v1", "executions"]) => self.start(req).await,
             ("GET", ["v1", "executions"]) => self.list(req).await,
             ("GET", ["v1", "executions", id]) => self.get(req, id).await,
@@ -392,7 +403,13 @@ impl App {
                 return Ok(answer);
             }
         }
-        Ok((202, json!({"execution_id": id, "status": RUNNING})))
+        Ok((
+            202,
+            answer(&api::Started {
+                execution_id: id,
+                status: RUNNING.into(),
+            }),
+        ))
     }
 
     /// Every status an execution of the flow can end with: the terminal statuses and default
@@ -562,9 +579,13 @@ impl App {
         }
         Ok(Some((
             200,
-            json!({"execution_id": id, "status": e["status"], "reason": reason,
-                   "output": e.get("output").cloned().unwrap_or(json!({})),
-                   "flow_version": e.get("flow_version").cloned().unwrap_or(Value::Null)}),
+            answer(&api::Ended {
+                execution_id: id.to_string(),
+                status: e["status"].as_str().unwrap_or_default().to_string(),
+                reason: reason.as_str().map(str::to_string),
+                output: e.get("output").cloned().unwrap_or(json!({})),
+                flow_version: e.get("flow_version").and_then(Value::as_u64),
+            }),
         )))
     }
 
@@ -629,12 +650,20 @@ impl App {
         .await
         .map_err(|e| store("cancelling", e))?
         {
-            Cancel::Cancelled { .. } => {
-                Ok((200, json!({"execution_id": id, "status": "CANCELLED"})))
-            }
-            Cancel::AlreadyEnded(s) if s == "CANCELLED" => {
-                Ok((200, json!({"execution_id": id, "status": s})))
-            }
+            Cancel::Cancelled { .. } => Ok((
+                200,
+                answer(&api::Cancelled {
+                    execution_id: id.to_string(),
+                    status: "CANCELLED".into(),
+                }),
+            )),
+            Cancel::AlreadyEnded(s) if s == "CANCELLED" => Ok((
+                200,
+                answer(&api::Cancelled {
+                    execution_id: id.to_string(),
+                    status: s,
+                }),
+            )),
             Cancel::AlreadyEnded(s) => Err(ApiError::new(
                 409,
                 "conflict",
@@ -731,7 +760,13 @@ impl App {
             .last_evaluated_key()
             .filter(|k| !k.is_empty())
             .map(encode_cursor);
-        Ok((200, json!({"executions": items, "cursor": cursor})))
+        Ok((
+            200,
+            answer(&api::ExecutionList {
+                executions: items,
+                cursor,
+            }),
+        ))
     }
 
     async fn dry_run(&self, req: &Request) -> Answer {

@@ -6,6 +6,7 @@
 mod api;
 mod inline;
 mod keys;
+mod openapi;
 
 use std::sync::Arc;
 
@@ -14,6 +15,12 @@ use rulestream_aws::{AwsEffects, AwsFlowSource, Base, StateSealer};
 use rulestream_core::chain::Chain;
 
 fn main() -> Result<(), lambda_http::Error> {
+    if std::env::args().nth(1).as_deref() == Some("--openapi") {
+        // The API's OpenAPI 3.1 document (docs/openapi.json is this output).
+        let doc = serde_json::to_string_pretty(&openapi::document())?;
+        println!("{doc}");
+        return Ok(());
+    }
     rulestream_aws::run_function(run)
 }
 

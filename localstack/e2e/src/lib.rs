@@ -624,6 +624,57 @@ pub mod api {
         let (body, code) = text.rsplit_once('\n').expect("status line");
         let status: u16 = code.trim().parse().expect("status code");
         let v = serde_json::from_str(body).unwrap_or(Value::String(body.to_string()));
+        conforms(method, path, status, &v);
         (status, v)
+    }
+
+    /// The OpenAPI document in the repo (docs/openapi.json, generated from the API's types).
+    pub fn document() -> &'static Value {
+        static DOC: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+        DOC.get_or_init(|| {
+            let text = std::fs::read_to_string(crate::repo().join("docs/openapi.json"))
+                .expect("docs/openapi.json");
+            serde_json::from_str(&text).expect("the OpenAPI document is JSON")
+        })
+    }
+
+    /// Panics unless `body` is what the document says `method path` answers with `status`:
+    /// every answer any e2e test sees is checked.
+    pub fn conforms(method: &str, path: &str, status: u16, body: &Value) {
+        let doc = document();
+        let route = path.split('?').next().unwrap_or_default();
+        let parts: Vec<&str> = route.trim_matches('/').split('/').collect();
+        let template = match parts.as_slice() {
+            ["v1", "executions"] => "/v1/executions",
+            ["v1", "executions", _] => "/v1/executions/{id}",
+            ["v1", "executions", _, "cancel"] => "/v1/executions/{id}/cancel",
+            ["v1", "dry-run"] => "/v1/dry-run",
+            ["v1", "health"] => "/v1/health",
+            _ => "",
+        };
+        let op = &doc["paths"][template][method.to_ascii_lowercase()];
+        let schema = if op.is_null() {
+            // A route the API does not have: its answer is still an error body.
+            assert!(
+                status >= 400,
+                "{method} {path} answered {status} but is in no path of the document"
+            );
+            serde_json::json!({"$ref": "#/components/schemas/ErrorBody"})
+        } else {
+            let r = &op["responses"][status.to_string()];
+            assert!(
+                !r.is_null(),
+                "{method} {template} answered {status}, which the OpenAPI document does not list: {body}"
+            );
+            r["content"]["application/json"]["schema"].clone()
+        };
+        let mut root = schema;
+        root["components"] = doc["components"].clone();
+        let validator = jsonschema::validator_for(&root).expect("the document's schema compiles");
+        let errors: Vec<String> = validator.iter_errors(body).map(|e| e.to_string()).collect();
+        assert!(
+            errors.is_empty(),
+            "{method} {path} {status}: the answer does not match the OpenAPI document: {errors:?}\n{body}"
+        );
     }
 }
