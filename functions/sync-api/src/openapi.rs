@@ -249,12 +249,13 @@ pub fn document() -> Value {
                 "get": {
                     "summary": "The client's executions, newest first, paged",
                     "parameters": [
+                        {"name": "client_id", "in": "query", "description": "default: the API key's client (another is a 403)", "schema": {"type": "string"}},
                         {"name": "flow_id", "in": "query", "schema": {"type": "string"}},
                         {"name": "status", "in": "query", "schema": {"type": "string"}},
                         {"name": "since", "in": "query", "description": "RFC 3339, or 30s/15m/2h/7d", "schema": {"type": "string"}},
                         {"name": "cursor", "in": "query", "schema": {"type": "string"}}
                     ],
-                    "responses": with(errors(&[common[0], common[1], common[3], common[4]]), &[("200", body(&list, "one page"))]),
+                    "responses": with(errors(&[common[0], common[1], ("403", "client_id names another client"), common[3], common[4]]), &[("200", body(&list, "one page"))]),
                 }
             },
             "/v1/executions/{id}": {
