@@ -8,7 +8,8 @@
 
 What it does, as AWS does:
 - Reads every partition of the topic (found again every few seconds, so a topic created after the
-  start, or partitions added, are picked up) from the earliest offset, or from the offsets saved in
+  start, or partitions added, are picked up) from the earliest offset (--starting-position
+  TRIM_HORIZON, the template's) or the latest (LATEST), or from the offsets saved in
   --offsets-file by an earlier run (the mapping's committed offsets).
 - Each poll's records of one partition become one event, in offset order, built exactly like the
   one Lambda delivers for MSK:
@@ -127,6 +128,9 @@ def run(args):
                 for tp in tps:
                     if tp.partition in offsets:
                         consumer.seek(tp, offsets[tp.partition])
+                    elif args.starting_position == "LATEST":
+                        consumer.seek_to_end(tp)
+                        offsets[tp.partition] = consumer.position(tp)
                     else:
                         consumer.seek_to_beginning(tp)
                 log("assigned", partitions=sorted(assigned))
@@ -168,6 +172,8 @@ def main():
     p.add_argument("--poll-interval", type=float, default=0.2)
     p.add_argument("--timeout", type=float, default=60.0, help="invoke timeout, seconds")
     p.add_argument("--offsets-file", help="where the committed offsets are kept between runs")
+    p.add_argument("--starting-position", choices=["TRIM_HORIZON", "LATEST"], default="TRIM_HORIZON",
+                   help="where a partition without a saved offset is read from (the template's StartingPosition)")
     args = p.parse_args()
 
     def stop(_signum, _frame):
