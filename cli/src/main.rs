@@ -279,6 +279,9 @@ enum Command {
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
+        /// Accepted like every command's; the output is the script either way.
+        #[arg(long)]
+        json: bool,
     },
     /// Print the JSON Schema of flow files (what client-configs/schema/flow.schema.json holds).
     Schema {
@@ -415,7 +418,7 @@ fn main() -> ExitCode {
                 Err(e) => Err(e),
             }
         }
-        Command::Completions { shell } => {
+        Command::Completions { shell, json: _ } => {
             clap_complete::generate(
                 shell,
                 &mut <Cli as clap::CommandFactory>::command(),

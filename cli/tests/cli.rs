@@ -297,3 +297,60 @@ fn usage_errors_name_the_missing_option_and_completions_are_printed() {
     }
     assert_eq!(rulestream(&["completions", "tcsh"]).status.code(), Some(2));
 }
+
+/// Every subcommand (and sub-subcommand) has a complete `--help` (exit 0, a description, its
+/// options) and takes `--json` (SPEC section 6).
+#[test]
+fn every_command_documents_itself_and_takes_json() {
+    let top = rulestream(&["--help"]);
+    assert_eq!(top.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&top.stdout).to_string();
+    let spec = [
+        "validate",
+        "dry-run",
+        "run",
+        "status",
+        "trace",
+        "cancel",
+        "rerun",
+        "logs",
+        "upload",
+        "set-percent",
+        "promote",
+        "rollback",
+        "releases",
+        "diff",
+        "catalog",
+        "client",
+        "top",
+        "completions",
+    ];
+    for cmd in spec {
+        assert!(
+            text.contains(&format!("  {cmd}")),
+            "`rulestream --help` lists {cmd}:\n{text}"
+        );
+    }
+    let mut leaves: Vec<Vec<&str>> = spec
+        .iter()
+        .filter(|c| !["catalog", "client"].contains(c))
+        .map(|c| vec![*c])
+        .collect();
+    for sub in ["publish", "rollback"] {
+        leaves.push(vec!["catalog", sub]);
+    }
+    for sub in ["add", "disable", "enable", "rotate-key"] {
+        leaves.push(vec!["client", sub]);
+    }
+    for leaf in leaves {
+        let mut args = leaf.clone();
+        args.push("--help");
+        let o = rulestream(&args);
+        assert_eq!(o.status.code(), Some(0), "{leaf:?} --help");
+        let help = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(help.contains("Usage: rulestream"), "{leaf:?}: {help}");
+        assert!(help.contains("--json"), "{leaf:?} takes --json:\n{help}");
+        let first = help.lines().next().unwrap_or_default();
+        assert!(first.len() > 10, "{leaf:?} says what it does: {first}");
+    }
+}

@@ -226,8 +226,9 @@ async fn cancel_ends_a_running_execution_and_is_safe_to_repeat() {
 }
 
 /// Runs `cmd` in a detached tmux session on a server of its own (so it gets this process's
-/// environment), waits `wait`, and answers the screen as a person would see it.
-fn tmux_screen(socket: &str, cmd: &str, wait: std::time::Duration) -> String {
+/// environment) and answers the screen as a person sees it, once it shows every one of `want`
+/// (or after `wait`, whatever it shows then).
+fn tmux_screen(socket: &str, cmd: &str, want: &[&str], wait: std::time::Duration) -> String {
     let st = std::process::Command::new("tmux")
         .args([
             "-L",
@@ -245,15 +246,23 @@ fn tmux_screen(socket: &str, cmd: &str, wait: std::time::Duration) -> String {
         .status()
         .expect("tmux runs");
     assert!(st.success(), "tmux new-session");
-    std::thread::sleep(wait);
-    let out = std::process::Command::new("tmux")
-        .args(["-L", socket, "capture-pane", "-p", "-t", "t"])
-        .output()
-        .expect("capture-pane");
+    let start = std::time::Instant::now();
+    let mut screen = String::new();
+    while start.elapsed() < wait {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let out = std::process::Command::new("tmux")
+            .args(["-L", socket, "capture-pane", "-p", "-t", "t"])
+            .output()
+            .expect("capture-pane");
+        screen = String::from_utf8_lossy(&out.stdout).to_string();
+        if want.iter().all(|w| screen.contains(w)) {
+            break;
+        }
+    }
     let _ = std::process::Command::new("tmux")
         .args(["-L", socket, "kill-server"])
         .status();
-    String::from_utf8_lossy(&out.stdout).to_string()
+    screen
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,7 +280,8 @@ async fn top_logs_and_run_wait_as_a_person_sees_them() {
                       {"id": "two", "when": "true", "on": {"true": {"complete": "DONE"}}}]}),
         )
         .await;
-    let rows: Vec<Value> = (0..20)
+    // 500 executions: enough for `logs` to page through the index (DynamoDB pages of 1 MB).
+    let rows: Vec<Value> = (0..500)
         .map(|i| {
             json!({"execution_id": format!("{client}:{flow_id}-{i}"), "seq": 0, "client_id": client,
                         "flow_id": flow_id, "input": {"i": i}})
@@ -283,7 +293,7 @@ async fn top_logs_and_run_wait_as_a_person_sees_them() {
         .collect();
     stack.trigger_all(&stack.table("trigger"), &rows).await;
     stack
-        .wait_all(&ids, std::time::Duration::from_secs(120))
+        .wait_all(&ids, std::time::Duration::from_secs(300))
         .await;
 
     // logs without --client: every client's executions, merged newest first.
@@ -296,7 +306,7 @@ async fn top_logs_and_run_wait_as_a_person_sees_them() {
         .iter()
         .filter_map(|e| e["execution_id"].as_str())
         .collect();
-    assert_eq!(listed.len(), 20, "{all}");
+    assert_eq!(listed.len(), 50, "the default page of 50: {all}");
     let started: Vec<&str> = all
         .as_array()
         .expect("array")
@@ -311,10 +321,27 @@ async fn top_logs_and_run_wait_as_a_person_sees_them() {
     ]));
     assert_eq!(
         frame["by_flow"][format!("{client}/{flow_id}")],
-        json!(20),
+        json!(500),
         "{frame}"
     );
-    assert_eq!(frame["by_status"]["DONE"], json!(20), "{frame}");
+    assert_eq!(frame["by_status"]["DONE"], json!(500), "{frame}");
+    // All 500, newest first, each once.
+    let every = out_json(&rs(&[
+        "logs", "--client", &client, "--since", "1h", "--limit", "1000", "--json",
+    ]));
+    let ids_listed: std::collections::HashSet<&str> = every
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|e| e["execution_id"].as_str())
+        .collect();
+    assert_eq!(ids_listed.len(), 500);
+    assert_eq!(every.as_array().map(Vec::len), Some(500));
+    let done_only = out_json(&rs(&[
+        "logs", "--client", &client, "--status", "DONE", "--flow", &flow_id, "--limit", "7",
+        "--json",
+    ]));
+    assert_eq!(done_only.as_array().map(Vec::len), Some(7));
     assert!(frame["step_ms"]["p50"].is_number(), "{frame}");
     let cli_path = rulestream_e2e::cli()
         .get_program()
@@ -323,7 +350,8 @@ async fn top_logs_and_run_wait_as_a_person_sees_them() {
     let screen = tmux_screen(
         &format!("rs-top-{tag}"),
         &format!("{cli_path} top --client {client} --interval 1 --window 600"),
-        std::time::Duration::from_secs(4),
+        &["rulestream top", "DONE"],
+        std::time::Duration::from_secs(30),
     );
     assert!(screen.contains("rulestream top"), "{screen}");
     assert!(screen.contains(&format!("{client}/{flow_id}")), "{screen}");
@@ -336,9 +364,10 @@ async fn top_logs_and_run_wait_as_a_person_sees_them() {
     let screen = tmux_screen(
         &format!("rs-run-{tag}"),
         &format!(
-            "{cli_path} run {client} {flow_id} --input '{{\"i\": 99}}' --wait --timeout 60; sleep 30"
+            "{cli_path} run {client} {flow_id} --input '{{\"i\": 99}}' --wait --timeout 90; sleep 60"
         ),
-        std::time::Duration::from_secs(8),
+        &["DONE"],
+        std::time::Duration::from_secs(90),
     );
     assert!(screen.contains("DONE"), "{screen}");
 }
