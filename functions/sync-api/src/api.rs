@@ -33,6 +33,9 @@ pub const DEFAULT_WAIT_MS: u64 = 10_000;
 pub const MAX_WAIT_MS: u64 = 25_000;
 /// How long an inline execution runs in the invocation before the chain takes the rest.
 pub const INLINE_BUDGET: Duration = Duration::from_secs(20);
+/// How long a start of a client with a quota looks for the orchestrator's verdict before
+/// answering 202.
+pub const QUOTA_LOOK: Duration = Duration::from_millis(2_000);
 /// Page size of `GET /v1/executions`.
 pub const PAGE: i32 = 50;
 
@@ -396,6 +399,11 @@ impl App {
             }
         } else {
             self.put_row(&row, true).await?;
+            if timeout.is_none() && cf.quota.is_some() {
+                // A client with a start quota: the orchestrator decides at seq 0, in a moment;
+                // a start over the quota is answered 429 rather than 202 (SPEC 3 `quota`).
+                self.refused_over_quota(&id, QUOTA_LOOK).await?;
+            }
         }
         if let Some(t) = timeout {
             let left = t.saturating_sub(started.elapsed());
@@ -591,6 +599,34 @@ impl App {
 
     /// Follows the execution with consistent reads and a backoff until it ends or `left` runs
     /// out.
+    /// Waits (at most `left`) for the execution's summary to exist, which the orchestrator
+    /// writes at seq 0 after its quota check; `Err(429)` when the start was over the quota.
+    async fn refused_over_quota(&self, id: &str, left: Duration) -> Result<(), ApiError> {
+        let until = Instant::now() + left;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let summary = self
+                .chain
+                .journal
+                .summary(id)
+                .await
+                .map_err(|e| store("reading the execution", e))?;
+            if let Some(e) = summary {
+                if e["status"] == "FAILED" {
+                    // `ended` answers 429 for a start over the quota.
+                    self.ended(id).await?;
+                }
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= until {
+                return Ok(());
+            }
+            tokio::time::sleep(pause.min(until - now)).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+    }
+
     async fn wait(&self, id: &str, left: Duration) -> Result<Option<(u16, Value)>, ApiError> {
         let until = Instant::now() + left;
         let mut pause = Duration::from_millis(50);

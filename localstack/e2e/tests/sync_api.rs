@@ -265,3 +265,68 @@ async fn start_wait_read_list_cancel_and_dry_run_with_auth() {
     let (s, v) = call("GET", "/v1/nothing", k, None);
     assert_eq!((s, error_code(&v)), (404, "not_found"), "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_over_the_client_quota_are_answered_429_without_waiting() {
+    let stack = Stack::from_env().await;
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let client = format!("quo{}", &tag[..8]);
+    let key = format!("key-{tag}");
+    let flow = json!({"client_id": client, "flow_id": "q", "version": 1, "terminal_statuses": ["OK"],
+        "rules": [{"id": "a", "when": "true", "on": {"true": {"complete": "OK"}}}]});
+    register(&stack, &flow, &key).await;
+    // One start per second, so of a burst of five at least three are over.
+    stack
+        .ddb
+        .update_item()
+        .table_name(stack.table("clients"))
+        .key(
+            "client_id",
+            aws_sdk_dynamodb::types::AttributeValue::S(client.clone()),
+        )
+        .key(
+            "flow_id",
+            aws_sdk_dynamodb::types::AttributeValue::S("q".into()),
+        )
+        .update_expression("SET quota = :q")
+        .expression_attribute_values(
+            ":q",
+            aws_sdk_dynamodb::types::AttributeValue::M(std::collections::HashMap::from([(
+                "starts_per_second".to_string(),
+                aws_sdk_dynamodb::types::AttributeValue::N("1".into()),
+            )])),
+        )
+        .send()
+        .await
+        .expect("set the quota");
+    // Five starts at once (the API answers each once the orchestrator has decided at seq 0).
+    let body = json!({"client_id": client, "flow_id": "q", "input": {}}).to_string();
+    let answers: Vec<(u16, Value)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..5)
+            .map(|_| s.spawn(|| call("POST", "/v1/executions", Some(&key), Some(&body))))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("request thread"))
+            .collect()
+    });
+    let mut codes = Vec::new();
+    for (status, v) in answers {
+        if status == 429 {
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("start quota exceeded"),
+                "{v}"
+            );
+        }
+        codes.push(status);
+    }
+    assert!(codes.contains(&202), "{codes:?}");
+    assert!(
+        codes.iter().filter(|c| **c == 429).count() >= 3,
+        "{codes:?}"
+    );
+    assert!(codes.iter().all(|c| *c == 202 || *c == 429), "{codes:?}");
+}
