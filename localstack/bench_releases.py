@@ -207,7 +207,15 @@ def main():
         procs.append(subprocess.Popen(
             [sys.executable, str(REPO / "functions/rules/risk/app.py"), "--listen", f"127.0.0.1:{risk_port}"],
             stdout=open(STATE / "bench-rel-risk.log", "w"), stderr=subprocess.STDOUT))
-        time.sleep(2)
+        # The topic runner starts at the end of the topic: wait until it is positioned there, or
+        # the upload's message would come before it and be skipped.
+        log = STATE / "bench-rel-kafka.log"
+        end = time.time() + 60
+        while '"assigned"' not in log.read_text(errors="replace"):
+            if time.time() > end:
+                raise SystemExit("bench: the releases runner never got the topic's partitions")
+            time.sleep(0.2)
+        time.sleep(1)
         latency = release_latency()
         throughput = bridge_throughput(args.messages)
         kinds = rule_kinds(args.executions, f"http://127.0.0.1:{risk_port}/risk")
