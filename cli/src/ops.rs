@@ -453,29 +453,10 @@ pub fn rerun_failed(
             gone.push(original.clone());
             continue;
         };
-        let item: HashMap<String, AttributeValue> =
-            serde_dynamo::to_item(&row).context("the trigger row")?;
-        let put = rt.block_on(
-            b.ddb
-                .put_item()
-                .table_name(&b.cfg.trigger_table)
-                .set_item(Some(item))
-                .condition_expression("attribute_not_exists(execution_id)")
-                .send(),
-        );
-        match put {
-            Ok(_) => started.push(json!({"execution_id": id, "rerun_of": original})),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
-            {
-                already += 1;
-            }
-            Err(e) => bail!(
-                "cannot insert the trigger row into {}: {}",
-                b.cfg.trigger_table,
-                aws_sdk_dynamodb::error::DisplayErrorContext(&e)
-            ),
+        if put_new_row(&b, &rt, &row)? {
+            started.push(json!({"execution_id": id, "rerun_of": original}));
+        } else {
+            already += 1;
         }
         if !json_out && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
             eprint!(
@@ -527,8 +508,17 @@ fn start_and_follow(
         timeout_secs,
         json: json_out,
     };
+    if !put_new_row(b, rt, &row)? {
+        eprintln!("rulestream: execution `{id}` already exists");
+        return Ok(Waited::Done(Outcome::UserFix));
+    }
+    follow(b, rt, &id, &a)
+}
+
+/// Inserts a seq 0 row, never over an existing id: `Ok(false)` when the id exists.
+fn put_new_row(b: &Backend, rt: &tokio::runtime::Runtime, row: &Value) -> anyhow::Result<bool> {
     let item: HashMap<String, AttributeValue> =
-        serde_dynamo::to_item(&row).context("the trigger row")?;
+        serde_dynamo::to_item(row).context("the trigger row")?;
     let put = rt.block_on(
         b.ddb
             .put_item()
@@ -537,21 +527,20 @@ fn start_and_follow(
             .condition_expression("attribute_not_exists(execution_id)")
             .send(),
     );
-    if let Err(e) = put {
-        let dup = e
-            .as_service_error()
-            .is_some_and(|se| se.is_conditional_check_failed_exception());
-        if dup {
-            eprintln!("rulestream: execution `{id}` already exists");
-            return Ok(Waited::Done(Outcome::UserFix));
+    match put {
+        Ok(_) => Ok(true),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
+        {
+            Ok(false)
         }
-        bail!(
+        Err(e) => bail!(
             "cannot insert the trigger row into {}: {}",
             b.cfg.trigger_table,
             aws_sdk_dynamodb::error::DisplayErrorContext(&e)
-        );
+        ),
     }
-    follow(b, rt, &id, &a)
 }
 
 struct FollowArgs {

@@ -273,6 +273,28 @@ pub fn our_logs() -> String {
     text
 }
 
+/// Runs the CLI with `args`.
+pub fn rs(args: &[&str]) -> std::process::Output {
+    cli().args(args).output().expect("the CLI runs")
+}
+
+/// The JSON a CLI run printed, which must have succeeded (exit 0).
+pub fn ok_json(o: &std::process::Output) -> Value {
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}",
+            String::from_utf8_lossy(&o.stdout)
+        )
+    })
+}
+
 /// The `rulestream` CLI binary `make build` made.
 pub fn cli() -> std::process::Command {
     let target = std::env::var("CARGO_TARGET_DIR")

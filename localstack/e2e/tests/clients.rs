@@ -3,32 +3,11 @@
 //! key valid until `--finish`, `client disable` stops new executions, and `rerun --failed`
 //! redrives every FAILED execution once, however often it runs.
 
-use std::process::Output;
 use std::time::Duration;
 
 use rulestream_e2e::api::call;
-use rulestream_e2e::{Stack, cli};
+use rulestream_e2e::{Stack, ok_json, rs};
 use serde_json::{Value, json};
-
-fn rs(args: &[&str]) -> Output {
-    cli().args(args).output().expect("the CLI runs")
-}
-
-fn ok_json(o: &Output) -> Value {
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}): {}",
-            String::from_utf8_lossy(&o.stdout)
-        )
-    })
-}
 
 fn flow_file(client: &str, version: u64, when: &str) -> std::path::PathBuf {
     let flow = json!({"client_id": client, "flow_id": "orders", "version": version,

@@ -4,32 +4,11 @@
 //! version served them.
 
 use std::collections::HashMap;
-use std::process::Output;
 use std::time::{Duration, Instant};
 
 use rulestream_aws::kafka::Producer;
-use rulestream_e2e::{Stack, cli};
+use rulestream_e2e::{Stack, ok_json, rs};
 use serde_json::{Value, json};
-
-fn rs(args: &[&str]) -> Output {
-    cli().args(args).output().expect("the CLI runs")
-}
-
-fn ok_json(o: &Output) -> Value {
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}): {}",
-            String::from_utf8_lossy(&o.stdout)
-        )
-    })
-}
 
 fn write_flow(flow: &Value) -> std::path::PathBuf {
     let p = std::env::temp_dir().join(format!(

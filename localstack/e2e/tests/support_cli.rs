@@ -3,12 +3,8 @@
 
 use std::process::Output;
 
-use rulestream_e2e::{Stack, cli};
+use rulestream_e2e::{Stack, rs};
 use serde_json::{Value, json};
-
-fn rs(args: &[&str]) -> Output {
-    cli().args(args).output().expect("the CLI runs")
-}
 
 fn out_json(o: &Output) -> Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {

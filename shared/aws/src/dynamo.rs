@@ -82,7 +82,7 @@ fn conditional<E: aws_sdk_dynamodb::error::ProvideErrorMetadata, R>(e: &SdkError
 }
 
 /// `Ok(true)` written, `Ok(false)` its condition failed, `Err` otherwise.
-fn outcome<T, E, R>(what: &str, r: Result<T, SdkError<E, R>>) -> Result<bool, StoreError>
+pub(crate) fn outcome<T, E, R>(what: &str, r: Result<T, SdkError<E, R>>) -> Result<bool, StoreError>
 where
     E: std::error::Error + aws_sdk_dynamodb::error::ProvideErrorMetadata + 'static,
     R: std::fmt::Debug,

@@ -22,6 +22,8 @@ use crate::config::Config;
 use crate::limiter::RedisLimiter;
 
 const CLIENT_DATA_TTL: Duration = Duration::from_secs(300);
+/// How long a config epoch just read is reused (within one record's lookups).
+const EPOCH_REUSE: Duration = Duration::from_millis(5);
 
 /// The clients-table row as stored.
 #[derive(Debug, Deserialize)]
@@ -70,6 +72,8 @@ pub struct AwsFlowSource {
     flows: Mutex<HashMap<(String, String, u64), FlowCell>>,
     /// The catalog the cached flows were compiled against.
     compiled_with: Mutex<Option<Arc<Catalog>>>,
+    /// The last config epoch read, and when ([`AwsFlowSource::epoch`]).
+    epoch_seen: Mutex<Option<(Instant, u64)>>,
     /// Flow versions compiled with an execution's pinned master-rule versions.
     pinned: Mutex<HashMap<String, Arc<CompiledFlow>>>,
     data: TtlCache<(String, DataSource), Value>,
@@ -98,13 +102,28 @@ impl AwsFlowSource {
             flows: Mutex::new(HashMap::new()),
             compiled_with: Mutex::new(None),
             pinned: Mutex::new(HashMap::new()),
+            epoch_seen: Mutex::new(None),
             data: TtlCache::new(CLIENT_DATA_TTL),
         }
     }
 
     /// Whether a cached config entry may still be used.
+    /// The config epoch. One record looks it up for its clients row and again for the catalog
+    /// its flow was compiled against: a value read in the last few milliseconds is reused, so
+    /// that is one Redis round trip per record, not two.
+    async fn epoch(&self) -> Result<u64, crate::limiter::RedisError> {
+        if let Some((at, e)) = *self.epoch_seen.lock().await
+            && at.elapsed() < EPOCH_REUSE
+        {
+            return Ok(e);
+        }
+        let e = self.redis.epoch().await?;
+        *self.epoch_seen.lock().await = Some((Instant::now(), e));
+        Ok(e)
+    }
+
     async fn fresh(&self, epoch: Option<u64>, at: Instant) -> (bool, Option<u64>) {
-        match self.redis.epoch().await {
+        match self.epoch().await {
             Ok(now) => (epoch == Some(now), Some(now)),
             Err(_) => (at.elapsed() < self.cfg.config_ttl, None),
         }
@@ -118,7 +137,7 @@ impl AwsFlowSource {
         {
             return Ok(c.value);
         }
-        let epoch = self.redis.epoch().await.ok();
+        let epoch = self.epoch().await.ok();
         let (catalog, _skipped) =
             crate::releases::load_catalog(&self.ddb, &self.cfg.catalog_table).await?;
         let catalog = Arc::new(catalog);
@@ -141,7 +160,7 @@ impl FlowSource for AwsFlowSource {
         {
             return Ok(c.value);
         }
-        let epoch = self.redis.epoch().await.ok();
+        let epoch = self.epoch().await.ok();
         let out = self
             .ddb
             .get_item()

@@ -213,17 +213,7 @@ impl ReleaseStore {
             .expression_attribute_values(":g", AttributeValue::N(from_generation.to_string()))
             .send()
             .await;
-        match r {
-            Ok(_) => Ok(true),
-            Err(e)
-                if e.as_service_error()
-                    .and_then(|s| aws_sdk_dynamodb::error::ProvideErrorMetadata::code(s))
-                    == Some("ConditionalCheckFailedException") =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(store_error("clients table", &e)),
-        }
+        crate::dynamo::outcome("clients table", r)
     }
 
     /// Appends `entry` (writing the same entry again changes nothing).
@@ -238,17 +228,8 @@ impl ReleaseStore {
             .condition_expression("attribute_not_exists(subject)")
             .send()
             .await;
-        match r {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .and_then(|s| aws_sdk_dynamodb::error::ProvideErrorMetadata::code(s))
-                    == Some("ConditionalCheckFailedException") =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(store_error("audit table", &e)),
-        }
+        // Written before (the same entry again): nothing to do.
+        crate::dynamo::outcome("audit table", r).map(|_| ())
     }
 
     /// Every audit entry of `subject`, oldest first.
@@ -294,7 +275,7 @@ impl ReleaseStore {
                 .set_continuation_token(token.take())
                 .send()
                 .await
-                .map_err(|e| s3_error("listing flow versions", &e))?;
+                .map_err(|e| store_error("listing flow versions", &e))?;
             for o in page.contents() {
                 if let Some(v) = o.key().and_then(crate::flows::version_of_key) {
                     out.push(v);
@@ -342,7 +323,7 @@ impl ReleaseStore {
                 if missing {
                     Ok(None)
                 } else {
-                    Err(s3_error(&format!("reading {key}"), &e))
+                    Err(store_error(&format!("reading {key}"), &e))
                 }
             }
         }
@@ -387,7 +368,7 @@ impl ReleaseStore {
                 ) {
                     Ok(false)
                 } else {
-                    Err(s3_error(&format!("writing {key}"), &e))
+                    Err(store_error(&format!("writing {key}"), &e))
                 }
             }
         }
@@ -446,17 +427,7 @@ impl ReleaseStore {
             .condition_expression("attribute_not_exists(rule_id)")
             .send()
             .await;
-        match r {
-            Ok(_) => Ok(true),
-            Err(e)
-                if e.as_service_error()
-                    .and_then(|s| aws_sdk_dynamodb::error::ProvideErrorMetadata::code(s))
-                    == Some("ConditionalCheckFailedException") =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(store_error("catalog table", &e)),
-        }
+        crate::dynamo::outcome("catalog table", r)
     }
 
     /// Marks a rule version retired (flows then use the highest version not retired).
@@ -586,20 +557,6 @@ impl ReleaseStore {
             }
         }
         Ok(out)
-    }
-}
-
-fn s3_error<E, R>(what: &str, e: &aws_sdk_s3::error::SdkError<E, R>) -> StoreError
-where
-    E: std::error::Error + aws_sdk_s3::error::ProvideErrorMetadata + 'static,
-    R: std::fmt::Debug,
-{
-    let msg = format!("{what}: {}", aws_sdk_s3::error::DisplayErrorContext(e));
-    let se = e.as_service_error();
-    if crate::errors::is_permanent(se.and_then(|s| s.code()), se.and_then(|s| s.message())) {
-        StoreError::Invalid(msg)
-    } else {
-        StoreError::Transient(msg)
     }
 }
 
