@@ -43,7 +43,7 @@ fn explain_text(e: &Explain) -> Vec<String> {
                     c.field,
                     c.op,
                     c.value.as_ref().map(compact).unwrap_or_default(),
-                    if rulestream_core::chain::reads_client(&c.field) {
+                    if rulestream_core::engine::reads_client(&c.field) {
                         "\"<client data>\"".to_string()
                     } else {
                         compact(&c.actual)

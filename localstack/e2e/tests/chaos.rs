@@ -61,9 +61,30 @@ async fn executions_under_random_faults_are_never_lost_duplicated_or_stuck() {
     for (table, rows) in &rows {
         stack.trigger_all(&stack.table(table), rows).await;
     }
-    // Not injected yet: killing the poller mid-batch (`localstack/runners.sh restart`). With it,
-    // about 1 delivery in 100 still reached its receiver twice in a first try: see the notes.
-    let runner_kills = 0;
+    // Mid-run, the pollers of both trigger streams die (SIGKILL, mid-batch) and come back: each
+    // re-reads its stream from the start and delivers every record again, while the invocations
+    // the dead poller had in flight go on.
+    let kills: usize = std::env::var("RULESTREAM_CHAOS_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or((n / 200).max(2));
+    let mut runner_kills = 0;
+    for k in 0..kills {
+        tokio::time::sleep(Duration::from_millis(1500 + 700 * k as u64)).await;
+        let (name, table, extra): (&str, &str, &[&str]) = if k % 2 == 0 {
+            ("runner-e2e", "trigger", &[])
+        } else {
+            ("runner-e2e-dup", "trigger-dup", &["--duplicate"])
+        };
+        let restarted = std::process::Command::new("bash")
+            .arg(rulestream_e2e::repo().join("localstack/runners.sh"))
+            .args(["restart", name, &stack.table(table)])
+            .args(extra)
+            .status()
+            .expect("runners.sh runs");
+        assert!(restarted.success(), "the runner restarts");
+        runner_kills += 1;
+    }
     let deadline = Duration::from_secs(300 + n as u64 / 2);
     let done = stack.wait_all(&ids, deadline).await;
     let finished_in = started.elapsed();
@@ -127,6 +148,21 @@ async fn executions_under_random_faults_are_never_lost_duplicated_or_stuck() {
             .or_default() += 1;
     }
     let delivered_twice = by_key.values().filter(|c| **c > 1).count();
+    // What the steps table recorded for a delivery that arrived twice, to tell a resend after a
+    // timeout from two senders.
+    for (key, count) in by_key.iter().filter(|(_, c)| **c > 1) {
+        let Some(id) = ids.iter().find(|id| key.contains(id.as_str())) else {
+            eprintln!("delivered {count} times: {key} (no execution matches)");
+            continue;
+        };
+        let steps = stack.items_of(&stack.table("steps"), id).await;
+        let deliveries: Vec<&Value> = steps
+            .iter()
+            .flat_map(|s| s["actions"].as_array().into_iter().flatten())
+            .filter_map(|a| a.get("delivery"))
+            .collect();
+        eprintln!("delivered {count} times: {key}: {}", json!(deliveries));
+    }
     let undelivered = n.saturating_sub(by_key.len());
     println!(
         "{}",

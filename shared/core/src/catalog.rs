@@ -99,7 +99,7 @@ impl Catalog {
         for (i, item) in items.into_iter().enumerate() {
             let rule: MasterRule =
                 serde_json::from_value(item).map_err(|e| invalid(format!("rule #{i}: {e}")))?;
-            crate::validate::check_master_rule(&rule)
+            crate::checks::check_master_rule(&rule)
                 .map_err(|m| invalid(format!("rule `{}` v{}: {m}", rule.rule_id, rule.version)))?;
             self.insert(rule);
         }

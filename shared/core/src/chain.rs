@@ -29,7 +29,9 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::CompiledFlow;
-use crate::engine::{ExecutionMeta, Next, RunState, Session, StepRecord, gray_key_value};
+use crate::engine::{
+    ExecutionMeta, Next, RunState, Session, StepRecord, gray_key_value, sanitize_explain,
+};
 use crate::execution::{
     Carried, ExecutionHeader, Quota, SealedRow, TriggerRow, check_execution_id, cut, subset_of,
 };
@@ -46,14 +48,10 @@ pub const CANCELLED: &str = "CANCELLED";
 pub const MAX_DELIVERY_ATTEMPTS: u32 = 8;
 /// Shards of the sparse `pending` and `running` indexes.
 pub const SHARDS: u32 = 16;
-/// An explain value longer than this is cut (SPEC section 1, Trace).
-pub const EXPLAIN_VALUE_CHARS: usize = 256;
 /// What an `output` may weigh (JSON bytes); over it the execution ends `FAILED`.
 pub const OUTPUT_LIMIT_BYTES: usize = 64 * 1024;
 /// What the trace kept in the summary may weigh; past it, the first and last steps and a count.
 pub const TRACE_LIMIT_BYTES: usize = 200 * 1024;
-/// How a value read from `client` shows in a trace.
-pub const CLIENT_DATA: &str = "<client data>";
 
 /// A record that must be retried (a batch item failure).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -316,47 +314,6 @@ fn advance(before: &RunState, step: &StepView, reads_steps: bool) -> RunState {
         s.rule = Some(rule.clone());
     }
     s
-}
-
-/// Whether a condition's field reads client data (`client`, `client.x`, `client[...]`): its
-/// actual value is never shown (SPEC section 1, Trace).
-pub fn reads_client(field: &str) -> bool {
-    field == "client" || field.starts_with("client.") || field.starts_with("client[")
-}
-
-/// Cuts long values and hides client data in a step's explain (SPEC section 1, Trace).
-pub fn sanitize_explain(explain: &mut Value) {
-    let Some(conds) = explain.get_mut("conditions").and_then(Value::as_array_mut) else {
-        return;
-    };
-    for c in conds {
-        let from_client = reads_client(str_of(c, "field"));
-        if let Some(actual) = c.get_mut("actual") {
-            if from_client {
-                *actual = Value::String(CLIENT_DATA.into());
-            } else {
-                cut_value(actual);
-            }
-        }
-        if let Some(v) = c.get_mut("expected") {
-            cut_value(v);
-        }
-    }
-}
-
-fn cut_value(v: &mut Value) {
-    match v {
-        Value::String(s) if s.chars().count() > EXPLAIN_VALUE_CHARS => {
-            *s = cut(s, EXPLAIN_VALUE_CHARS);
-        }
-        Value::Array(_) | Value::Object(_) => {
-            let text = v.to_string();
-            if text.len() > EXPLAIN_VALUE_CHARS {
-                *v = Value::String(cut(&text, EXPLAIN_VALUE_CHARS));
-            }
-        }
-        _ => {}
-    }
 }
 
 /// Fields of a step item that are bookkeeping, not trace.
@@ -1731,6 +1688,7 @@ async fn end_if_stalled<J: Journal>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::{CLIENT_DATA, EXPLAIN_VALUE_CHARS};
 
     #[test]
     fn templates_fill_paths_from_the_public_context() {

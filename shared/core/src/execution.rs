@@ -5,8 +5,42 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::engine::RunState;
 use crate::gray;
+
+/// Who and what an execution is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecutionMeta {
+    /// The execution id.
+    pub execution_id: String,
+    /// The client.
+    pub client_id: String,
+    /// The flow.
+    pub flow_id: String,
+    /// The flow version picked at seq 0.
+    pub flow_version: u64,
+}
+
+/// What an execution carries from one step to the next (in chain mode, inside the trigger row).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    /// Sequence number of the step about to run (0 for the first).
+    pub seq: u64,
+    /// Rule to run next (`None`: the flow's start rule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// Values written by `set` and `set_field`.
+    #[serde(default)]
+    pub ctx: Map<String, Value>,
+    /// Outcome of each rule run so far, by id.
+    #[serde(default)]
+    pub steps: Map<String, Value>,
+    /// Tags added so far.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Route set by `route_to`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+}
 
 /// A seq 0 row of the trigger table, as a client process inserts it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -343,11 +343,6 @@ impl Expr {
         })
     }
 
-    /// The CEL text.
-    pub fn source(&self) -> &str {
-        &self.source
-    }
-
     /// The CEL text, shared.
     pub fn source_arc(&self) -> Arc<str> {
         Arc::clone(&self.source)
@@ -528,14 +523,6 @@ pub struct PathTrie {
 }
 
 impl PathTrie {
-    /// A trie that keeps everything.
-    pub fn whole() -> PathTrie {
-        PathTrie {
-            whole: true,
-            children: BTreeMap::new(),
-        }
-    }
-
     /// Adds a path (without its root).
     pub fn insert(&mut self, path: &[String]) {
         if self.whole {

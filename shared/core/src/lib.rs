@@ -1,6 +1,8 @@
 //! rulestream core: the pure heart of the rules engine.
 //!
 //! - [`model`]: the flow file and catalog formats, and the JSON Schema derived from them;
+//! - [`checks`]: the checks of single pieces (a condition, an action, a master rule) shared by
+//!   compiling, validating and loading the catalog;
 //! - [`validate`]: every problem of a flow in one pass, each with its JSON path;
 //! - [`expr`] and [`conditions`]: CEL expressions and JSON conditions;
 //! - [`catalog`]: master rules by id and version;
@@ -17,6 +19,7 @@
 
 pub mod catalog;
 pub mod chain;
+pub mod checks;
 pub mod conditions;
 pub mod engine;
 pub mod execution;

@@ -116,31 +116,96 @@ pub struct Rule {
     pub on_error: Option<Transition>,
 }
 
-/// How a rule decides.
+/// Outcome of a rule passed over: outside its gray share, or outside the execution's `rules`
+/// subset.
+pub const SKIPPED: &str = "skipped";
+/// Outcome of a rule whose token bucket is empty.
+pub const LIMITED: &str = "limited";
+/// Outcome recorded when evaluating a rule failed.
+pub const ERROR: &str = "error";
+
+/// How a rule is left once its outcome is known.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Way<'a, T> {
+    /// One of the rule's transitions (`on.<outcome>`, `default` or `on_error`).
+    Take(&'a T),
+    /// No transition applies: on to the next rule in order, or off the end of the flow.
+    NextRule,
+    /// An evaluation error with no `on_error`: the execution ends `FAILED`.
+    Fail,
+}
+
+/// The way the engine leaves a rule (generic over the transition type, so the engine picks its
+/// compiled transitions by the same rule). An error takes `on_error`; a rule passed over
+/// (`skipped`) or limited takes only its own `on` entry; any other outcome takes
+/// `on.<outcome>`, then `default`; with none of them, the next rule.
+pub fn way<'a, T>(
+    on_outcome: Option<&'a T>,
+    default: Option<&'a T>,
+    on_error: Option<&'a T>,
+    outcome: &str,
+    errored: bool,
+) -> Way<'a, T> {
+    if errored {
+        return on_error.map_or(Way::Fail, Way::Take);
+    }
+    let gated = outcome == SKIPPED || outcome == LIMITED;
+    let t = if gated {
+        on_outcome
+    } else {
+        on_outcome.or(default)
+    };
+    t.map_or(Way::NextRule, Way::Take)
+}
+
+/// Why a rule may be left a given way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DecisionKind {
-    /// A CEL expression.
-    When,
-    /// JSON conditions.
-    Conditions,
-    /// A master rule from the catalog.
-    Use,
+pub enum Because {
+    /// Some outcome of its decision.
+    Outcome,
+    /// An evaluation error.
+    Error,
+    /// Its gray share passed it over.
+    Gray,
+    /// Its token bucket was empty.
+    Limited,
+    /// An execution's `rules` subset left it out: possible for every rule, but only for
+    /// executions started with a subset.
+    Subset,
 }
 
 impl Rule {
-    /// The ways of deciding this rule declares (valid rules declare exactly one).
-    pub fn decision_kinds(&self) -> Vec<DecisionKind> {
-        let mut kinds = Vec::with_capacity(1);
-        if self.when.is_some() {
-            kinds.push(DecisionKind::When);
+    /// Every way this rule can be left, whatever happens when it runs, each with why: the list
+    /// that validation walks, built on [`way`] so it never disagrees with the engine.
+    pub fn ways(&self) -> Vec<(Way<'_, Transition>, Because)> {
+        let mut out: Vec<(Way<'_, Transition>, Because)> = Vec::new();
+        let decided = |o: &str| way(self.on.get(o), self.default.as_ref(), None, o, false);
+        for o in self.on.keys() {
+            if o != SKIPPED && o != LIMITED {
+                out.push((decided(o), Because::Outcome));
+            }
         }
-        if self.conditions.is_some() {
-            kinds.push(DecisionKind::Conditions);
+        // An outcome `on` does not list (any label but `true`/`false` when both are listed).
+        let bool_covered = self.on.contains_key("true") && self.on.contains_key("false");
+        if !bool_covered {
+            out.push((
+                way(None, self.default.as_ref(), None, "", false),
+                Because::Outcome,
+            ));
         }
-        if self.use_rule.is_some() {
-            kinds.push(DecisionKind::Use);
+        out.push((
+            way(None, None, self.on_error.as_ref(), ERROR, true),
+            Because::Error,
+        ));
+        let gated = |o: &str| way(self.on.get(o), self.default.as_ref(), None, o, false);
+        if self.gray.is_some() {
+            out.push((gated(SKIPPED), Because::Gray));
         }
-        kinds
+        if self.rate_limit.is_some() {
+            out.push((gated(LIMITED), Because::Limited));
+        }
+        out.push((gated(SKIPPED), Because::Subset));
+        out
     }
 }
 

@@ -19,10 +19,12 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::catalog::Catalog;
-use crate::engine::CompiledFlow;
-use crate::model::{
-    Action, ActionType, Condition, Flow, MasterKind, MasterRule, Op, Rule, Transition,
+use crate::checks::json_type;
+pub use crate::checks::{
+    MAX_TIMEOUT_MS, check_action, check_master_rule, check_op_value, key_path,
 };
+use crate::engine::CompiledFlow;
+use crate::model::{Because, Flow, Rule, Way};
 
 /// Severity of a finding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -111,19 +113,6 @@ fn warning(path: impl Into<String>, message: impl Into<String>) -> Finding {
         line: None,
         column: None,
         message: message.into(),
-    }
-}
-
-/// `.key` for identifier-like keys, `["key"]` otherwise.
-pub fn key_path(k: &str) -> String {
-    let ident = !k.is_empty()
-        && k.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        && !k.starts_with(|c: char| c.is_ascii_digit());
-    if ident {
-        format!(".{k}")
-    } else {
-        format!("[{}]", Value::String(k.to_string()))
     }
 }
 
@@ -242,18 +231,6 @@ fn friendly(msg: &str, instance: Option<&Value>) -> String {
         return msg.replace(" is not one of ", " is not one of: ");
     }
     msg.to_string()
-}
-
-fn json_type(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(n) if n.is_i64() || n.is_u64() => "an integer",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 fn unescape(seg: &str) -> String {
@@ -433,36 +410,28 @@ fn check_flow(flow: &Flow, out: &mut Vec<Finding>) {
 }
 
 /// Successors of each rule in the flow graph; `n` (one past the last rule) is "ended".
-fn successors(flow: &Flow, index: &HashMap<&str, usize>) -> Vec<Vec<usize>> {
+/// Where each rule can go (`n`: the end of the flow), from [`Rule::ways`]: every way for the
+/// rules the start reaches, and (with `designed_only`) without the ways only a `rules` subset
+/// opens, for the rules that can end.
+fn successors(flow: &Flow, index: &HashMap<&str, usize>, designed_only: bool) -> Vec<Vec<usize>> {
     let n = flow.rules.len();
-    let target = |i: usize, t: &Transition| -> Option<usize> {
-        if let Some(g) = &t.goto {
-            index.get(g.as_str()).copied()
-        } else if t.complete.is_some() {
-            Some(n)
-        } else {
-            Some(i + 1)
-        }
-    };
     flow.rules
         .iter()
         .enumerate()
         .map(|(i, r)| {
-            let mut s: Vec<usize> = r.on.values().filter_map(|t| target(i, t)).collect();
-            if let Some(d) = &r.default {
-                s.extend(target(i, d));
-            }
-            if let Some(e) = &r.on_error {
-                s.extend(target(i, e));
-            }
-            let bool_covered = r.on.contains_key("true") && r.on.contains_key("false");
-            let implicit_next = (r.default.is_none() && !bool_covered)
-                || (r.gray.is_some() && !r.on.contains_key(crate::engine::SKIPPED))
-                || (r.rate_limit.is_some() && !r.on.contains_key(crate::engine::LIMITED));
-            if implicit_next {
-                s.push(i + 1);
-            }
-            s
+            r.ways()
+                .into_iter()
+                .filter(|(_, why)| !(designed_only && *why == Because::Subset))
+                .filter_map(|(w, _)| match w {
+                    Way::Take(t) => match &t.goto {
+                        Some(g) => index.get(g.as_str()).copied(),
+                        None if t.complete.is_some() => Some(n),
+                        None => Some(i + 1),
+                    },
+                    Way::NextRule => Some(i + 1),
+                    Way::Fail => None,
+                })
+                .collect()
         })
         .collect()
 }
@@ -476,10 +445,10 @@ fn check_graph(flow: &Flow, out: &mut Vec<Finding>) {
     for (i, r) in flow.rules.iter().enumerate() {
         index.entry(r.id.as_str()).or_insert(i);
     }
-    let succ = successors(flow, &index);
-    // Which rules can reach the end: reverse search from `n`.
+    // Which rules can reach the end: reverse search from `n`, over the ways a flow is designed
+    // to take (leaving a rule out with a `rules` subset is not a way out of a loop).
     let mut preds = vec![Vec::new(); n + 1];
-    for (i, s) in succ.iter().enumerate() {
+    for (i, s) in successors(flow, &index, true).iter().enumerate() {
         for &j in s {
             preds[j.min(n)].push(i);
         }
@@ -495,7 +464,8 @@ fn check_graph(flow: &Flow, out: &mut Vec<Finding>) {
             }
         }
     }
-    // Which rules the start reaches.
+    // Which rules the start reaches, a `rules` subset's skips included.
+    let succ = successors(flow, &index, false);
     let start = flow
         .start
         .as_deref()
@@ -535,127 +505,6 @@ fn check_graph(flow: &Flow, out: &mut Vec<Finding>) {
     }
 }
 
-/// Checks that a condition's `value` suits its `op`.
-pub fn check_op_value(c: &Condition) -> Result<(), String> {
-    let op = c.op.as_str();
-    match (c.op, &c.value) {
-        (Op::IsNull, Some(Value::Bool(_))) => Ok(()),
-        (Op::IsNull, _) => Err("`is_null` takes `value: true` or `value: false`".into()),
-        (_, None) => Err(format!("`{op}` needs a `value`")),
-        (Op::Eq | Op::Neq, Some(_)) => Ok(()),
-        (Op::Gt | Op::Gte | Op::Lt | Op::Lte, Some(Value::Number(_) | Value::String(_))) => Ok(()),
-        (Op::Gt | Op::Gte | Op::Lt | Op::Lte, Some(v)) => Err(format!(
-            "`{op}` compares with a number or a string, not {}",
-            json_type(v)
-        )),
-        (Op::In | Op::NotIn, Some(Value::Array(_))) => Ok(()),
-        (Op::In | Op::NotIn, Some(v)) => {
-            Err(format!("`{op}` needs a list value, not {}", json_type(v)))
-        }
-        (Op::Contains, Some(Value::Array(_) | Value::Object(_) | Value::Null)) => Err(
-            "`contains` needs a single value (a substring, or an item to find in a list)".into(),
-        ),
-        (Op::Contains, Some(_)) => Ok(()),
-        (Op::Matches, Some(Value::String(p))) if p.chars().count() > MAX_PATTERN_CHARS => {
-            Err(format!(
-                "a `matches` pattern is at most {MAX_PATTERN_CHARS} characters (this one has {})",
-                p.chars().count()
-            ))
-        }
-        (Op::StartsWith | Op::Matches, Some(Value::String(_))) => Ok(()),
-        (Op::StartsWith | Op::Matches, Some(v)) => {
-            Err(format!("`{op}` needs a string value, not {}", json_type(v)))
-        }
-    }
-}
-
 /// The most rules a flow may have (SPEC section 1, Limits).
 pub const MAX_RULES: usize = 200;
 pub use crate::expr::MAX_PATTERN_CHARS;
-/// The longest `timeout_ms` of a webhook or an external master rule.
-pub const MAX_TIMEOUT_MS: u64 = 10_000;
-
-/// Checks that an action has the fields its type needs and no others; a signing secret must be
-/// one of the flow's own client (`rulestream/<client_id>/…`, SPEC section 3).
-pub fn check_action(a: &Action, client_id: &str) -> Result<(), String> {
-    if let Some(t) = a.timeout_ms
-        && (t == 0 || t > MAX_TIMEOUT_MS)
-    {
-        return Err(format!(
-            "`timeout_ms` must be 1 to {MAX_TIMEOUT_MS}, got {t}"
-        ));
-    }
-    if let Some(secret) = &a.secret_id {
-        let own = format!("rulestream/{client_id}/");
-        if !secret.starts_with(&own) || secret.len() == own.len() {
-            return Err(format!(
-                "`secret_id` `{secret}` is not a secret of client `{client_id}`: it must be named `{own}<name>`"
-            ));
-        }
-    }
-    let (required, optional) = a.kind.fields();
-    let present = a.present_fields();
-    let kind = a.kind.as_str();
-    let missing: Vec<_> = required.iter().filter(|f| !present.contains(f)).collect();
-    if !missing.is_empty() {
-        let list: Vec<String> = missing.iter().map(|f| format!("`{f}`")).collect();
-        return Err(format!("`{kind}` needs {}", list.join(" and ")));
-    }
-    let extra: Vec<_> = present
-        .iter()
-        .filter(|f| !required.contains(f) && !optional.contains(f))
-        .collect();
-    if !extra.is_empty() {
-        let list: Vec<String> = extra.iter().map(|f| format!("`{f}`")).collect();
-        return Err(format!("{} is not a field of `{kind}`", list.join(", ")));
-    }
-    if a.kind == ActionType::CallWebhook
-        && let Some(url) = &a.url
-        && !(url.starts_with("https://") || url.starts_with("http://"))
-    {
-        return Err(format!("`url` must be an http(s) URL, got `{url}`"));
-    }
-    if a.kind == ActionType::SetField
-        && let Some(f) = &a.field
-        && f.is_empty()
-    {
-        return Err("`field` must not be empty".into());
-    }
-    Ok(())
-}
-
-/// Checks a catalog rule: the field its kind needs, and CEL that compiles.
-pub fn check_master_rule(r: &MasterRule) -> Result<(), String> {
-    if r.version == 0 {
-        return Err("version must be 1 or more".into());
-    }
-    if let Some(t) = r.timeout_ms
-        && (t == 0 || t > MAX_TIMEOUT_MS)
-    {
-        return Err(format!(
-            "`timeout_ms` must be 1 to {MAX_TIMEOUT_MS}, got {t}"
-        ));
-    }
-    match r.kind {
-        MasterKind::Cel => {
-            let src = r
-                .expression
-                .as_deref()
-                .ok_or("a `cel` rule needs `expression`")?;
-            crate::expr::Expr::compile(src).map_err(|errs| {
-                errs.iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            })?;
-        }
-        MasterKind::Lambda if r.function.as_deref().is_none_or(str::is_empty) => {
-            return Err("a `lambda` rule needs `function`".into());
-        }
-        MasterKind::Http if r.url.as_deref().is_none_or(str::is_empty) => {
-            return Err("an `http` rule needs `url`".into());
-        }
-        _ => {}
-    }
-    Ok(())
-}

@@ -1,0 +1,632 @@
+//! Running an execution one rule at a time: a [`Session`] holds the CEL context built once from
+//! the execution's input and applies each step to its state; [`run`] loops it to the end.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use cel::Value as CelValue;
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value, json};
+
+use super::compile::{CompiledFlow, CompiledRule, CompiledTransition, Decide, Target};
+use super::trace::{Explain, Next, PlannedAction, RunReport, StepRecord, StepResult};
+use crate::conditions;
+use crate::execution::{ExecutionMeta, RunState};
+use crate::expr;
+use crate::gray;
+use crate::model::{self, ActionType, ERROR, FAILED, LIMITED, MasterKind, Rule, SKIPPED, Way};
+use crate::ports::Effects;
+
+/// The value that picks an execution's gray buckets: the flow's `gray_key` path (under `input`,
+/// `client` or `ctx`), as a string; the execution id when the flow has none or it is missing.
+pub fn gray_key_value(
+    flow: &CompiledFlow,
+    execution_id: &str,
+    input: &Value,
+    client: Option<&Value>,
+    ctx: &Map<String, Value>,
+) -> String {
+    let Some(path) = &flow.gray_key else {
+        return execution_id.to_string();
+    };
+    let v = match path[0].as_str() {
+        "input" => conditions::walk(input, &path[1..]),
+        "client" => client.and_then(|c| conditions::walk(c, &path[1..])),
+        "ctx" => ctx
+            .get(&path[1])
+            .and_then(|v| conditions::walk(v, &path[2..])),
+        _ => None,
+    };
+    match v {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => execution_id.to_string(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// An execution in progress: the CEL context built once from its input, reused across rules.
+pub struct Session<'f> {
+    flow: &'f CompiledFlow,
+    meta: ExecutionMeta,
+    input: &'f Value,
+    client: Option<&'f Value>,
+    subset: Option<Vec<String>>,
+    state: RunState,
+    cel: cel::Context<'f, 'f>,
+    ctx_dirty: bool,
+    gray_key: std::cell::OnceCell<String>,
+}
+
+impl<'f> Session<'f> {
+    /// Starts or resumes an execution at `state`.
+    pub fn new(
+        flow: &'f CompiledFlow,
+        meta: ExecutionMeta,
+        input: &'f Value,
+        client: Option<&'f Value>,
+        now: DateTime<Utc>,
+        subset: Option<Vec<String>>,
+        state: RunState,
+    ) -> Session<'f> {
+        let mut cel = cel::Context::with_env(Arc::clone(expr::env()));
+        if let Some(t) = flow.trie("input") {
+            cel.add_variable_as_val("input", expr::json_to_val(input, Some(t)));
+        }
+        if let Some(t) = flow.trie("client") {
+            match client {
+                Some(c) => cel.add_variable_as_val("client", expr::json_to_val(c, Some(t))),
+                None => cel.add_variable_from_value("client", CelValue::Null),
+            }
+        }
+        if flow.trie("now").is_some() || flow.tries.contains_key("now") {
+            cel.add_variable_from_value("now", CelValue::Timestamp(now.fixed_offset()));
+        }
+        Session {
+            flow,
+            meta,
+            input,
+            client,
+            subset,
+            state,
+            cel,
+            ctx_dirty: true,
+            gray_key: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// The state after the steps run so far.
+    pub fn state(&self) -> &RunState {
+        &self.state
+    }
+
+    /// The value that picks gray buckets for this execution (worked out on first use).
+    pub fn gray_key(&self) -> &str {
+        self.gray_key.get_or_init(|| {
+            gray_key_value(
+                self.flow,
+                &self.meta.execution_id,
+                self.input,
+                self.client,
+                &self.state.ctx,
+            )
+        })
+    }
+
+    fn lookup(&self, path: &[String]) -> Option<Value> {
+        let (root, rest) = path.split_first()?;
+        match root.as_str() {
+            "input" => conditions::walk(self.input, rest).cloned(),
+            "client" => self.client.and_then(|c| conditions::walk(c, rest)).cloned(),
+            "ctx" => walk_map(&self.state.ctx, rest),
+            "steps" => walk_map(&self.state.steps, rest),
+            "execution" => conditions::walk(&self.execution_json(), rest).cloned(),
+            _ => None,
+        }
+    }
+
+    fn execution_json(&self) -> Value {
+        json!({
+            "id": self.meta.execution_id,
+            "client_id": self.meta.client_id,
+            "flow_id": self.meta.flow_id,
+            "flow_version": self.meta.flow_version,
+            "seq": self.state.seq,
+        })
+    }
+
+    fn refresh_cel(&mut self) {
+        if self.ctx_dirty {
+            if let Some(t) = self.flow.trie("ctx") {
+                let v = expr::json_to_cel_pruned(&Value::Object(self.state.ctx.clone()), t);
+                self.cel.add_variable_from_value("ctx", v);
+            }
+            self.ctx_dirty = false;
+        }
+        if self.flow.trie("steps").is_some() {
+            let v = expr::json_to_cel(&Value::Object(self.state.steps.clone()));
+            self.cel.add_variable_from_value("steps", v);
+        }
+        if self.flow.trie("execution").is_some() {
+            let v = expr::json_to_cel(&self.execution_json());
+            self.cel.add_variable_from_value("execution", v);
+        }
+    }
+
+    /// Runs the current rule and moves the state on. `steps_taken` is how many steps the
+    /// execution has already run (for `max_steps`).
+    pub async fn step<E: Effects>(&mut self, fx: &E, steps_taken: u32) -> StepResult {
+        let flow = self.flow;
+        let idx = match &self.state.rule {
+            None => flow.start,
+            Some(id) => match flow.index.get(id) {
+                Some(i) => *i,
+                None => {
+                    return StepResult {
+                        record: None,
+                        next: failed(
+                            format!(
+                                "rule `{id}` does not exist in version {}",
+                                flow.flow.version
+                            ),
+                            None,
+                        ),
+                    };
+                }
+            },
+        };
+        let rule = &flow.flow.rules[idx];
+        if let Some(subset) = &self.subset
+            && let Some(unknown) = subset.iter().find(|r| !flow.index.contains_key(*r))
+        {
+            return StepResult {
+                record: None,
+                next: failed(
+                    format!(
+                        "the rules subset names `{unknown}`, which is not a rule of {}/{} v{}",
+                        flow.flow.client_id, flow.flow.flow_id, flow.flow.version
+                    ),
+                    None,
+                ),
+            };
+        }
+        if steps_taken >= flow.flow.max_steps() {
+            return StepResult {
+                record: None,
+                next: failed(
+                    format!(
+                        "max_steps ({}) exceeded before rule `{}`",
+                        flow.flow.max_steps(),
+                        rule.id
+                    ),
+                    Some("max_steps exceeded".into()),
+                ),
+            };
+        }
+        let started = Instant::now();
+        let compiled = &flow.rules[idx];
+        let (outcome, explain, master_set) = self.decide(rule, compiled, fx).await;
+        let note = (fx.dry_run() && rule.rate_limit.is_some() && outcome != SKIPPED).then(|| {
+            "dry run: the rate limit was not applied (treated as granted, no token taken)"
+                .to_string()
+        });
+        let errored = matches!(explain, Explain::Error { .. });
+        let way = model::way(
+            compiled.on.get(&outcome),
+            compiled.default.as_ref(),
+            compiled.on_error.as_ref(),
+            &outcome,
+            errored,
+        );
+        let transition = match way {
+            Way::Take(t) => Some(t),
+            Way::NextRule | Way::Fail => None,
+        };
+        let seq = self.state.seq;
+        if flow.reads_steps {
+            self.state
+                .steps
+                .insert(rule.id.clone(), Value::String(outcome.clone()));
+        }
+        let mut set = Map::new();
+        for (k, v) in master_set {
+            self.state.ctx.insert(k.clone(), v.clone());
+            set.insert(k, v);
+            self.ctx_dirty = true;
+        }
+        if matches!(way, Way::Fail) {
+            let Explain::Error { message } = &explain else {
+                unreachable!("errored implies an error explain")
+            };
+            let error = format!("rule `{}`: {message}", rule.id);
+            let mut record = self.record(
+                seq,
+                rule,
+                &outcome,
+                Arc::new(json!({})),
+                explain.clone(),
+                set,
+                vec![],
+                started,
+            );
+            record.note = note;
+            self.state.seq += 1;
+            return StepResult {
+                record: Some(record),
+                next: failed(error.clone(), Some(error)),
+            };
+        }
+        let mut actions = Vec::new();
+        let (desc, target) = match transition {
+            Some(t) => {
+                if let Err(e) = self.apply_set(t, &mut set) {
+                    let error = format!("rule `{}`: {e}", rule.id);
+                    let mut record = self.record(
+                        seq,
+                        rule,
+                        &outcome,
+                        Arc::clone(&t.desc),
+                        explain,
+                        set,
+                        vec![],
+                        started,
+                    );
+                    record.note = note;
+                    self.state.seq += 1;
+                    return StepResult {
+                        record: Some(record),
+                        next: failed(error.clone(), Some(error)),
+                    };
+                }
+                for (ai, a) in t.source.actions.iter().enumerate() {
+                    self.apply_action(a, &mut set);
+                    actions.push(PlannedAction {
+                        idempotency_key: format!("{}:{seq}:{ai}", self.meta.execution_id),
+                        rule: rule.id.clone(),
+                        action: a.clone(),
+                        delivery: None,
+                    });
+                }
+                (Arc::clone(&t.desc), t.target.clone())
+            }
+            None => (implicit_next(), Target::Next),
+        };
+        let next = match target {
+            Target::Next => match flow.flow.rules.get(idx + 1) {
+                Some(r) => Next::Rule { rule: r.id.clone() },
+                None => Next::Done {
+                    status: flow.flow.default_status().to_string(),
+                    reason: transition.and_then(|t| t.source.reason.clone()),
+                    error: None,
+                },
+            },
+            Target::Goto(i) => Next::Rule {
+                rule: flow.flow.rules[i].id.clone(),
+            },
+            Target::Complete(status) => Next::Done {
+                status,
+                reason: transition.and_then(|t| t.source.reason.clone()),
+                error: None,
+            },
+        };
+        let mut record = self.record(seq, rule, &outcome, desc, explain, set, actions, started);
+        record.note = note;
+        self.state.seq += 1;
+        if let Next::Rule { rule } = &next {
+            self.state.rule = Some(rule.clone());
+        }
+        StepResult {
+            record: Some(record),
+            next,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        seq: u64,
+        rule: &Rule,
+        outcome: &str,
+        transition: Arc<Value>,
+        explain: Explain,
+        set: Map<String, Value>,
+        actions: Vec<PlannedAction>,
+        started: Instant,
+    ) -> StepRecord {
+        StepRecord {
+            seq,
+            rule: rule.id.clone(),
+            outcome: outcome.to_string(),
+            transition,
+            explain,
+            set,
+            actions,
+            duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            note: None,
+        }
+    }
+
+    /// Works out the rule's outcome: gates first (subset, gray, rate limit), then the decision.
+    async fn decide<E: Effects>(
+        &mut self,
+        rule: &Rule,
+        compiled: &CompiledRule,
+        fx: &E,
+    ) -> (String, Explain, Map<String, Value>) {
+        let none = Map::new();
+        if let Some(subset) = &self.subset
+            && !subset.iter().any(|r| r == &rule.id)
+        {
+            return (
+                SKIPPED.into(),
+                Explain::Skipped {
+                    reason: "not in the execution's rules subset".into(),
+                },
+                none,
+            );
+        }
+        if let Some(g) = &rule.gray {
+            let key = self.gray_key().to_string();
+            let b = gray::bucket(&self.meta.client_id, &compiled.gray_salt, &key);
+            if !gray::in_gray(&self.meta.client_id, &compiled.gray_salt, &key, g.percent) {
+                return (
+                    SKIPPED.into(),
+                    Explain::Skipped {
+                        reason: format!("gray bucket {b:.2} is outside {}%", g.percent),
+                    },
+                    none,
+                );
+            }
+        }
+        if let Some(rl) = &rule.rate_limit {
+            let key = format!("{}/{}/{}", self.meta.client_id, self.meta.flow_id, rule.id);
+            match fx.take_token(&key, rl.per_second, rl.burst()).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    return (
+                        LIMITED.into(),
+                        Explain::Limited {
+                            reason: format!("token bucket `{key}` is empty"),
+                        },
+                        none,
+                    );
+                }
+                // Fail open: the rule runs as if a token had been taken.
+                Err(_) if rl.fail_open => {}
+                Err(e) => {
+                    return (
+                        LIMITED.into(),
+                        Explain::Limited {
+                            reason: format!("rate limiter unavailable ({e}); rule fails closed"),
+                        },
+                        none,
+                    );
+                }
+            }
+        }
+        self.refresh_cel();
+        match &compiled.decide {
+            Decide::When(e) => match e.eval(&self.cel).and_then(|v| outcome_of(&v)) {
+                Ok((outcome, result)) => (
+                    outcome,
+                    Explain::Expression {
+                        expression: e.source_arc(),
+                        result,
+                    },
+                    none,
+                ),
+                Err(m) => (
+                    ERROR.into(),
+                    Explain::Error {
+                        message: format!("`when` failed: {m}"),
+                    },
+                    none,
+                ),
+            },
+            Decide::Conditions(groups) => {
+                let (matched, results) = conditions::evaluate(groups, |p| self.lookup(p));
+                (
+                    matched.to_string(),
+                    Explain::Conditions {
+                        matched,
+                        conditions: results,
+                    },
+                    none,
+                )
+            }
+            Decide::Master {
+                rule_id,
+                version,
+                kind,
+                expr,
+                target,
+                timeout_ms,
+                params,
+                params_cel,
+            } => {
+                // Bound for this rule's expression and its transition's `set`.
+                self.cel
+                    .add_variable_from_value("params", params_cel.clone());
+                let answer = match (kind, expr) {
+                    (MasterKind::Cel, Some(e)) => e
+                        .eval(&self.cel)
+                        .and_then(|v| outcome_of(&v))
+                        .map(|(o, r)| (o, r, Map::new())),
+                    _ => {
+                        let payload = json!({
+                            "input": self.input,
+                            "ctx": self.state.ctx,
+                            "client": self.client.cloned().unwrap_or(Value::Null),
+                            "params": params,
+                            "execution": self.execution_json(),
+                        });
+                        match fx
+                            .call_rule(&rule.id, *kind, target, &payload, *timeout_ms)
+                            .await
+                        {
+                            Ok(v) => external_outcome(&v),
+                            Err(e) => Err(e.to_string()),
+                        }
+                    }
+                };
+                match answer {
+                    Ok((outcome, result, set)) => (
+                        outcome,
+                        Explain::Master {
+                            rule_id: rule_id.clone(),
+                            version: *version,
+                            kind: *kind,
+                            result,
+                        },
+                        set,
+                    ),
+                    Err(m) => (
+                        ERROR.into(),
+                        Explain::Error {
+                            message: format!("master rule `{rule_id}` v{version}: {m}"),
+                        },
+                        none,
+                    ),
+                }
+            }
+        }
+    }
+
+    fn apply_set(
+        &mut self,
+        t: &CompiledTransition,
+        set: &mut Map<String, Value>,
+    ) -> Result<(), String> {
+        for (k, e) in &t.set {
+            self.refresh_cel();
+            let v = e
+                .eval(&self.cel)
+                .map_err(|m| format!("set `{k}` failed: {m}"))
+                .and_then(|v| expr::cel_to_json(&v).map_err(|m| format!("set `{k}`: {m}")))?;
+            self.state.ctx.insert(k.clone(), v.clone());
+            set.insert(k.clone(), v);
+            self.ctx_dirty = true;
+        }
+        Ok(())
+    }
+
+    fn apply_action(&mut self, a: &crate::model::Action, set: &mut Map<String, Value>) {
+        match a.kind {
+            ActionType::AddTag => {
+                if let Some(tag) = &a.tag
+                    && !self.state.tags.contains(tag)
+                {
+                    self.state.tags.push(tag.clone());
+                }
+            }
+            ActionType::RouteTo => self.state.route.clone_from(&a.queue),
+            ActionType::SetField => {
+                if let (Some(f), Some(v)) = (&a.field, &a.value) {
+                    self.state.ctx.insert(f.clone(), v.clone());
+                    set.insert(f.clone(), v.clone());
+                    self.ctx_dirty = true;
+                }
+            }
+            ActionType::CallWebhook | ActionType::SendNotification => {}
+        }
+    }
+}
+
+fn walk_map(m: &Map<String, Value>, rest: &[String]) -> Option<Value> {
+    let (head, tail) = rest.split_first()?;
+    conditions::walk(m.get(head)?, tail).cloned()
+}
+
+fn failed(reason: String, error: Option<String>) -> Next {
+    Next::Done {
+        status: FAILED.to_string(),
+        error: error.or_else(|| Some(reason.clone())),
+        reason: Some(reason),
+    }
+}
+
+/// `{"next": true}`, shared by every step that falls through.
+fn implicit_next() -> Arc<Value> {
+    static NEXT: std::sync::OnceLock<Arc<Value>> = std::sync::OnceLock::new();
+    Arc::clone(NEXT.get_or_init(|| Arc::new(json!({"next": true}))))
+}
+
+/// A `when`/`cel` result as an outcome: a bool gives `"true"`/`"false"`, a string is the label.
+fn outcome_of(v: &CelValue) -> Result<(String, Value), String> {
+    match v {
+        CelValue::Bool(b) => Ok((b.to_string(), Value::Bool(*b))),
+        CelValue::String(s) if !s.is_empty() => Ok((
+            s.as_str().to_string(),
+            Value::String(s.as_str().to_string()),
+        )),
+        CelValue::String(_) => {
+            Err("gave an empty string; expected a bool or a non-empty label".into())
+        }
+        other => Err(format!(
+            "gave a {} value; expected a bool or a string label",
+            expr::type_name(other)
+        )),
+    }
+}
+
+/// A `lambda`/`http` answer `{"outcome": ..., "set": {...}}`.
+fn external_outcome(v: &Value) -> Result<(String, Value, Map<String, Value>), String> {
+    let outcome = match v.get("outcome") {
+        Some(Value::Bool(b)) => b.to_string(),
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        _ => return Err("answer has no `outcome` (a bool or a non-empty string)".into()),
+    };
+    let set = match v.get("set") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(m)) => m.clone(),
+        Some(_) => return Err("answer's `set` is not an object".into()),
+    };
+    Ok((
+        outcome,
+        v.get("outcome").cloned().unwrap_or(Value::Null),
+        set,
+    ))
+}
+
+/// Runs an execution from its start rule to the end (dry-run and inline mode).
+pub async fn run<E: Effects>(
+    flow: &CompiledFlow,
+    meta: ExecutionMeta,
+    input: &Value,
+    client: Option<&Value>,
+    now: DateTime<Utc>,
+    subset: Option<Vec<String>>,
+    fx: &E,
+) -> RunReport {
+    let mut session = Session::new(flow, meta, input, client, now, subset, RunState::default());
+    let mut steps = Vec::new();
+    let mut taken = 0u32;
+    loop {
+        let r = session.step(fx, taken).await;
+        taken += 1;
+        if let Some(rec) = r.record {
+            steps.push(rec);
+        }
+        if let Next::Done {
+            status,
+            reason,
+            error,
+        } = r.next
+        {
+            let state = session.state;
+            return RunReport {
+                status,
+                reason,
+                error,
+                path: steps.iter().map(|s| s.rule.clone()).collect(),
+                actions: steps
+                    .iter()
+                    .flat_map(|s| s.actions.iter().cloned())
+                    .collect(),
+                steps,
+                ctx: state.ctx,
+                tags: state.tags,
+                route: state.route,
+            };
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! What a step leaves behind: its record (the trace line), its actions, where the execution goes
+//! next, a whole run's report, and what a trace may show (values cut, client data hidden).
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::conditions::ConditionResult;
+use crate::execution::cut;
+use crate::model::MasterKind;
+
+/// An explain value longer than this is cut (SPEC section 1, Trace).
+pub const EXPLAIN_VALUE_CHARS: usize = 256;
+/// How a value read from `client` shows in a trace.
+pub const CLIENT_DATA: &str = "<client data>";
+
+/// Why a rule got its outcome.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Explain {
+    /// A `when` expression and its value.
+    Expression {
+        /// The CEL text.
+        expression: Arc<str>,
+        /// What it gave.
+        result: Value,
+    },
+    /// JSON conditions, each with its result.
+    Conditions {
+        /// Whether some group held.
+        matched: bool,
+        /// Every condition.
+        conditions: Vec<ConditionResult>,
+    },
+    /// A master rule and what it answered.
+    Master {
+        /// Catalog id.
+        rule_id: String,
+        /// Catalog version.
+        version: u64,
+        /// How it ran.
+        kind: MasterKind,
+        /// What it gave.
+        result: Value,
+    },
+    /// Why the rule did not run.
+    Skipped {
+        /// Explanation.
+        reason: String,
+    },
+    /// The token bucket was empty (or the limiter down and the rule fails closed).
+    Limited {
+        /// Explanation.
+        reason: String,
+    },
+    /// Evaluation failed.
+    Error {
+        /// Explanation.
+        message: String,
+    },
+}
+
+/// An action of a step: applied to the state (`add_tag`, `route_to`, `set_field`) or to be
+/// delivered by the caller (`call_webhook`, `send_notification`) exactly once, by its key.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PlannedAction {
+    /// `<execution_id>:<seq>:<action index>`.
+    pub idempotency_key: String,
+    /// The rule whose transition carries it.
+    pub rule: String,
+    /// The action as written.
+    #[serde(flatten)]
+    pub action: crate::model::Action,
+    /// For deliveries, what happened: `delivered`, or why not (set by the orchestrator).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<String>,
+}
+
+/// One step's record: the trace line of an execution.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepRecord {
+    /// Sequence number of the step.
+    pub seq: u64,
+    /// The rule that ran.
+    pub rule: String,
+    /// Its outcome.
+    pub outcome: String,
+    /// The transition taken, in flow syntax (`{"goto": "review"}`), without `set`/`actions`.
+    pub transition: Arc<Value>,
+    /// Why.
+    pub explain: Explain,
+    /// Values written into `ctx` by this step.
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    pub set: Map<String, Value>,
+    /// Actions of this step.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<PlannedAction>,
+    /// Time spent in the engine, microseconds.
+    pub duration_us: u64,
+    /// What a dry run did differently here (a rate limit treated as granted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Where an execution goes after a step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Next {
+    /// Run this rule at `seq + 1`.
+    Rule {
+        /// Rule id.
+        rule: String,
+    },
+    /// The execution ended.
+    Done {
+        /// A terminal status, the default status, or `FAILED`.
+        status: String,
+        /// Why, for people.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        /// For `FAILED`: the error.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+}
+
+/// The result of [`Session::step`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepResult {
+    /// The trace line (`None` when no rule ran: `max_steps` was exceeded or the rule is unknown).
+    pub record: Option<StepRecord>,
+    /// What comes next.
+    pub next: Next,
+}
+
+/// A whole run, as dry-run and inline mode report it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunReport {
+    /// Final status.
+    pub status: String,
+    /// Why, when known.
+    pub reason: Option<String>,
+    /// For `FAILED`: the error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Rule ids in the order they ran.
+    pub path: Vec<String>,
+    /// Every step.
+    pub steps: Vec<StepRecord>,
+    /// Final `ctx`.
+    pub ctx: Map<String, Value>,
+    /// Tags added.
+    pub tags: Vec<String>,
+    /// Route set by `route_to`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// Every action of every step, in order.
+    pub actions: Vec<PlannedAction>,
+}
+
+impl RunReport {
+    /// The dry-run answer of SPEC section 6 (and of the API's `POST /v1/dry-run`):
+    /// `{status, reason, path, steps: [{rule, outcome, transition, explain, set, note?}], ctx,
+    /// tags, actions}` (+ `error`, `route`), explains cut and client data hidden as in a trace.
+    pub fn spec_json(&self) -> Value {
+        let steps: Vec<Value> = self
+            .steps
+            .iter()
+            .map(|s| {
+                let mut explain = serde_json::to_value(&s.explain).unwrap_or(Value::Null);
+                sanitize_explain(&mut explain);
+                let mut step = json!({
+                    "rule": s.rule,
+                    "outcome": s.outcome,
+                    "transition": s.transition,
+                    "explain": explain,
+                    "set": s.set,
+                });
+                if let Some(note) = &s.note {
+                    step["note"] = json!(note);
+                }
+                step
+            })
+            .collect();
+        let mut doc = json!({
+            "status": self.status,
+            "reason": self.reason,
+            "path": self.path,
+            "steps": steps,
+            "ctx": self.ctx,
+            "tags": self.tags,
+            "actions": self.actions,
+        });
+        if let Some(route) = &self.route {
+            doc["route"] = json!(route);
+        }
+        if let Some(e) = &self.error {
+            doc["error"] = json!(e);
+        }
+        doc
+    }
+}
+
+/// Whether a condition's field reads client data (`client`, `client.x`, `client[...]`): its
+/// actual value is never shown (SPEC section 1, Trace).
+pub fn reads_client(field: &str) -> bool {
+    field == "client" || field.starts_with("client.") || field.starts_with("client[")
+}
+
+/// Cuts long values and hides client data in a step's explain (SPEC section 1, Trace).
+pub fn sanitize_explain(explain: &mut Value) {
+    let Some(conds) = explain.get_mut("conditions").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for c in conds {
+        let from_client = reads_client(c.get("field").and_then(Value::as_str).unwrap_or_default());
+        if let Some(actual) = c.get_mut("actual") {
+            if from_client {
+                *actual = Value::String(CLIENT_DATA.into());
+            } else {
+                cut_value(actual);
+            }
+        }
+        if let Some(v) = c.get_mut("expected") {
+            cut_value(v);
+        }
+    }
+}
+
+fn cut_value(v: &mut Value) {
+    match v {
+        Value::String(s) if s.chars().count() > EXPLAIN_VALUE_CHARS => {
+            *s = cut(s, EXPLAIN_VALUE_CHARS);
+        }
+        Value::Array(_) | Value::Object(_) => {
+            let text = v.to_string();
+            if text.len() > EXPLAIN_VALUE_CHARS {
+                *v = Value::String(cut(&text, EXPLAIN_VALUE_CHARS));
+            }
+        }
+        _ => {}
+    }
+}
