@@ -183,11 +183,13 @@ impl FlowSource for AwsFlowSource {
         let release = match (row.release, &row.config_key) {
             (Some(r), _) => r,
             // A row without a release serves the version its config key names.
-            (None, Some(k)) => Release::stable_only(version_of_key(k).ok_or_else(|| {
-                StoreError::Invalid(format!(
-                    "clients row {client_id}/{flow_id}: config_key `{k}` names no version"
-                ))
-            })?),
+            (None, Some(k)) => {
+                Release::stable_only(crate::releases::version_of_key(k).ok_or_else(|| {
+                    StoreError::Invalid(format!(
+                        "clients row {client_id}/{flow_id}: config_key `{k}` names no version"
+                    ))
+                })?)
+            }
             (None, None) => {
                 return Err(StoreError::Invalid(format!(
                     "flow {client_id}/{flow_id} has no version yet (upload one: rulestream upload FILE)"
@@ -305,7 +307,7 @@ impl AwsFlowSource {
         version: u64,
         catalog: Arc<Catalog>,
     ) -> Result<Arc<CompiledFlow>, StoreError> {
-        let s3_key = format!("flows/{client_id}/{flow_id}/v{version}.json");
+        let s3_key = crate::releases::version_key(client_id, flow_id, version);
         let out = match self
             .s3
             .get_object()
@@ -444,26 +446,5 @@ impl AwsFlowSource {
         })?;
         self.data.put(cache_key, value.clone()).await;
         Ok(value)
-    }
-}
-
-/// `flows/c/f/v3.json` -> 3.
-pub fn version_of_key(key: &str) -> Option<u64> {
-    key.rsplit('/')
-        .next()?
-        .strip_prefix('v')?
-        .strip_suffix(".json")?
-        .parse()
-        .ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn versions_from_config_keys() {
-        assert_eq!(version_of_key("flows/acme/trade/v3.json"), Some(3));
-        assert_eq!(version_of_key("flows/acme/trade/latest.json"), None);
     }
 }

@@ -120,6 +120,16 @@ pub fn version_key(client_id: &str, flow_id: &str, version: u64) -> String {
     format!("flows/{client_id}/{flow_id}/v{version}.json")
 }
 
+/// `flows/c/f/v3.json` -> 3.
+pub fn version_of_key(key: &str) -> Option<u64> {
+    key.rsplit('/')
+        .next()?
+        .strip_prefix('v')?
+        .strip_suffix(".json")?
+        .parse()
+        .ok()
+}
+
 impl ReleaseStore {
     /// The stores of `cfg`.
     pub fn new(sdk: &aws_config::SdkConfig, cfg: &Config) -> ReleaseStore {
@@ -170,9 +180,7 @@ impl ReleaseStore {
                 })?,
             ),
             _ => match item.get("config_key") {
-                Some(AttributeValue::S(k)) => {
-                    crate::flows::version_of_key(k).map(Release::stable_only)
-                }
+                Some(AttributeValue::S(k)) => version_of_key(k).map(Release::stable_only),
                 _ => None,
             },
         };
@@ -277,7 +285,7 @@ impl ReleaseStore {
                 .await
                 .map_err(|e| store_error("listing flow versions", &e))?;
             for o in page.contents() {
-                if let Some(v) = o.key().and_then(crate::flows::version_of_key) {
+                if let Some(v) = o.key().and_then(version_of_key) {
                     out.push(v);
                 }
             }
@@ -661,4 +669,16 @@ pub fn check_flow_text(
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_keys_round_trip() {
+        assert_eq!(version_key("acme", "trade", 3), "flows/acme/trade/v3.json");
+        assert_eq!(version_of_key("flows/acme/trade/v3.json"), Some(3));
+        assert_eq!(version_of_key("flows/acme/trade/latest.json"), None);
+    }
 }
