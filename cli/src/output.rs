@@ -42,7 +42,7 @@ fn explain_text(e: &Explain) -> Vec<String> {
                     c.group,
                     c.field,
                     c.op,
-                    c.value.as_ref().map(compact).unwrap_or_default(),
+                    c.value.as_deref().map(compact).unwrap_or_default(),
                     if rulestream_core::engine::reads_client(&c.field) {
                         "\"<client data>\"".to_string()
                     } else {

@@ -6,6 +6,8 @@
 //! anything else; `contains` is a substring test on strings and membership on lists; `matches` is
 //! a regex search; `is_null: true` holds for a missing or null field.
 
+use std::sync::Arc;
+
 use regex::Regex;
 use serde::Serialize;
 use serde_json::Value;
@@ -19,6 +21,9 @@ pub struct CompiledCondition {
     pub condition: Condition,
     path: Vec<String>,
     regex: Option<Regex>,
+    /// The field and the expected value as the trace shows them, shared by every result.
+    field: Arc<str>,
+    expected: Option<Arc<Value>>,
 }
 
 impl CompiledCondition {
@@ -32,6 +37,8 @@ impl CompiledCondition {
         };
         Ok(CompiledCondition {
             path: split_path(&condition.field),
+            field: Arc::from(condition.field.as_str()),
+            expected: condition.value.clone().map(Arc::new),
             condition: condition.clone(),
             regex,
         })
@@ -79,12 +86,12 @@ pub struct ConditionResult {
     /// Index of the group (OR-ed).
     pub group: usize,
     /// The field tested.
-    pub field: String,
+    pub field: Arc<str>,
     /// The operator.
     pub op: &'static str,
     /// The value compared with (`expected` in the trace, SPEC section 1 Trace).
     #[serde(rename = "expected", skip_serializing_if = "Option::is_none")]
-    pub value: Option<Value>,
+    pub value: Option<Arc<Value>>,
     /// The value found (`null` when missing).
     pub actual: Value,
     /// Whether it held.
@@ -107,9 +114,9 @@ pub fn evaluate(
             all &= passed;
             results.push(ConditionResult {
                 group: gi,
-                field: c.condition.field.clone(),
+                field: Arc::clone(&c.field),
                 op: c.condition.op.as_str(),
-                value: c.condition.value.clone(),
+                value: c.expected.clone(),
                 actual: actual.unwrap_or(Value::Null),
                 passed,
             });
@@ -128,7 +135,7 @@ pub fn split_path(field: &str) -> Vec<String> {
 pub fn walk<'a>(mut v: &'a Value, path: &[String]) -> Option<&'a Value> {
     for seg in path {
         v = match v {
-            Value::Object(o) => o.get(seg)?,
+            Value::Object(o) => crate::fast::field(o, seg)?,
             Value::Array(a) => a.get(seg.parse::<usize>().ok()?)?,
             _ => return None,
         };

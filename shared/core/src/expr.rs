@@ -17,6 +17,8 @@ use cel::objects::{Key, Map};
 use cel::{Env, ExecutionError, Value as CelValue};
 use serde_json::Value;
 
+use crate::fast::{Direct, Fv, Roots};
+
 /// The variables a rule's CEL may read.
 pub const ROOTS: [&str; 7] = [
     "input",
@@ -278,6 +280,8 @@ pub struct Expr {
     source: Arc<str>,
     ast: IdedExpr,
     paths: Vec<Vec<String>>,
+    /// The direct form, when the expression is inside the subset [`crate::fast`] evaluates.
+    direct: Option<Direct>,
 }
 
 impl Expr {
@@ -338,6 +342,7 @@ impl Expr {
         rewrite_arith(&mut ast);
         Ok(Expr {
             source: Arc::from(source),
+            direct: Direct::compile(&ast),
             ast,
             paths,
         })
@@ -351,6 +356,17 @@ impl Expr {
     /// Member paths read, rooted at one of [`ROOTS`] (e.g. `["input", "user", "country"]`).
     pub fn paths(&self) -> &[Vec<String>] {
         &self.paths
+    }
+
+    /// Whether the expression has a direct form (it is inside the subset of [`crate::fast`]).
+    pub fn is_direct(&self) -> bool {
+        self.direct.is_some()
+    }
+
+    /// Evaluates directly over `roots`: `None` when the expression has no direct form or `cel`
+    /// must give the answer for this input (see [`crate::fast`]).
+    pub fn eval_direct<'a>(&'a self, roots: &Roots<'a>) -> Option<Fv<'a>> {
+        self.direct.as_ref()?.eval(roots)
     }
 
     /// Evaluates against `ctx`, within the evaluation budget ([`EVAL_MAX_ITERATIONS`],

@@ -4,7 +4,8 @@
 //! - [`checks`]: the checks of single pieces (a condition, an action, a master rule) shared by
 //!   compiling, validating and loading the catalog;
 //! - [`validate`]: every problem of a flow in one pass, each with its JSON path;
-//! - [`expr`] and [`conditions`]: CEL expressions and JSON conditions;
+//! - [`expr`] and [`conditions`]: CEL expressions and JSON conditions; [`fast`]: the common
+//!   subset of CEL evaluated directly over JSON, `cel` answering the rest;
 //! - [`catalog`]: master rules by id and version;
 //! - [`gray`]: the stable gray-release bucket;
 //! - [`token_bucket`]: rate-limit maths;
@@ -24,6 +25,7 @@ pub mod conditions;
 pub mod engine;
 pub mod execution;
 pub mod expr;
+pub mod fast;
 pub mod gray;
 pub mod model;
 pub mod ports;

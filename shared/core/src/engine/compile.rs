@@ -13,6 +13,32 @@ use crate::expr::{self, Expr, PathTrie};
 use crate::gray;
 use crate::model::{ActionType, Flow, MasterKind, Rule, Transition};
 
+/// A map keyed by rule ids or outcomes, hashed with FNV-1a: these keys are short and come from
+/// the flow, and a step looks one up on every rule, where SipHash costs more than the rest of
+/// the lookup.
+pub(super) type Names<V> = HashMap<String, V, std::hash::BuildHasherDefault<Fnv>>;
+
+/// FNV-1a, 64 bits.
+pub(super) struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
 /// How a compiled rule decides.
 #[derive(Debug)]
 pub(super) enum Decide {
@@ -52,7 +78,7 @@ pub(super) struct CompiledTransition {
 #[derive(Debug)]
 pub(super) struct CompiledRule {
     pub(super) decide: Decide,
-    pub(super) on: HashMap<String, CompiledTransition>,
+    pub(super) on: Names<CompiledTransition>,
     pub(super) default: Option<CompiledTransition>,
     pub(super) on_error: Option<CompiledTransition>,
     pub(super) gray_salt: String,
@@ -64,7 +90,7 @@ pub(super) struct CompiledRule {
 pub struct CompiledFlow {
     pub(super) flow: Flow,
     pub(super) rules: Vec<CompiledRule>,
-    pub(super) index: HashMap<String, usize>,
+    pub(super) index: Names<usize>,
     pub(super) start: usize,
     pub(super) tries: HashMap<&'static str, PathTrie>,
     pub(super) gray_key: Option<Vec<String>>,
@@ -86,7 +112,7 @@ impl CompiledFlow {
     /// with its path; the semantic checks of [`crate::validate`] run on top of this.
     pub fn compile(flow: &Flow, catalog: &Catalog) -> Result<CompiledFlow, Vec<CompileIssue>> {
         let mut issues = Vec::new();
-        let mut index = HashMap::new();
+        let mut index = Names::default();
         for (i, r) in flow.rules.iter().enumerate() {
             index.entry(r.id.clone()).or_insert(i);
         }
@@ -297,7 +323,7 @@ fn compile_rule(
     rule: &Rule,
     base: &str,
     catalog: &Catalog,
-    index: &HashMap<String, usize>,
+    index: &Names<usize>,
     tries: &mut HashMap<&'static str, PathTrie>,
     issues: &mut Vec<CompileIssue>,
 ) -> Option<CompiledRule> {
@@ -377,7 +403,7 @@ fn compile_rule(
             "`use_version` is only for `use` rules".into(),
         ));
     }
-    let mut on = HashMap::new();
+    let mut on = Names::default();
     for (outcome, t) in &rule.on {
         let p = format!("{base}.on{}", crate::checks::key_path(outcome));
         if let Some(ct) = compile_transition(flow, t, &p, index, tries, issues) {
@@ -531,7 +557,7 @@ fn compile_transition(
     flow: &Flow,
     t: &Transition,
     path: &str,
-    index: &HashMap<String, usize>,
+    index: &Names<usize>,
     tries: &mut HashMap<&'static str, PathTrie>,
     issues: &mut Vec<CompileIssue>,
 ) -> Option<CompiledTransition> {

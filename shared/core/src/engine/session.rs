@@ -12,7 +12,8 @@ use super::compile::{CompiledFlow, CompiledRule, CompiledTransition, Decide, Tar
 use super::trace::{Explain, Next, PlannedAction, RunReport, StepRecord, StepResult};
 use crate::conditions;
 use crate::execution::{ExecutionMeta, RunState};
-use crate::expr;
+use crate::expr::{self, Expr};
+use crate::fast::{self, Fv, Roots};
 use crate::gray;
 use crate::model::{self, ActionType, ERROR, FAILED, LIMITED, MasterKind, Rule, SKIPPED, Way};
 use crate::ports::Effects;
@@ -52,8 +53,13 @@ pub struct Session<'f> {
     client: Option<&'f Value>,
     subset: Option<Vec<String>>,
     state: RunState,
-    cel: cel::Context<'f, 'f>,
+    now: DateTime<Utc>,
+    /// The `cel` context, built on the first evaluation that needs it (none when every
+    /// expression of the run is evaluated directly).
+    cel: Option<cel::Context<'f, 'f>>,
     ctx_dirty: bool,
+    /// Whether expressions of the direct subset are evaluated directly (see [`crate::fast`]).
+    direct: bool,
     gray_key: std::cell::OnceCell<String>,
 }
 
@@ -68,19 +74,6 @@ impl<'f> Session<'f> {
         subset: Option<Vec<String>>,
         state: RunState,
     ) -> Session<'f> {
-        let mut cel = cel::Context::with_env(Arc::clone(expr::env()));
-        if let Some(t) = flow.trie("input") {
-            cel.add_variable_as_val("input", expr::json_to_val(input, Some(t)));
-        }
-        if let Some(t) = flow.trie("client") {
-            match client {
-                Some(c) => cel.add_variable_as_val("client", expr::json_to_val(c, Some(t))),
-                None => cel.add_variable_from_value("client", CelValue::Null),
-            }
-        }
-        if flow.trie("now").is_some() || flow.tries.contains_key("now") {
-            cel.add_variable_from_value("now", CelValue::Timestamp(now.fixed_offset()));
-        }
         Session {
             flow,
             meta,
@@ -88,10 +81,61 @@ impl<'f> Session<'f> {
             client,
             subset,
             state,
-            cel,
+            now,
+            cel: None,
             ctx_dirty: true,
+            direct: true,
             gray_key: std::cell::OnceCell::new(),
         }
+    }
+
+    /// With `false`, every expression is evaluated by `cel`, none directly: what the differential
+    /// tests compare the direct evaluator with.
+    pub fn with_direct_evaluation(mut self, on: bool) -> Session<'f> {
+        self.direct = on;
+        self
+    }
+
+    /// The `cel` context, built on first use from the input, client data and `now`.
+    fn cel_mut(&mut self) -> &mut cel::Context<'f, 'f> {
+        let (flow, input, client, now) = (self.flow, self.input, self.client, self.now);
+        if self.cel.is_none() {
+            self.ctx_dirty = true;
+        }
+        self.cel.get_or_insert_with(|| {
+            let mut cel = cel::Context::with_env(Arc::clone(expr::env()));
+            if let Some(t) = flow.trie("input") {
+                cel.add_variable_as_val("input", expr::json_to_val(input, Some(t)));
+            }
+            if let Some(t) = flow.trie("client") {
+                match client {
+                    Some(c) => cel.add_variable_as_val("client", expr::json_to_val(c, Some(t))),
+                    None => cel.add_variable_from_value("client", CelValue::Null),
+                }
+            }
+            if flow.trie("now").is_some() || flow.tries.contains_key("now") {
+                cel.add_variable_from_value("now", CelValue::Timestamp(now.fixed_offset()));
+            }
+            cel
+        })
+    }
+
+    /// What a direct evaluation reads.
+    fn roots(&self) -> Roots<'_> {
+        Roots {
+            input: self.input,
+            ctx: &self.state.ctx,
+            client: self.client,
+            steps: &self.state.steps,
+        }
+    }
+
+    /// `e`'s value through the direct evaluator, when it has one for `e` and this input.
+    fn direct<T>(&self, e: &Expr, then: impl FnOnce(Fv<'_>) -> Option<T>) -> Option<T> {
+        if !self.direct {
+            return None;
+        }
+        e.eval_direct(&self.roots()).and_then(then)
     }
 
     /// The state after the steps run so far.
@@ -134,22 +178,25 @@ impl<'f> Session<'f> {
         })
     }
 
-    fn refresh_cel(&mut self) {
+    /// The `cel` context, up to date with the state.
+    fn cel(&mut self) -> &cel::Context<'f, 'f> {
+        self.cel_mut();
         if self.ctx_dirty {
             if let Some(t) = self.flow.trie("ctx") {
                 let v = expr::json_to_cel_pruned(&Value::Object(self.state.ctx.clone()), t);
-                self.cel.add_variable_from_value("ctx", v);
+                self.cel_mut().add_variable_from_value("ctx", v);
             }
             self.ctx_dirty = false;
         }
         if self.flow.trie("steps").is_some() {
             let v = expr::json_to_cel(&Value::Object(self.state.steps.clone()));
-            self.cel.add_variable_from_value("steps", v);
+            self.cel_mut().add_variable_from_value("steps", v);
         }
         if self.flow.trie("execution").is_some() {
             let v = expr::json_to_cel(&self.execution_json());
-            self.cel.add_variable_from_value("execution", v);
+            self.cel_mut().add_variable_from_value("execution", v);
         }
+        self.cel_mut()
     }
 
     /// Runs the current rule and moves the state on. `steps_taken` is how many steps the
@@ -241,7 +288,7 @@ impl<'f> Session<'f> {
             let mut record = self.record(
                 seq,
                 rule,
-                &outcome,
+                outcome,
                 Arc::new(json!({})),
                 explain.clone(),
                 set,
@@ -263,7 +310,7 @@ impl<'f> Session<'f> {
                     let mut record = self.record(
                         seq,
                         rule,
-                        &outcome,
+                        outcome.clone(),
                         Arc::clone(&t.desc),
                         explain,
                         set,
@@ -308,7 +355,7 @@ impl<'f> Session<'f> {
                 error: None,
             },
         };
-        let mut record = self.record(seq, rule, &outcome, desc, explain, set, actions, started);
+        let mut record = self.record(seq, rule, outcome, desc, explain, set, actions, started);
         record.note = note;
         self.state.seq += 1;
         if let Next::Rule { rule } = &next {
@@ -325,7 +372,7 @@ impl<'f> Session<'f> {
         &self,
         seq: u64,
         rule: &Rule,
-        outcome: &str,
+        outcome: String,
         transition: Arc<Value>,
         explain: Explain,
         set: Map<String, Value>,
@@ -335,7 +382,7 @@ impl<'f> Session<'f> {
         StepRecord {
             seq,
             rule: rule.id.clone(),
-            outcome: outcome.to_string(),
+            outcome,
             transition,
             explain,
             set,
@@ -403,9 +450,11 @@ impl<'f> Session<'f> {
                 }
             }
         }
-        self.refresh_cel();
         match &compiled.decide {
-            Decide::When(e) => match e.eval(&self.cel).and_then(|v| outcome_of(&v)) {
+            Decide::When(e) => match self
+                .direct(e, direct_outcome)
+                .map_or_else(|| e.eval(self.cel()).and_then(|v| outcome_of(&v)), Ok)
+            {
                 Ok((outcome, result)) => (
                     outcome,
                     Explain::Expression {
@@ -444,11 +493,11 @@ impl<'f> Session<'f> {
                 params_cel,
             } => {
                 // Bound for this rule's expression and its transition's `set`.
-                self.cel
+                self.cel_mut()
                     .add_variable_from_value("params", params_cel.clone());
                 let answer = match (kind, expr) {
                     (MasterKind::Cel, Some(e)) => e
-                        .eval(&self.cel)
+                        .eval(self.cel())
                         .and_then(|v| outcome_of(&v))
                         .map(|(o, r)| (o, r, Map::new())),
                     _ => {
@@ -497,11 +546,13 @@ impl<'f> Session<'f> {
         set: &mut Map<String, Value>,
     ) -> Result<(), String> {
         for (k, e) in &t.set {
-            self.refresh_cel();
-            let v = e
-                .eval(&self.cel)
-                .map_err(|m| format!("set `{k}` failed: {m}"))
-                .and_then(|v| expr::cel_to_json(&v).map_err(|m| format!("set `{k}`: {m}")))?;
+            let v = match self.direct(e, fast::to_json) {
+                Some(v) => v,
+                None => e
+                    .eval(self.cel())
+                    .map_err(|m| format!("set `{k}` failed: {m}"))
+                    .and_then(|v| expr::cel_to_json(&v).map_err(|m| format!("set `{k}`: {m}")))?,
+            };
             self.state.ctx.insert(k.clone(), v.clone());
             set.insert(k.clone(), v);
             self.ctx_dirty = true;
@@ -548,6 +599,16 @@ fn failed(reason: String, error: Option<String>) -> Next {
 fn implicit_next() -> Arc<Value> {
     static NEXT: std::sync::OnceLock<Arc<Value>> = std::sync::OnceLock::new();
     Arc::clone(NEXT.get_or_init(|| Arc::new(json!({"next": true}))))
+}
+
+/// A direct `when` result as an outcome (as [`outcome_of`] gives it); `None` for anything that
+/// is not a bool or a non-empty string, so `cel` words the error.
+fn direct_outcome(v: Fv<'_>) -> Option<(String, Value)> {
+    match v {
+        Fv::Bool(b) => Some((if b { "true" } else { "false" }.to_string(), Value::Bool(b))),
+        Fv::Str(s) if !s.is_empty() => Some((s.to_string(), Value::String(s.to_string()))),
+        _ => None,
+    }
 }
 
 /// A `when`/`cel` result as an outcome: a bool gives `"true"`/`"false"`, a string is the label.
