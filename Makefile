@@ -4,7 +4,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/rulestream/target
 CARGO ?= cargo
 RULESTREAM := $(CARGO_TARGET_DIR)/debug/rulestream
 
-.PHONY: test check fmt clippy unit schema openapi validate-samples template e2e bench bench-engine bench-stack demo down build fuzz chaos
+.PHONY: test check fmt clippy unit schema openapi validate-samples template e2e bench bench-engine bench-peers bench-stack demo down build fuzz chaos
 
 ## make test: formatting, lints, every unit/table/property/CLI test, the template check, and the
 ## e2e suite on the local stack.
@@ -68,8 +68,12 @@ CHAOS_EXECUTIONS ?= 1000
 chaos: build
 	RULESTREAM_STALL_SECS=900 RULESTREAM_CHAOS_EXECUTIONS=$(CHAOS_EXECUTIONS) RULESTREAM_E2E_FILTER='binary(chaos)' bash localstack/e2e.sh
 
-## Benchmarks (figures in BENCHMARKS.md): criterion on the engine, then the chain on the local stack.
-bench: bench-engine bench-stack
+## Benchmarks (figures in BENCHMARKS.md): criterion on the engine, the engine beside its peers
+## (zen, cel, json-rules-engine; instructions counted by callgrind), then the chain on the local stack.
+bench: bench-engine bench-peers bench-stack
+
+bench-peers:
+	bash scripts/bench-peers.sh
 
 bench-engine:
 	$(CARGO) bench -p rulestream-core --bench engine

@@ -84,8 +84,8 @@ pub fn dry_run_table(flow: &Flow, r: &RunReport) -> String {
         };
         rows.push([
             s.seq.to_string(),
-            s.rule.clone(),
-            s.outcome.clone(),
+            s.rule.to_string(),
+            s.outcome.to_string(),
             transition_text(&s.transition),
             first,
         ]);

@@ -212,7 +212,7 @@ impl ZenExpression {
     }
 
     fn decide(&self, input: &Value) -> &'static str {
-        let ctx = Variable::from(input.clone());
+        let ctx = Variable::from(input);
         for (e, l) in self.exprs.iter().zip(LABELS) {
             if e.evaluate(ctx.clone()).ok() == Some(Variable::Bool(true)) {
                 return l;
@@ -289,15 +289,17 @@ impl ZenTable {
     }
 
     fn decide(&self, input: &Value) -> &'static str {
-        let r = pollster::block_on(self.decision.evaluate(Variable::from(input.clone())))
+        let r = pollster::block_on(self.decision.evaluate(Variable::from(input)))
             .expect("zen evaluates");
         let out: Value = r.result.to_value();
         label(out["label"].as_str().unwrap_or(NONE))
     }
 }
 
-/// The `cel` crate done naively: a new context from the whole input for every decision.
+/// The `cel` crate done naively: a new context (over one shared standard library) from the whole
+/// input for every decision.
 struct CelNaive {
+    env: Arc<cel::Env>,
     programs: Vec<cel::Program>,
 }
 
@@ -310,6 +312,7 @@ impl CelNaive {
             "ml.score > 0.9",
         ];
         CelNaive {
+            env: Arc::new(cel::Env::stdlib()),
             programs: src
                 .iter()
                 .map(|s| cel::Program::compile(s).expect("cel compiles"))
@@ -318,7 +321,7 @@ impl CelNaive {
     }
 
     fn decide(&self, input: &Value) -> &'static str {
-        let mut ctx = cel::Context::default();
+        let mut ctx = cel::Context::with_env(Arc::clone(&self.env));
         for (k, v) in input.as_object().into_iter().flatten() {
             ctx.add_variable_from_value(k.as_str(), rulestream_core::expr::json_to_cel(v));
         }

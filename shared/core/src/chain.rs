@@ -268,8 +268,8 @@ impl StepView {
     fn of(record: &StepRecord, next: Next) -> StepView {
         StepView {
             seq: record.seq,
-            rule: record.rule.clone(),
-            outcome: record.outcome.clone(),
+            rule: record.rule.to_string(),
+            outcome: record.outcome.to_string(),
             set: record.set.clone(),
             actions: record
                 .actions

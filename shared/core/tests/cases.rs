@@ -59,7 +59,7 @@ fn run_cases() {
         };
         check("status", Value::from(report.status.clone()), &e["status"]);
         check("path", serde_json::json!(report.path), &e["path"]);
-        let outcomes: Vec<&str> = report.steps.iter().map(|s| s.outcome.as_str()).collect();
+        let outcomes: Vec<&str> = report.steps.iter().map(|s| &*s.outcome).collect();
         check("outcomes", serde_json::json!(outcomes), &e["outcomes"]);
         if e.get("reason").is_some() {
             check("reason", serde_json::json!(report.reason), &e["reason"]);

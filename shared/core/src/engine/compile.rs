@@ -77,6 +77,8 @@ pub(super) struct CompiledTransition {
 
 #[derive(Debug)]
 pub(super) struct CompiledRule {
+    /// The rule's id, shared by every step record of it.
+    pub(super) id: Arc<str>,
     pub(super) decide: Decide,
     pub(super) on: Names<CompiledTransition>,
     pub(super) default: Option<CompiledTransition>,
@@ -460,6 +462,7 @@ fn compile_rule(
         return None;
     }
     Some(CompiledRule {
+        id: Arc::from(rule.id.as_str()),
         decide: decide?,
         on,
         default,

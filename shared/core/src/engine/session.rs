@@ -252,13 +252,13 @@ impl<'f> Session<'f> {
         let started = Instant::now();
         let compiled = &flow.rules[idx];
         let (outcome, explain, master_set) = self.decide(rule, compiled, fx).await;
-        let note = (fx.dry_run() && rule.rate_limit.is_some() && outcome != SKIPPED).then(|| {
+        let note = (fx.dry_run() && rule.rate_limit.is_some() && &*outcome != SKIPPED).then(|| {
             "dry run: the rate limit was not applied (treated as granted, no token taken)"
                 .to_string()
         });
         let errored = matches!(explain, Explain::Error { .. });
         let way = model::way(
-            compiled.on.get(&outcome),
+            compiled.on.get(&*outcome),
             compiled.default.as_ref(),
             compiled.on_error.as_ref(),
             &outcome,
@@ -272,7 +272,7 @@ impl<'f> Session<'f> {
         if flow.reads_steps {
             self.state
                 .steps
-                .insert(rule.id.clone(), Value::String(outcome.clone()));
+                .insert(rule.id.clone(), Value::String(outcome.to_string()));
         }
         let mut set = Map::new();
         for (k, v) in master_set {
@@ -287,7 +287,7 @@ impl<'f> Session<'f> {
             let error = format!("rule `{}`: {message}", rule.id);
             let mut record = self.record(
                 seq,
-                rule,
+                &compiled.id,
                 outcome,
                 Arc::new(json!({})),
                 explain.clone(),
@@ -309,7 +309,7 @@ impl<'f> Session<'f> {
                     let error = format!("rule `{}`: {e}", rule.id);
                     let mut record = self.record(
                         seq,
-                        rule,
+                        &compiled.id,
                         outcome.clone(),
                         Arc::clone(&t.desc),
                         explain,
@@ -355,7 +355,16 @@ impl<'f> Session<'f> {
                 error: None,
             },
         };
-        let mut record = self.record(seq, rule, outcome, desc, explain, set, actions, started);
+        let mut record = self.record(
+            seq,
+            &compiled.id,
+            outcome,
+            desc,
+            explain,
+            set,
+            actions,
+            started,
+        );
         record.note = note;
         self.state.seq += 1;
         if let Next::Rule { rule } = &next {
@@ -371,8 +380,8 @@ impl<'f> Session<'f> {
     fn record(
         &self,
         seq: u64,
-        rule: &Rule,
-        outcome: String,
+        rule: &Arc<str>,
+        outcome: Arc<str>,
         transition: Arc<Value>,
         explain: Explain,
         set: Map<String, Value>,
@@ -381,7 +390,7 @@ impl<'f> Session<'f> {
     ) -> StepRecord {
         StepRecord {
             seq,
-            rule: rule.id.clone(),
+            rule: Arc::clone(rule),
             outcome,
             transition,
             explain,
@@ -398,13 +407,13 @@ impl<'f> Session<'f> {
         rule: &Rule,
         compiled: &CompiledRule,
         fx: &E,
-    ) -> (String, Explain, Map<String, Value>) {
+    ) -> (Arc<str>, Explain, Map<String, Value>) {
         let none = Map::new();
         if let Some(subset) = &self.subset
             && !subset.iter().any(|r| r == &rule.id)
         {
             return (
-                SKIPPED.into(),
+                shared(SKIPPED),
                 Explain::Skipped {
                     reason: "not in the execution's rules subset".into(),
                 },
@@ -416,7 +425,7 @@ impl<'f> Session<'f> {
             let b = gray::bucket(&self.meta.client_id, &compiled.gray_salt, &key);
             if !gray::in_gray(&self.meta.client_id, &compiled.gray_salt, &key, g.percent) {
                 return (
-                    SKIPPED.into(),
+                    shared(SKIPPED),
                     Explain::Skipped {
                         reason: format!("gray bucket {b:.2} is outside {}%", g.percent),
                     },
@@ -430,7 +439,7 @@ impl<'f> Session<'f> {
                 Ok(true) => {}
                 Ok(false) => {
                     return (
-                        LIMITED.into(),
+                        shared(LIMITED),
                         Explain::Limited {
                             reason: format!("token bucket `{key}` is empty"),
                         },
@@ -441,7 +450,7 @@ impl<'f> Session<'f> {
                 Err(_) if rl.fail_open => {}
                 Err(e) => {
                     return (
-                        LIMITED.into(),
+                        shared(LIMITED),
                         Explain::Limited {
                             reason: format!("rate limiter unavailable ({e}); rule fails closed"),
                         },
@@ -464,7 +473,7 @@ impl<'f> Session<'f> {
                     none,
                 ),
                 Err(m) => (
-                    ERROR.into(),
+                    shared(ERROR),
                     Explain::Error {
                         message: format!("`when` failed: {m}"),
                     },
@@ -474,7 +483,7 @@ impl<'f> Session<'f> {
             Decide::Conditions(groups) => {
                 let (matched, results) = conditions::evaluate(groups, |p| self.lookup(p));
                 (
-                    matched.to_string(),
+                    shared(if matched { "true" } else { "false" }),
                     Explain::Conditions {
                         matched,
                         conditions: results,
@@ -529,7 +538,7 @@ impl<'f> Session<'f> {
                         set,
                     ),
                     Err(m) => (
-                        ERROR.into(),
+                        shared(ERROR),
                         Explain::Error {
                             message: format!("master rule `{rule_id}` v{version}: {m}"),
                         },
@@ -603,22 +612,32 @@ fn implicit_next() -> Arc<Value> {
 
 /// A direct `when` result as an outcome (as [`outcome_of`] gives it); `None` for anything that
 /// is not a bool or a non-empty string, so `cel` words the error.
-fn direct_outcome(v: Fv<'_>) -> Option<(String, Value)> {
+fn direct_outcome(v: Fv<'_>) -> Option<(Arc<str>, Value)> {
     match v {
-        Fv::Bool(b) => Some((if b { "true" } else { "false" }.to_string(), Value::Bool(b))),
-        Fv::Str(s) if !s.is_empty() => Some((s.to_string(), Value::String(s.to_string()))),
+        Fv::Bool(b) => Some((shared(if b { "true" } else { "false" }), Value::Bool(b))),
+        Fv::Str(s) if !s.is_empty() => Some((shared(s), Value::String(s.to_string()))),
         _ => None,
     }
 }
 
+/// An outcome as a shared string: the common ones (`true`, `false`, `skipped`, `limited`,
+/// `error`) are made once per process, so most steps allocate nothing for theirs.
+fn shared(s: &str) -> Arc<str> {
+    static COMMON: std::sync::OnceLock<[Arc<str>; 5]> = std::sync::OnceLock::new();
+    COMMON
+        .get_or_init(|| ["true", "false", SKIPPED, LIMITED, ERROR].map(Arc::from))
+        .iter()
+        .find(|c| &***c == s)
+        .map_or_else(|| Arc::from(s), Arc::clone)
+}
+
 /// A `when`/`cel` result as an outcome: a bool gives `"true"`/`"false"`, a string is the label.
-fn outcome_of(v: &CelValue) -> Result<(String, Value), String> {
+fn outcome_of(v: &CelValue) -> Result<(Arc<str>, Value), String> {
     match v {
-        CelValue::Bool(b) => Ok((b.to_string(), Value::Bool(*b))),
-        CelValue::String(s) if !s.is_empty() => Ok((
-            s.as_str().to_string(),
-            Value::String(s.as_str().to_string()),
-        )),
+        CelValue::Bool(b) => Ok((shared(&b.to_string()), Value::Bool(*b))),
+        CelValue::String(s) if !s.is_empty() => {
+            Ok((shared(s.as_str()), Value::String(s.as_str().to_string())))
+        }
         CelValue::String(_) => {
             Err("gave an empty string; expected a bool or a non-empty label".into())
         }
@@ -630,10 +649,13 @@ fn outcome_of(v: &CelValue) -> Result<(String, Value), String> {
 }
 
 /// A `lambda`/`http` answer `{"outcome": ..., "set": {...}}`.
-fn external_outcome(v: &Value) -> Result<(String, Value, Map<String, Value>), String> {
+/// An outcome, its value as the trace shows it, and the `set` values that came with it.
+type Answer = (Arc<str>, Value, Map<String, Value>);
+
+fn external_outcome(v: &Value) -> Result<Answer, String> {
     let outcome = match v.get("outcome") {
-        Some(Value::Bool(b)) => b.to_string(),
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(Value::Bool(b)) => shared(&b.to_string()),
+        Some(Value::String(s)) if !s.is_empty() => shared(s),
         _ => return Err("answer has no `outcome` (a bool or a non-empty string)".into()),
     };
     let set = match v.get("set") {
@@ -678,7 +700,7 @@ pub async fn run<E: Effects>(
                 status,
                 reason,
                 error,
-                path: steps.iter().map(|s| s.rule.clone()).collect(),
+                path: steps.iter().map(|s| Arc::clone(&s.rule)).collect(),
                 actions: steps
                     .iter()
                     .flat_map(|s| s.actions.iter().cloned())

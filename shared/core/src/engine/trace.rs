@@ -83,9 +83,9 @@ pub struct StepRecord {
     /// Sequence number of the step.
     pub seq: u64,
     /// The rule that ran.
-    pub rule: String,
+    pub rule: Arc<str>,
     /// Its outcome.
-    pub outcome: String,
+    pub outcome: Arc<str>,
     /// The transition taken, in flow syntax (`{"goto": "review"}`), without `set`/`actions`.
     pub transition: Arc<Value>,
     /// Why.
@@ -145,7 +145,7 @@ pub struct RunReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Rule ids in the order they ran.
-    pub path: Vec<String>,
+    pub path: Vec<Arc<str>>,
     /// Every step.
     pub steps: Vec<StepRecord>,
     /// Final `ctx`.
