@@ -4,11 +4,11 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/rulestream/target
 CARGO ?= cargo
 RULESTREAM := $(CARGO_TARGET_DIR)/debug/rulestream
 
-.PHONY: test check fmt clippy unit schema openapi validate-samples template e2e bench bench-engine bench-peers bench-stack demo down build fuzz chaos
+.PHONY: test check fmt clippy unit schema openapi validate-samples conformance template e2e bench bench-engine bench-peers bench-stack demo down build fuzz chaos
 
-## make test: formatting, lints, every unit/table/property/CLI test, the template check, and the
-## e2e suite on the local stack.
-test: check unit validate-samples template e2e
+## make test: formatting, lints, every unit/table/property/CLI test, the CEL conformance tests,
+## the template check, and the e2e suite on the local stack.
+test: check unit validate-samples conformance template e2e
 
 ## make check: fmt --check and clippy -D warnings.
 check: fmt clippy
@@ -42,6 +42,12 @@ schema: build
 ## Regenerate docs/openapi.json (the sync API's OpenAPI 3.1 document) from its types.
 openapi:
 	$(CARGO) run -q -p sync-api -- --openapi > docs/openapi.json
+
+## The CEL project's conformance tests (cel-spec's simple tests from npm's @bufbuild/cel-spec,
+## installed under ~/.cache/rulestream) through `rulestream dry-run`; fails if the pass rate drops.
+conformance: build
+	@command -v node >/dev/null || { echo "conformance: node and npm are needed (the machine's Node.js)"; exit 1; }
+	python3 scripts/cel-conformance.py --rulestream $(RULESTREAM)
 
 ## SAM template: sam validate --lint, then cfn-lint on the transformed template.
 template:

@@ -56,13 +56,6 @@ impl Bridge {
                 }
             }
         }
-        if applied > 0 {
-            // Warm orchestrators reload clients rows and the catalog on their next read. Redis
-            // down: they reload within RULESTREAM_CONFIG_TTL_SECS anyway.
-            if let Err(e) = self.redis.bump_epoch().await {
-                tracing::warn!(error = %e, "config epoch not bumped (orchestrators reload on their TTL)");
-            }
-        }
         Ok(
             json!({"applied": applied, "duplicates": duplicates, "ignored": ignored, "rejected": rejected}),
         )
@@ -180,6 +173,13 @@ impl Bridge {
             ));
             self.store.audit(&e).await?;
             return Ok(Fate::Ignored);
+        }
+        // Warm orchestrators reload the clients row on their next record once the epoch moves.
+        // It moves before the audit says `applied`: the CLI returns on that entry, and an
+        // execution started after the CLI returned must run the new release. Redis down: they
+        // reload within RULESTREAM_CONFIG_TTL_SECS anyway.
+        if let Err(err) = self.redis.bump_epoch().await {
+            tracing::warn!(error = %err, "config epoch not bumped (orchestrators reload on their TTL)");
         }
         let mut e = entry("applied");
         e.from = Some(describe(release));

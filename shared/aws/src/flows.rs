@@ -22,6 +22,8 @@ use crate::config::Config;
 use crate::limiter::RedisLimiter;
 
 const CLIENT_DATA_TTL: Duration = Duration::from_secs(300);
+/// How long a clients row is trusted when the config epoch cannot be read.
+const CLIENTS_WITHOUT_EPOCH: Duration = Duration::from_secs(1);
 /// How long a config epoch just read is reused (within one record's lookups).
 const EPOCH_REUSE: Duration = Duration::from_millis(5);
 
@@ -122,10 +124,17 @@ impl AwsFlowSource {
         Ok(e)
     }
 
-    async fn fresh(&self, epoch: Option<u64>, at: Instant) -> (bool, Option<u64>) {
+    /// Whether an entry cached at `epoch` (read at `at`) may serve: the epoch has not moved, or,
+    /// when it cannot be read (Redis slow or down), the entry is younger than `without_epoch`.
+    async fn fresh(
+        &self,
+        epoch: Option<u64>,
+        at: Instant,
+        without_epoch: Duration,
+    ) -> (bool, Option<u64>) {
         match self.epoch().await {
             Ok(now) => (epoch == Some(now), Some(now)),
-            Err(_) => (at.elapsed() < self.cfg.config_ttl, None),
+            Err(_) => (at.elapsed() < without_epoch, None),
         }
     }
 
@@ -133,7 +142,7 @@ impl AwsFlowSource {
         let cached = self.catalog.lock().await.clone();
         if !force
             && let Some(c) = cached
-            && self.fresh(c.epoch, c.at).await.0
+            && self.fresh(c.epoch, c.at, self.cfg.config_ttl).await.0
         {
             return Ok(c.value);
         }
@@ -155,8 +164,18 @@ impl FlowSource for AwsFlowSource {
         let key = (client_id.to_string(), flow_id.to_string());
         // Copied out first: no lock is held across the epoch read.
         let cached = self.clients.lock().await.get(&key).cloned();
+        // A clients row carries the release: when the epoch cannot be read, it is trusted for a
+        // second at most, so an execution started after a release was applied runs it even while
+        // Redis is slow (one GetItem per client flow per second per container meanwhile).
         if let Some(c) = cached
-            && self.fresh(c.epoch, c.at).await.0
+            && self
+                .fresh(
+                    c.epoch,
+                    c.at,
+                    self.cfg.config_ttl.min(CLIENTS_WITHOUT_EPOCH),
+                )
+                .await
+                .0
         {
             return Ok(c.value);
         }
@@ -167,6 +186,8 @@ impl FlowSource for AwsFlowSource {
             .table_name(&self.cfg.clients_table)
             .key("client_id", AttributeValue::S(client_id.to_string()))
             .key("flow_id", AttributeValue::S(flow_id.to_string()))
+            // The row a release just changed, not an older copy.
+            .consistent_read(true)
             .send()
             .await
             .map_err(|e| crate::dynamo::store_error("clients table", &e))?;
