@@ -15,7 +15,10 @@ package is installed under the cache directory by this script (npm), never commi
 
     python3 scripts/cel-conformance.py [--rulestream PATH] [--min-rate 0.95] [--show-failures]
 
-Exits 1 when the share of passing tests falls under --min-rate (the measured rate when it was
+The rate is taken over the standard language and the string extension, which is what a flow's
+CEL offers (docs/flows.md). The suites of extensions rulestream does not enable (`math_ext`,
+`bindings_ext`, `block_ext`, and `macros2`: two-variable comprehensions) are run and shown too,
+outside the rate. Exits 1 when the rate falls under --min-rate (the rate measured when this was
 written, so it never drops unnoticed).
 """
 from __future__ import annotations
@@ -32,6 +35,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = "@bufbuild/cel-spec@0.6.1"
+# Suites of CEL extensions a flow's CEL does not enable: shown, not counted in the rate.
+EXTENSIONS = {"math_ext", "bindings_ext", "block_ext", "macros2"}
 PROTO = re.compile(r"google\.protobuf|cel\.expr|\b[A-Z][A-Za-z0-9_]*\s*\{|TestAllTypes|proto[23]")
 
 
@@ -114,7 +119,7 @@ def main() -> int:
     default_cli = Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache/rulestream/target")) / "debug" / "rulestream"
     ap.add_argument("--rulestream", default=str(default_cli))
     ap.add_argument("--cache", default=str(Path.home() / ".cache" / "rulestream"))
-    ap.add_argument("--min-rate", type=float, default=0.95)
+    ap.add_argument("--min-rate", type=float, default=0.96)
     ap.add_argument("--show-failures", action="store_true")
     ap.add_argument("--jobs", type=int, default=2)
     a = ap.parse_args()
@@ -133,13 +138,16 @@ def main() -> int:
         tally[1] += 1
         if not ok:
             failures.append((suite, name, expr, want, got, detail))
-    passed = sum(p for p, _ in by_suite.values())
-    total = sum(n for _, n in by_suite.values())
+    counted = {k: v for k, v in by_suite.items() if k not in EXTENSIONS}
+    passed = sum(p for p, _ in counted.values())
+    total = sum(n for _, n in counted.values())
     for suite, (p, n) in sorted(by_suite.items()):
-        print(f"  {suite:<24} {p:>4} / {n:<4}")
+        note = "  (an extension flows do not enable: not in the rate)" if suite in EXTENSIONS else ""
+        print(f"  {suite:<24} {p:>4} / {n:<4}{note}")
     rate = passed / total if total else 0.0
-    print(f"cel-spec conformance through dry-run: {passed} of {total} pass ({rate:.1%}); "
-          f"{len(failures)} fail")
+    print(f"cel-spec conformance through dry-run: {passed} of {total} pass ({rate:.1%}) in the "
+          f"standard language and string extension; with the other extensions' suites "
+          f"{sum(p for p, _ in by_suite.values())} of {sum(n for _, n in by_suite.values())}")
     if a.show_failures:
         for suite, name, expr, want, got, detail in failures:
             print(f"FAIL {suite}/{name}: `{expr}` wanted {want}, got {got} {detail[:160]}")
