@@ -5,7 +5,8 @@
 
 Runs one execution of a chain of N `when` rules (each going to the next, `fuse` off, so every
 step is a hop) with an input of about 1 KB, then weighs what each hop wrote: the step item
-(steps table) and the sealed next row (trigger table) at step 5 and at step N, and the summary
+(steps table) and the sealed next row (trigger table) at step 5, step N-1 and step N (the
+last, which writes no row), and the summary
 (executions table) that is written at the start and the end. Each item is read back as DynamoDB
 holds it and put again into a scratch table with ReturnConsumedCapacity, so DynamoDB (Local)
 applies its own documented rounding (1 write unit per started KB). The orchestrator's own writes
@@ -36,18 +37,21 @@ from provision import ensure_trigger_table  # noqa: E402
 
 
 def register(rules):
+    # One flow per length: versions are immutable, and a warm orchestrator keeps them.
+    flow_id = f"cost{rules}"
     flow = {
-        "client_id": "bench", "flow_id": "cost", "version": 1, "terminal_statuses": ["DONE"],
+        "client_id": "bench", "flow_id": flow_id, "version": 1, "terminal_statuses": ["DONE"],
         "rules": [{"id": f"r{i:02d}", "when": "input.n >= 0", "on": {"true": {"next": True}}}
                   for i in range(rules - 1)]
         + [{"id": "last", "when": "true", "on": {"true": {"complete": "DONE"}}}],
     }
-    key = "flows/bench/cost/v1.json"
+    key = f"flows/bench/{flow_id}/v1.json"
     s3.put_object(Bucket=f"{PREFIX}-configs", Key=key, Body=json.dumps(flow).encode())
     ddb.put_item(TableName=f"{PREFIX}-clients", Item={
-        "client_id": {"S": "bench"}, "flow_id": {"S": "cost"}, "config_key": {"S": key},
+        "client_id": {"S": "bench"}, "flow_id": {"S": flow_id}, "config_key": {"S": key},
         "enabled": {"BOOL": True},
         "release": {"M": {"stable": {"N": "1"}, "percent": {"N": "0"}, "generation": {"N": "1"}}}})
+    return flow_id
 
 
 def scratch_table():
@@ -69,6 +73,8 @@ def units(table, item):
     """Write units DynamoDB charges to put `item` (as it is stored), and its size in bytes."""
     item = dict(item)
     item.setdefault("seq", {"N": "0"})
+    # A put over an existing item is charged for the larger of the two: start from none.
+    ddb.delete_item(TableName=table, Key={"execution_id": item["execution_id"], "seq": item["seq"]})
     r = ddb.put_item(TableName=table, Item=item, ReturnConsumedCapacity="TOTAL")
     size = len(json.dumps(item))  # an upper bound of the stored size, for the record
     return r.get("ConsumedCapacity", {}).get("CapacityUnits"), size
@@ -77,7 +83,7 @@ def units(table, item):
 def run(rules, input_bytes):
     trigger = f"{PREFIX}-trigger-bench"
     ensure_trigger_table(ddb, trigger)
-    register(rules)
+    flow_id = register(rules)
     runner = subprocess.Popen(
         [sys.executable, str(HERE / "runner.py"), "--table", trigger, "--poll-interval", "0.01",
          "--starting-position", "LATEST"],
@@ -88,7 +94,7 @@ def run(rules, input_bytes):
         blob = "x" * max(0, input_bytes - 40)
         ddb.put_item(TableName=trigger, Item={
             "execution_id": {"S": eid}, "seq": {"N": "0"}, "client_id": {"S": "bench"},
-            "flow_id": {"S": "cost"},
+            "flow_id": {"S": flow_id},
             "input": {"M": {"n": {"N": "1"}, "note": {"S": blob}}}})
         deadline = time.time() + 300
         while time.time() < deadline:
@@ -113,7 +119,7 @@ def main():
     eid, summary = run(a.rules, a.input_bytes)
     scratch = scratch_table()
     out = {"rules": a.rules, "input_bytes": a.input_bytes, "status": summary["status"]["S"]}
-    for step in (5, a.rules):
+    for step in (5, a.rules - 1, a.rules):
         seq = step - 1  # step n has seq n-1
         key = {"execution_id": {"S": eid}, "seq": {"N": str(seq)}}
         step_item = ddb.get_item(TableName=f"{PREFIX}-steps", Key=key, ConsistentRead=True)["Item"]

@@ -15,3 +15,5 @@ source "$REPO/localstack/procs.sh"
 # The bench runs its own consumer of the releases topic: a demo's one would share the messages.
 stop_pidfile kafka-runner kafka_runner.py bench
 "$RULESTREAM_PY" "$REPO/localstack/bench_releases.py"
+# Write units per hop at step 5 and step 50 with a 1 KB input (the cost model of BENCHMARKS.md).
+"$RULESTREAM_PY" "$REPO/localstack/bench_cost.py" --rules 50 --input-bytes 1024
