@@ -9,7 +9,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use chrono::{TimeZone, Utc};
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use rulestream_core::{
     Catalog, CompiledFlow, DryRun, ExecutionMeta, RunState, Session, validate_value,
 };
@@ -215,4 +215,18 @@ fn bench_preclear(c: &mut Criterion) {
 }
 
 criterion_group!(benches, bench_decision, bench_step, bench_preclear);
-criterion_main!(benches);
+
+/// The benches run on a thread with a stack as large as the functions' (their runtime threads
+/// are bigger than `expr::STACK_RED_ZONE`), so a `cel` evaluation never grows a new stack segment
+/// here either: on the main thread's 8 MiB every one would, and that is not what runs in Lambda.
+fn main() {
+    std::thread::Builder::new()
+        .stack_size(2 * rulestream_core::expr::STACK_RED_ZONE)
+        .spawn(|| {
+            benches();
+            Criterion::default().configure_from_args().final_summary();
+        })
+        .expect("a bench thread")
+        .join()
+        .expect("the benches ran");
+}
