@@ -46,7 +46,8 @@ openapi:
 ## The CEL project's conformance tests (cel-spec's simple tests from npm's @bufbuild/cel-spec,
 ## installed under ~/.cache/rulestream) through `rulestream dry-run`; fails if the pass rate drops.
 conformance: build
-	@command -v node >/dev/null || { echo "conformance: node and npm are needed (the machine's Node.js)"; exit 1; }
+	@command -v npm >/dev/null || { echo "conformance: installing Node.js and npm (apt)"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -q nodejs npm >/dev/null; else sudo apt-get install -y -q nodejs npm >/dev/null; fi; }
 	python3 scripts/cel-conformance.py --rulestream $(RULESTREAM)
 
 ## SAM template: sam validate --lint, then cfn-lint on the transformed template.
