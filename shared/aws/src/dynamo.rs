@@ -264,13 +264,15 @@ impl Journal for DynamoJournal {
         shard: &str,
         lease_until_ms: i64,
     ) -> Result<bool, StoreError> {
-        // A later attempt only once the previous one's lease (or its backoff) has run out: two
-        // processes running the same record at once (a poller that died mid-batch and came
-        // back) never both send.
+        // A later attempt only while something is still pending (`pending_due` is removed once
+        // every delivery is done) and once the previous attempt's lease (or its backoff) has run
+        // out: two processes running the same record at once (a poller that died mid-batch and
+        // came back) never both send, and one that read the step before the other recorded its
+        // delivery does not send it again.
         let cond = if attempt <= 1 {
             "attribute_not_exists(#da) OR #da = :prev"
         } else {
-            "#da = :prev AND (attribute_not_exists(#pd) OR #pd <= :now)"
+            "#da = :prev AND #pd <= :now"
         };
         let r = self
             .client

@@ -236,9 +236,10 @@ pub trait Journal: Sync {
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Claims delivery attempt `attempt` (1-based) of a step: on condition that the step's
-    /// `delivery_attempts` is `attempt - 1` (absent counts as 0), sets it to `attempt` and moves
-    /// `pending_due` to `lease_until_ms`, so a crashed sender's work is picked up after the lease.
-    /// `Ok(false)`: someone else claimed it.
+    /// `delivery_attempts` is `attempt - 1` (absent counts as 0) and, for a later attempt, that
+    /// something is still pending (`pending_due` present and past), sets it to `attempt` and
+    /// moves `pending_due` to `lease_until_ms`, so a crashed sender's work is picked up after the
+    /// lease. `Ok(false)`: someone else claimed it, or its deliveries are already recorded.
     fn claim_delivery(
         &self,
         execution_id: &str,

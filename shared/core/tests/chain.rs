@@ -155,6 +155,10 @@ impl Journal for Mem {
         if step["delivery_attempts"].as_u64().unwrap_or(0) != u64::from(attempt - 1) {
             return Ok(false);
         }
+        // A later attempt only while something is still pending (as the DynamoDB condition).
+        if attempt > 1 && step.get("pending_due").is_none_or(Value::is_null) {
+            return Ok(false);
+        }
         step["delivery_attempts"] = json!(attempt);
         step["pending_due"] = json!(lease);
         step["pending_shard"] = json!(shard);
