@@ -19,7 +19,6 @@ Needs what bench_hops.py needs (the stack up, seeded, the orchestrator served by
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 import uuid
@@ -29,29 +28,10 @@ import boto3
 
 HERE = Path(__file__).resolve().parent
 PREFIX = os.environ.get("RULESTREAM_PREFIX", "rulestream")
-STATE = Path(os.environ.get("RULESTREAM_STATE", HERE / ".state"))
 ddb = boto3.client("dynamodb")
-s3 = boto3.client("s3")
 sys.path.insert(0, str(HERE))
+from bench_hops import register_chain, start_runner  # noqa: E402
 from provision import ensure_trigger_table  # noqa: E402
-
-
-def register(rules):
-    # One flow per length: versions are immutable, and a warm orchestrator keeps them.
-    flow_id = f"cost{rules}"
-    flow = {
-        "client_id": "bench", "flow_id": flow_id, "version": 1, "terminal_statuses": ["DONE"],
-        "rules": [{"id": f"r{i:02d}", "when": "input.n >= 0", "on": {"true": {"next": True}}}
-                  for i in range(rules - 1)]
-        + [{"id": "last", "when": "true", "on": {"true": {"complete": "DONE"}}}],
-    }
-    key = f"flows/bench/{flow_id}/v1.json"
-    s3.put_object(Bucket=f"{PREFIX}-configs", Key=key, Body=json.dumps(flow).encode())
-    ddb.put_item(TableName=f"{PREFIX}-clients", Item={
-        "client_id": {"S": "bench"}, "flow_id": {"S": flow_id}, "config_key": {"S": key},
-        "enabled": {"BOOL": True},
-        "release": {"M": {"stable": {"N": "1"}, "percent": {"N": "0"}, "generation": {"N": "1"}}}})
-    return flow_id
 
 
 def scratch_table():
@@ -83,11 +63,10 @@ def units(table, item):
 def run(rules, input_bytes):
     trigger = f"{PREFIX}-trigger-bench"
     ensure_trigger_table(ddb, trigger)
-    flow_id = register(rules)
-    runner = subprocess.Popen(
-        [sys.executable, str(HERE / "runner.py"), "--table", trigger, "--poll-interval", "0.01",
-         "--starting-position", "LATEST"],
-        stdout=open(STATE / "runner-bench-cost.log", "w"), stderr=subprocess.STDOUT)
+    # One flow per length: versions are immutable, and a warm orchestrator keeps them.
+    flow_id = f"cost{rules}"
+    register_chain(rules, flow_id)
+    runner = start_runner(trigger, "runner-bench-cost.log")
     try:
         time.sleep(2)
         eid = f"bench:{uuid.uuid4()}"

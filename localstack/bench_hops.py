@@ -69,18 +69,27 @@ def raw_round_trip(n):
     return out
 
 
-def register_chain(rules):
+def register_chain(rules, flow_id="hops"):
+    """A flow of `rules` `when` rules, each going to the next, as client `bench`'s `flow_id`."""
     flow = {
-        "client_id": "bench", "flow_id": "hops", "version": 1, "terminal_statuses": ["DONE"],
+        "client_id": "bench", "flow_id": flow_id, "version": 1, "terminal_statuses": ["DONE"],
         "rules": [{"id": f"r{i}", "when": "input.n >= 0", "on": {"true": {"next": True}}} for i in range(rules - 1)]
         + [{"id": "last", "when": "true", "on": {"true": {"complete": "DONE"}}}],
     }
-    key = "flows/bench/hops/v1.json"
+    key = f"flows/bench/{flow_id}/v1.json"
     s3.put_object(Bucket=f"{PREFIX}-configs", Key=key, Body=json.dumps(flow).encode())
     ddb.put_item(TableName=f"{PREFIX}-clients", Item={
-        "client_id": {"S": "bench"}, "flow_id": {"S": "hops"}, "config_key": {"S": key},
+        "client_id": {"S": "bench"}, "flow_id": {"S": flow_id}, "config_key": {"S": key},
         "enabled": {"BOOL": True},
         "release": {"M": {"stable": {"N": "1"}, "percent": {"N": "0"}, "generation": {"N": "1"}}}})
+
+
+def start_runner(table, log_name):
+    """runner.py on `table`, polling every 10 ms from the end of its stream; logs to STATE/log_name."""
+    return subprocess.Popen(
+        [sys.executable, str(HERE / "runner.py"), "--table", table, "--poll-interval", "0.01",
+         "--starting-position", "LATEST"],
+        stdout=open(STATE / log_name, "w"), stderr=subprocess.STDOUT)
 
 
 def orchestrator_cpu():
@@ -115,10 +124,7 @@ def chain(executions, rules):
     table = f"{PREFIX}-trigger-bench"
     ensure_trigger_table(ddb, table)
     register_chain(rules)
-    runner = subprocess.Popen(
-        [sys.executable, str(HERE / "runner.py"), "--table", table, "--poll-interval", "0.01",
-         "--starting-position", "LATEST"],
-        stdout=open(STATE / "runner-bench.log", "w"), stderr=subprocess.STDOUT)
+    runner = start_runner(table, "runner-bench.log")
     try:
         time.sleep(2)
         # Warm-up execution: loads the flow into the container's cache (not measured).

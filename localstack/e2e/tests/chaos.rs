@@ -80,9 +80,15 @@ async fn executions_under_random_faults_are_never_lost_duplicated_or_stuck() {
             .arg(rulestream_e2e::repo().join("localstack/runners.sh"))
             .args(["restart", name, &stack.table(table)])
             .args(extra)
-            .status()
+            .output()
             .expect("runners.sh runs");
-        assert!(restarted.success(), "the runner restarts");
+        assert!(restarted.status.success(), "the runner restarts");
+        // A kill counts only if there was a live poller to kill.
+        assert!(
+            String::from_utf8_lossy(&restarted.stdout).contains(&format!("runners: killed {name}")),
+            "{name} was not running when it was to be killed: {}",
+            String::from_utf8_lossy(&restarted.stderr)
+        );
         runner_kills += 1;
     }
     let deadline = Duration::from_secs(300 + n as u64 / 2);

@@ -2,6 +2,7 @@
 //! watch`, reached through its function URL (`/lambda-url/sync-api/...`, the API Gateway HTTP API
 //! payload v2 the function gets on AWS too), in front of the same tables and orchestrator.
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use rulestream_e2e::api::call;
 use rulestream_e2e::{Stack, new_id};
 use serde_json::{Value, json};
@@ -23,29 +24,33 @@ async fn register(stack: &Stack, flow: &Value, key: &str) {
     stack.register_flow(flow).await;
     let client = flow["client_id"].as_str().expect("client");
     let id = flow["flow_id"].as_str().expect("flow");
+    set_client_field(
+        stack,
+        client,
+        id,
+        "api_key_sha256",
+        AttributeValue::L(vec![
+            AttributeValue::S(hex(key)),
+            AttributeValue::S(hex("an-older-key")),
+        ]),
+    )
+    .await;
+}
+
+/// Sets one attribute of a clients row.
+async fn set_client_field(stack: &Stack, client: &str, flow: &str, name: &str, v: AttributeValue) {
     stack
         .ddb
         .update_item()
         .table_name(stack.table("clients"))
-        .key(
-            "client_id",
-            aws_sdk_dynamodb::types::AttributeValue::S(client.into()),
-        )
-        .key(
-            "flow_id",
-            aws_sdk_dynamodb::types::AttributeValue::S(id.into()),
-        )
-        .update_expression("SET api_key_sha256 = :k")
-        .expression_attribute_values(
-            ":k",
-            aws_sdk_dynamodb::types::AttributeValue::L(vec![
-                aws_sdk_dynamodb::types::AttributeValue::S(hex(key)),
-                aws_sdk_dynamodb::types::AttributeValue::S(hex("an-older-key")),
-            ]),
-        )
+        .key("client_id", AttributeValue::S(client.into()))
+        .key("flow_id", AttributeValue::S(flow.into()))
+        .update_expression("SET #n = :v")
+        .expression_attribute_names("#n", name)
+        .expression_attribute_values(":v", v)
         .send()
         .await
-        .expect("set the API key");
+        .expect("the clients row is updated");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,30 +280,18 @@ async fn starts_over_the_client_quota_are_answered_429_without_waiting() {
     let flow = json!({"client_id": client, "flow_id": "q", "version": 1, "terminal_statuses": ["OK"],
         "rules": [{"id": "a", "when": "true", "on": {"true": {"complete": "OK"}}}]});
     register(&stack, &flow, &key).await;
-    // One start per second, so of a burst of five at least three are over.
-    stack
-        .ddb
-        .update_item()
-        .table_name(stack.table("clients"))
-        .key(
-            "client_id",
-            aws_sdk_dynamodb::types::AttributeValue::S(client.clone()),
-        )
-        .key(
-            "flow_id",
-            aws_sdk_dynamodb::types::AttributeValue::S("q".into()),
-        )
-        .update_expression("SET quota = :q")
-        .expression_attribute_values(
-            ":q",
-            aws_sdk_dynamodb::types::AttributeValue::M(std::collections::HashMap::from([(
-                "starts_per_second".to_string(),
-                aws_sdk_dynamodb::types::AttributeValue::N("1".into()),
-            )])),
-        )
-        .send()
-        .await
-        .expect("set the quota");
+    // One start per second: a burst of five is partly over it.
+    set_client_field(
+        &stack,
+        &client,
+        "q",
+        "quota",
+        AttributeValue::M(std::collections::HashMap::from([(
+            "starts_per_second".to_string(),
+            AttributeValue::N("1".into()),
+        )])),
+    )
+    .await;
     // A warm API container learns a new key within a second (it reloads the keys when it meets
     // an unknown one, at most once a second): wait for that, so the burst is not refused 401.
     let start = std::time::Instant::now();
