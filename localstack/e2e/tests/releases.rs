@@ -382,10 +382,19 @@ async fn a_guard_rolls_back_a_candidate_that_fails_more() {
         .values()
         .filter(|e| e["flow_version"] == 2 && e["status"] == "FAILED")
         .count();
-    assert!(
-        failed_v2 > 10,
-        "the candidate failed for some keys ({failed_v2})"
-    );
+    // How many ran v2 depends on how soon the guard rolls it back (the sweeper judges it while
+    // the 300 are still starting); each that did ran v2's rules: every fifth key failed.
+    assert!(failed_v2 >= 1, "the candidate failed for some keys");
+    for (id, e) in &done {
+        let n: u64 = id
+            .rsplit('-')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .expect("an index");
+        if e["flow_version"] == 2 {
+            assert_eq!(e["status"] == "FAILED", n % 5 == 0, "{id}: {e}");
+        }
+    }
     assert!(
         done.values()
             .all(|e| e["flow_version"] == 2 || e["status"] == "OK")
