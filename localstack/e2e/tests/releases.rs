@@ -392,7 +392,7 @@ async fn a_guard_rolls_back_a_candidate_that_fails_more() {
             .and_then(|n| n.parse().ok())
             .expect("an index");
         if e["flow_version"] == 2 {
-            assert_eq!(e["status"] == "FAILED", n % 5 == 0, "{id}: {e}");
+            assert_eq!(e["status"] == "FAILED", n.is_multiple_of(5), "{id}: {e}");
         }
     }
     assert!(
