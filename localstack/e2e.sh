@@ -11,15 +11,16 @@
 # started (KEEP_STACK=1 keeps it running for a look around).
 #
 # The sweeper's timings are short here so retries and stalls show within seconds (each can be
-# overridden from the environment): a sweep every 2 s, an execution with no progress for 60 s is
-# stalled, delivery retries after 0.2, 0.4 ... 1.4 s. They are exported before lambda.sh starts
+# overridden from the environment): a sweep every 2 s, an execution with no progress for 300 s is
+# stalled (not shorter: two tests of hundreds of executions share one stream shard here, and a
+# record queued behind them for a minute is not lost), delivery retries after 0.2, 0.4 ... 1.4 s. They are exported before lambda.sh starts
 # the functions (lambda.env carries every RULESTREAM_* variable) and the tests see them too.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/.." && pwd)"
 export RULESTREAM_PREFIX="${RULESTREAM_PREFIX:-rs-e2e}"
 export RULESTREAM_SWEEP_INTERVAL_SECS="${RULESTREAM_SWEEP_INTERVAL_SECS:-2}"
-export RULESTREAM_STALL_SECS="${RULESTREAM_STALL_SECS:-60}"
+export RULESTREAM_STALL_SECS="${RULESTREAM_STALL_SECS:-300}"
 export RULESTREAM_DELIVERY_BACKOFF_MS="${RULESTREAM_DELIVERY_BACKOFF_MS:-200,400,600,800,1000,1200,1400}"
 source "$HERE/env.sh"
 source "$HERE/procs.sh"

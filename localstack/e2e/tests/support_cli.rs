@@ -288,9 +288,15 @@ async fn top_logs_and_run_wait_as_a_person_sees_them() {
         .map(|r| r["execution_id"].as_str().expect("id").to_string())
         .collect();
     stack.trigger_all(&stack.table("trigger"), &rows).await;
-    stack
+    let ended = stack
         .wait_all(&ids, std::time::Duration::from_secs(300))
         .await;
+    let not_done: Vec<String> = ended
+        .values()
+        .filter(|e| e["status"] != "DONE")
+        .map(|e| format!("{} {} ({})", e["execution_id"], e["status"], e["reason"]))
+        .collect();
+    assert!(not_done.is_empty(), "every execution ends DONE: {not_done:?}");
 
     // logs without --client: every client's executions, merged newest first.
     let all = out_json(&rs(&[
