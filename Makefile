@@ -4,7 +4,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/rulestream/target
 CARGO ?= cargo
 RULESTREAM := $(CARGO_TARGET_DIR)/debug/rulestream
 
-.PHONY: test check fmt clippy unit schema openapi validate-samples conformance template e2e bench bench-engine bench-peers bench-stack demo down build fuzz chaos
+.PHONY: test check fmt clippy unit schema openapi validate-samples conformance template e2e bench bench-engine bench-peers bench-stack bench-load demo down build fuzz chaos
 
 ## make test: formatting, lints, every unit/table/property/CLI test, the CEL conformance tests,
 ## the template check, and the e2e suite on the local stack.
@@ -77,7 +77,7 @@ chaos: build
 
 ## Benchmarks (figures in BENCHMARKS.md): criterion on the engine, the engine beside its peers
 ## (zen, cel, json-rules-engine; instructions counted by callgrind), then the chain on the local stack.
-bench: bench-engine bench-peers bench-stack
+bench: bench-engine bench-peers bench-stack bench-load
 
 bench-peers:
 	bash scripts/bench-peers.sh
@@ -87,6 +87,10 @@ bench-engine:
 
 bench-stack: build
 	bash scripts/bench-stack.sh
+
+## The chain under load: 200 executions kept in flight for 60 s (BENCHMARKS.md).
+bench-load: build
+	bash scripts/bench-load.sh
 
 ## Bring up the local stack and run the sample flows end to end as a client would.
 demo: build

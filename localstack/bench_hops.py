@@ -7,7 +7,11 @@ Needs the stack up, provisioned and seeded, and the orchestrator served by lambd
 script scripts/bench-stack.sh does all of that). It measures:
 
 1. raw stream round trip: PutItem into a fresh table with a stream, then GetRecords in a tight
-   loop (10 ms) until the record is visible — the floor of any hop;
+   loop (10 ms) until the record is visible;
+1b. the hop floor: the raw round trip plus one Invoke of a function that does nothing, through
+   the same runner: an UpdateItem on a table of its own (`<prefix>-bench-floor`), whose MODIFY
+   record runner.py (no filter, polling every 10 ms) delivers to the orchestrator, which ignores
+   MODIFY records; timed from the write to the runner's log line for that batch;
 2. per-hop latency of the chain: a flow of N `when: "true"` rules, each going to the next; its
    own trigger table `<prefix>-trigger-bench`, fed by its own runner.py polling every 10 ms;
    hop = (finished_at - started_at) / (steps - 1) with steps = the summary's `steps_total`,
@@ -66,6 +70,42 @@ def raw_round_trip(n):
             if not seen:
                 time.sleep(0.01)
         out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def hop_floor(n):
+    """Write -> stream -> runner -> Invoke of a do-nothing -> back, `n` times (ms)."""
+    table = f"{PREFIX}-bench-floor"
+    ensure_trigger_table(ddb, table)
+    key = {"execution_id": {"S": "bench:floor"}, "seq": {"N": "0"}}
+    ddb.put_item(TableName=table, Item=key)  # its INSERT is before the runner's LATEST
+    log_path = STATE / "runner-floor.log"
+    runner = subprocess.Popen(
+        [sys.executable, str(HERE / "runner.py"), "--table", table, "--poll-interval", "0.01",
+         "--starting-position", "LATEST", "--no-filter"],
+        stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+    out = []
+    try:
+        time.sleep(3)
+        for i in range(n + 1):
+            mark = log_path.stat().st_size
+            t0 = time.perf_counter()
+            ddb.update_item(TableName=table, Key=key, UpdateExpression="SET n = :n",
+                            ExpressionAttributeValues={":n": {"N": str(i)}})
+            deadline = t0 + 30
+            while True:
+                with open(log_path, "rb") as f:
+                    f.seek(mark)
+                    if b'"event": "batch"' in f.read():
+                        break
+                if time.perf_counter() > deadline:
+                    raise SystemExit("the floor's MODIFY record never reached the function")
+                time.sleep(0.002)
+            if i:  # the first one warms the runner's path up
+                out.append((time.perf_counter() - t0) * 1000)
+    finally:
+        runner.terminate()
+        runner.wait(timeout=10)
     return out
 
 
@@ -173,6 +213,7 @@ def main():
     ap.add_argument("--raw", type=int, default=50)
     a = ap.parse_args()
     raw = raw_round_trip(a.raw)
+    floor = hop_floor(a.raw)
     hops, calls, cpu = chain(a.executions, a.rules)
     records = a.executions * a.rules
     orch_ops = {k: v for k, v in calls.items() if k.startswith(("dynamodb.", "s3.", "sts.", "secretsmanager."))
@@ -187,6 +228,8 @@ def main():
         "hop_ms": {"p50": round(pct(hops, 50), 1), "p90": round(pct(hops, 90), 1), "mean": round(statistics.mean(hops), 1),
                    "executions": a.executions, "rules": a.rules},
         "hop_overhead_vs_raw_p50_pct": round((pct(hops, 50) - pct(raw, 50)) / pct(raw, 50) * 100, 1),
+        "hop_floor_ms": {"p50": round(pct(floor, 50), 1), "p90": round(pct(floor, 90), 1), "n": len(floor)},
+        "hop_p50_over_floor_p50": round(pct(hops, 50) / pct(floor, 50), 2),
         "orchestrator_aws_calls": orch_ops,
         "aws_writes_per_hop": round(writes / records, 2),
         "aws_reads_per_hop": round(reads / records, 2),

@@ -296,7 +296,10 @@ async fn top_logs_and_run_wait_as_a_person_sees_them() {
         .filter(|e| e["status"] != "DONE")
         .map(|e| format!("{} {} ({})", e["execution_id"], e["status"], e["reason"]))
         .collect();
-    assert!(not_done.is_empty(), "every execution ends DONE: {not_done:?}");
+    assert!(
+        not_done.is_empty(),
+        "every execution ends DONE: {not_done:?}"
+    );
 
     // logs without --client: every client's executions, merged newest first.
     let all = out_json(&rs(&[

@@ -6,6 +6,7 @@
 //! anything else; `contains` is a substring test on strings and membership on lists; `matches` is
 //! a regex search; `is_null: true` holds for a missing or null field.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use regex::Regex;
@@ -100,24 +101,26 @@ pub struct ConditionResult {
 
 /// Evaluates groups of conditions: true when every condition of some group holds. Every
 /// condition of every group is evaluated, so the trace shows all of them.
-pub fn evaluate(
+///
+/// `lookup` lends the value at a path where it can (only the trace keeps a copy of it).
+pub fn evaluate<'v>(
     groups: &[Vec<CompiledCondition>],
-    lookup: impl Fn(&[String]) -> Option<Value>,
+    lookup: impl Fn(&[String]) -> Option<Cow<'v, Value>>,
 ) -> (bool, Vec<ConditionResult>) {
     let mut any = false;
-    let mut results = Vec::new();
+    let mut results = Vec::with_capacity(groups.iter().map(Vec::len).sum());
     for (gi, group) in groups.iter().enumerate() {
         let mut all = true;
         for c in group {
             let actual = lookup(c.path());
-            let passed = c.test(actual.as_ref());
+            let passed = c.test(actual.as_deref());
             all &= passed;
             results.push(ConditionResult {
                 group: gi,
                 field: Arc::clone(&c.field),
                 op: c.condition.op.as_str(),
                 value: c.expected.clone(),
-                actual: actual.unwrap_or(Value::Null),
+                actual: actual.map_or(Value::Null, Cow::into_owned),
                 passed,
             });
         }
@@ -252,7 +255,7 @@ mod tests {
             vec![cond(Op::Eq, json!(100))],
         ];
         let input = json!({"x": 6});
-        let (ok, results) = evaluate(&groups, |p| walk(&input, &p[1..]).cloned());
+        let (ok, results) = evaluate(&groups, |p| walk(&input, &p[1..]).map(Cow::Borrowed));
         assert!(ok);
         assert_eq!(
             results.iter().map(|r| r.passed).collect::<Vec<_>>(),

@@ -1,6 +1,7 @@
 //! Running an execution one rule at a time: a [`Session`] holds the CEL context built once from
 //! the execution's input and applies each step to its state; [`run`] loops it to the end.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -156,14 +157,20 @@ impl<'f> Session<'f> {
         })
     }
 
-    fn lookup(&self, path: &[String]) -> Option<Value> {
+    /// The value at `path` (a condition's field), lent where it can be.
+    fn lookup(&self, path: &[String]) -> Option<Cow<'_, Value>> {
         let (root, rest) = path.split_first()?;
         match root.as_str() {
-            "input" => conditions::walk(self.input, rest).cloned(),
-            "client" => self.client.and_then(|c| conditions::walk(c, rest)).cloned(),
-            "ctx" => walk_map(&self.state.ctx, rest),
-            "steps" => walk_map(&self.state.steps, rest),
-            "execution" => conditions::walk(&self.execution_json(), rest).cloned(),
+            "input" => conditions::walk(self.input, rest).map(Cow::Borrowed),
+            "client" => self
+                .client
+                .and_then(|c| conditions::walk(c, rest))
+                .map(Cow::Borrowed),
+            "ctx" => walk_map(&self.state.ctx, rest).map(Cow::Borrowed),
+            "steps" => walk_map(&self.state.steps, rest).map(Cow::Borrowed),
+            "execution" => conditions::walk(&self.execution_json(), rest)
+                .cloned()
+                .map(Cow::Owned),
             _ => None,
         }
     }
@@ -591,9 +598,9 @@ impl<'f> Session<'f> {
     }
 }
 
-fn walk_map(m: &Map<String, Value>, rest: &[String]) -> Option<Value> {
+fn walk_map<'m>(m: &'m Map<String, Value>, rest: &[String]) -> Option<&'m Value> {
     let (head, tail) = rest.split_first()?;
-    conditions::walk(m.get(head)?, tail).cloned()
+    conditions::walk(m.get(head)?, tail)
 }
 
 fn failed(reason: String, error: Option<String>) -> Next {
