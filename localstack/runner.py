@@ -26,9 +26,14 @@ What it does, as AWS does:
 
 - DescribeTable -> LatestStreamArn; DescribeStream (paginated) every --describe-interval seconds to
   find shards, including child shards that appear when a shard closes. A child shard is started only
-  once its parent shard has been read to its end (or the parent is no longer listed), so records of
-  one key stay in order. One worker thread per shard, one batch in flight per shard
-  (ParallelizationFactor > 1 is read and logged but not applied: stricter ordering than AWS).
+  once its parent shard has been read to its end and delivered (or the parent is no longer
+  listed), so records of one key stay in order. One reader thread per shard. With a
+  ParallelizationFactor (--parallelization-factor or the template's) of N > 1, as on AWS, up to
+  N batches of one shard are delivered at a time: each record goes to one of N lanes by a hash of
+  its partition key (the table's HASH key, from DescribeTable), and each lane delivers its records
+  in order, one batch at a time, with everything below (retries, bisection, record age, payload
+  cap) applied per lane. A failing key holds its own lane only. The reader stops reading while
+  the lanes hold N x batch size records. With N = 1 the reader delivers its batches itself.
 - Each shard is read from the starting position with GetRecords (Limit = batch size); when a read
   returns nothing the worker sleeps --poll-interval (0.2 s). Records that match none of the
   template's FilterCriteria patterns are dropped (checkpointed, never delivered).
@@ -100,6 +105,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+import zlib
 
 try:  # boto3 is needed to run against LocalStack, not to import this module (tests use fakes)
     from botocore.exceptions import BotoCoreError, ClientError
@@ -602,140 +608,13 @@ class Segment:
         return [r["dynamodb"]["SequenceNumber"] for r in self.records]
 
 
-class ShardWorker(threading.Thread):
-    """Reads one shard in order and delivers its batches, one at a time, with retries, bisection,
-    the payload cap and the record age limit."""
+class Delivery:
+    """Delivers a plan of segments, its head first, with retries, bisection, the payload cap and
+    the record age limit. Used by a shard's worker (one batch in flight per shard) and by each of
+    its lanes (ParallelizationFactor > 1). The owner provides `r`, `s`, `stream_arn`, `shard_id`,
+    `plan`, `invokes`, and the hooks `done_with`, `checkpoint` and `reread`."""
 
-    def __init__(self, runner, stream_arn, shard_id):
-        super().__init__(name=f"shard-{shard_id[-12:]}", daemon=True)
-        self.r = runner
-        self.s = runner.settings
-        self.stream_arn = stream_arn
-        self.shard_id = shard_id
-        # Where to (re)open the shard: (ShardIteratorType, SequenceNumber or None). It is moved
-        # forward on every checkpoint, so any error can reopen the shard at the right place.
-        self.position = (self.s.starting_position, None)
-        self.iterator = None
-        # The batch being delivered: segments still to do, in order, and the read they came from
-        # (last sequence number read, NextShardIterator after it).
-        self.plan = collections.deque()
-        self.window = None
-        self.invokes = {}  # SequenceNumber -> invocations that carried it (approximateInvokeCount)
-        self.finished = False  # read to its end (closed shard) or gone
-
-    # -- shard iterators --
-    def open_iterator(self, kind=None, seq=None):
-        if kind is None:
-            kind, seq = self.position
-        args = dict(StreamArn=self.stream_arn, ShardId=self.shard_id, ShardIteratorType=kind)
-        if seq is not None:
-            args["SequenceNumber"] = seq
-        return self.r.streams.get_shard_iterator(**args)["ShardIterator"]
-
-    def run(self):
-        log("shard_started", shard=self.shard_id, position=self.position[0])
-        try:
-            self.loop()
-        finally:
-            log("shard_stopped", shard=self.shard_id, finished=self.finished)
-
-    def loop(self):
-        stop = self.r.stop
-        while not stop.is_set() and not self.finished:
-            try:
-                if self.plan:
-                    self.attempt()
-                    continue
-                if self.iterator is None:
-                    self.iterator = self.open_iterator()
-                out = self.r.streams.get_records(ShardIterator=self.iterator,
-                                                 Limit=self.s.batch_size)
-            except ClientError as e:
-                code = e.response["Error"]["Code"]
-                if code == "ExpiredIteratorException":
-                    self.iterator = None  # reopen at self.position
-                    continue
-                if code == "TrimmedDataAccessException":
-                    # Our position fell off the 24 h retention window: AWS skips to the oldest data.
-                    log("shard_trimmed", shard=self.shard_id, position=self.position)
-                    self.position, self.iterator = ("TRIM_HORIZON", None), None
-                    self.plan.clear()
-                    continue
-                if code == "ResourceNotFoundException":
-                    log("shard_gone", shard=self.shard_id, error=str(e))
-                    self.finished = True
-                    return
-                log("shard_error", shard=self.shard_id, error=str(e))
-                self.iterator = None
-                stop.wait(1.0)
-                continue
-            except BotoCoreError as e:  # connection refused, timeouts...
-                log("shard_error", shard=self.shard_id, error=str(e))
-                self.iterator = None
-                stop.wait(1.0)
-                continue
-            except Exception as e:  # a bug here must not lose records: the plan is kept, retried
-                log("deliver_error", shard=self.shard_id, error=repr(e))
-                self.iterator = None
-                stop.wait(1.0)
-                continue
-
-            records, next_it = out.get("Records", []), out.get("NextShardIterator")
-            if not records:
-                if next_it is None:  # a closed shard read to its end
-                    self.finished = True
-                    return
-                self.iterator = next_it
-                stop.wait(self.s.poll_interval)
-                continue
-            self.start_batch(records, next_it)
-
-    def start_batch(self, records, next_it):
-        self.window = (records[-1]["dynamodb"]["SequenceNumber"], next_it)
-        kept = self.r.filtered(records, self.stream_arn)
-        if len(kept) < len(records):
-            log("filtered", shard=self.shard_id, records=len(records), dropped=len(records) - len(kept))
-        if kept:
-            self.plan.append(Segment(kept))
-        else:
-            self.end_batch()
-
-    def end_batch(self):
-        """The whole read is delivered or given up: checkpoint after it, read on."""
-        last_seq, next_it = self.window
-        self.checkpoint(last_seq)
-        self.window = None
-        if next_it is None:  # the shard closed and this was its last batch
-            self.finished = True
-        self.iterator = next_it
-
-    def checkpoint(self, last_seq):
-        self.position = ("AFTER_SEQUENCE_NUMBER", last_seq)
-        k = seq_key(last_seq)
-        for s in [s for s in self.invokes if seq_key(s) <= k]:
-            del self.invokes[s]
-
-    def done_with(self, seg):
-        """`seg` (the plan's head) is delivered or given up."""
-        if seg.records:
-            self.checkpoint(seg.records[-1]["dynamodb"]["SequenceNumber"])
-        self.plan.popleft()
-        if not self.plan:
-            self.end_batch()
-
-    def reread(self, seg):
-        """Re-reads the shard from AT_SEQUENCE_NUMBER of the segment's head (as a retry without
-        bisection does): the retried batch starts with it and may take in newer records."""
-        head = seg.records[0]["dynamodb"]["SequenceNumber"]
-        it = self.open_iterator("AT_SEQUENCE_NUMBER", head)
-        out = self.r.streams.get_records(ShardIterator=it, Limit=self.s.batch_size)
-        records = out.get("Records", [])
-        if records:
-            kept = self.r.filtered(records, self.stream_arn)
-            last = records[-1]["dynamodb"]["SequenceNumber"]
-            if seq_key(last) >= seq_key(self.window[0]):
-                self.window = (last, out.get("NextShardIterator"))
-            seg.records = kept
+    lane = None  # the lane's index, in log lines (None: the shard's own worker)
 
     # -- one delivery attempt of the plan's head --
     def attempt(self):
@@ -809,6 +688,8 @@ class ShardWorker(threading.Thread):
         base = dict(shard=self.shard_id, records=len(seqs), first_seq=seqs[0], last_seq=seqs[-1],
                     attempt=seg.retries + 1, deliveries=deliveries, duration_ms=duration_ms,
                     failures=len(result.failed))
+        if self.lane is not None:
+            base["lane"] = self.lane
         if result.status == "ok":
             log("batch", status="ok", **base)
             self.done_with(seg)
@@ -869,6 +750,225 @@ class ShardWorker(threading.Thread):
             first_seq=seqs[0], last_seq=seqs[-1], invocations=self.invokes.get(seqs[0], 0))
 
 
+class ShardWorker(Delivery, threading.Thread):
+    """Reads one shard in order. With a ParallelizationFactor of 1 it delivers the shard's
+    batches itself, one at a time; above 1 it hands each record to one of that many lanes by its
+    partition key (each key stays in order, on one lane) and reads on."""
+
+    def __init__(self, runner, stream_arn, shard_id):
+        super().__init__(name=f"shard-{shard_id[-12:]}", daemon=True)
+        self.r = runner
+        self.s = runner.settings
+        self.stream_arn = stream_arn
+        self.shard_id = shard_id
+        # Where to (re)open the shard: (ShardIteratorType, SequenceNumber or None). It is moved
+        # forward on every checkpoint, so any error can reopen the shard at the right place.
+        self.position = (self.s.starting_position, None)
+        self.iterator = None
+        # The batch being delivered: segments still to do, in order, and the read they came from
+        # (last sequence number read, NextShardIterator after it).
+        self.plan = collections.deque()
+        self.window = None
+        self.invokes = {}  # SequenceNumber -> invocations that carried it (approximateInvokeCount)
+        self.read_to_end = False  # read to its end (closed shard) or gone
+        pf = self.s.parallelization_factor
+        self.lanes = [Lane(self, i) for i in range(pf)] if pf > 1 else None
+
+    # -- shard iterators --
+    def open_iterator(self, kind=None, seq=None):
+        if kind is None:
+            kind, seq = self.position
+        args = dict(StreamArn=self.stream_arn, ShardId=self.shard_id, ShardIteratorType=kind)
+        if seq is not None:
+            args["SequenceNumber"] = seq
+        return self.r.streams.get_shard_iterator(**args)["ShardIterator"]
+
+    @property
+    def finished(self):
+        """Read to its end and every record delivered or given up: a child shard may start."""
+        return self.read_to_end and (self.lanes is None or all(ln.idle() for ln in self.lanes))
+
+    def run(self):
+        log("shard_started", shard=self.shard_id, position=self.position[0],
+            lanes=len(self.lanes) if self.lanes else 1)
+        for ln in self.lanes or ():
+            ln.start()
+        try:
+            self.loop()
+            while self.lanes and not self.finished and not self.r.stop.is_set():
+                self.r.stop.wait(0.01)  # a closed shard: its lanes finish what they hold
+        finally:
+            log("shard_stopped", shard=self.shard_id, finished=self.finished)
+
+    def loop(self):
+        stop = self.r.stop
+        while not stop.is_set() and not self.read_to_end:
+            try:
+                if self.plan:
+                    self.attempt()
+                    continue
+                if self.lanes and sum(ln.held() for ln in self.lanes) >= (
+                        len(self.lanes) * self.s.batch_size):
+                    stop.wait(self.s.poll_interval)  # the lanes hold enough: read on later
+                    continue
+                if self.iterator is None:
+                    self.iterator = self.open_iterator()
+                out = self.r.streams.get_records(ShardIterator=self.iterator,
+                                                 Limit=self.s.batch_size)
+            except ClientError as e:
+                code = e.response["Error"]["Code"]
+                if code == "ExpiredIteratorException":
+                    self.iterator = None  # reopen at self.position
+                    continue
+                if code == "TrimmedDataAccessException":
+                    # Our position fell off the 24 h retention window: AWS skips to the oldest data.
+                    log("shard_trimmed", shard=self.shard_id, position=self.position)
+                    self.position, self.iterator = ("TRIM_HORIZON", None), None
+                    self.plan.clear()
+                    continue
+                if code == "ResourceNotFoundException":
+                    log("shard_gone", shard=self.shard_id, error=str(e))
+                    self.read_to_end = True
+                    return
+                log("shard_error", shard=self.shard_id, error=str(e))
+                self.iterator = None
+                stop.wait(1.0)
+                continue
+            except BotoCoreError as e:  # connection refused, timeouts...
+                log("shard_error", shard=self.shard_id, error=str(e))
+                self.iterator = None
+                stop.wait(1.0)
+                continue
+            except Exception as e:  # a bug here must not lose records: the plan is kept, retried
+                log("deliver_error", shard=self.shard_id, error=repr(e))
+                self.iterator = None
+                stop.wait(1.0)
+                continue
+
+            records, next_it = out.get("Records", []), out.get("NextShardIterator")
+            if not records:
+                if next_it is None:  # a closed shard read to its end
+                    self.read_to_end = True
+                    return
+                self.iterator = next_it
+                stop.wait(self.s.poll_interval)
+                continue
+            self.start_batch(records, next_it)
+
+    def start_batch(self, records, next_it):
+        self.window = (records[-1]["dynamodb"]["SequenceNumber"], next_it)
+        kept = self.r.filtered(records, self.stream_arn)
+        if len(kept) < len(records):
+            log("filtered", shard=self.shard_id, records=len(records), dropped=len(records) - len(kept))
+        if self.lanes:
+            for rec in kept:
+                self.lanes[self.r.lane_of(rec, len(self.lanes))].put(rec)
+            self.end_batch()  # handed over: the lanes deliver, the reader reads on
+        elif kept:
+            self.plan.append(Segment(kept))
+        else:
+            self.end_batch()
+
+    def end_batch(self):
+        """The whole read is delivered or given up: checkpoint after it, read on."""
+        last_seq, next_it = self.window
+        self.checkpoint(last_seq)
+        self.window = None
+        if next_it is None:  # the shard closed and this was its last batch
+            self.read_to_end = True
+        self.iterator = next_it
+
+    def checkpoint(self, last_seq):
+        self.position = ("AFTER_SEQUENCE_NUMBER", last_seq)
+        k = seq_key(last_seq)
+        for s in [s for s in self.invokes if seq_key(s) <= k]:
+            del self.invokes[s]
+
+    def done_with(self, seg):
+        """`seg` (the plan's head) is delivered or given up."""
+        if seg.records:
+            self.checkpoint(seg.records[-1]["dynamodb"]["SequenceNumber"])
+        self.plan.popleft()
+        if not self.plan:
+            self.end_batch()
+
+    def reread(self, seg):
+        """Re-reads the shard from AT_SEQUENCE_NUMBER of the segment's head (as a retry without
+        bisection does): the retried batch starts with it and may take in newer records."""
+        head = seg.records[0]["dynamodb"]["SequenceNumber"]
+        it = self.open_iterator("AT_SEQUENCE_NUMBER", head)
+        out = self.r.streams.get_records(ShardIterator=it, Limit=self.s.batch_size)
+        records = out.get("Records", [])
+        if records:
+            kept = self.r.filtered(records, self.stream_arn)
+            last = records[-1]["dynamodb"]["SequenceNumber"]
+            if seq_key(last) >= seq_key(self.window[0]):
+                self.window = (last, out.get("NextShardIterator"))
+            seg.records = kept
+
+class Lane(Delivery, threading.Thread):
+    """One of a shard's ParallelizationFactor lanes (AWS delivers up to that many batches of one
+    shard at a time): the records whose partition key hashes to it, in stream order, delivered
+    one batch at a time. A retry without bisection takes the lane's newer records into the batch
+    (as a re-read of the shard would), never another lane's."""
+
+    def __init__(self, shard, index):
+        super().__init__(name=f"lane-{shard.shard_id[-8:]}-{index}", daemon=True)
+        self.r, self.s = shard.r, shard.s
+        self.stream_arn, self.shard_id = shard.stream_arn, shard.shard_id
+        self.lane = index
+        self.plan = collections.deque()
+        self.invokes = {}
+        self.queue = collections.deque()  # records handed over, not yet in a batch
+        self.cond = threading.Condition()
+
+    def put(self, rec):
+        with self.cond:
+            self.queue.append(rec)
+            self.cond.notify()
+
+    def held(self):
+        with self.cond:
+            return len(self.queue) + sum(len(seg.records) for seg in self.plan)
+
+    def idle(self):
+        with self.cond:
+            return not self.queue and not self.plan
+
+    def take(self, n):
+        return [self.queue.popleft() for _ in range(min(n, len(self.queue)))]
+
+    def run(self):
+        stop = self.r.stop
+        while not stop.is_set():
+            with self.cond:
+                if not self.queue and not self.plan:
+                    self.cond.wait(0.1)
+                    continue
+                if not self.plan:
+                    self.plan.append(Segment(self.take(self.s.batch_size)))
+            try:
+                self.attempt()
+            except Exception as e:  # a bug here must not lose records: the plan is kept, retried
+                log("deliver_error", shard=self.shard_id, lane=self.lane, error=repr(e))
+                stop.wait(1.0)
+
+    def done_with(self, seg):
+        if seg.records:
+            self.checkpoint(seg.records[-1]["dynamodb"]["SequenceNumber"])
+        with self.cond:
+            self.plan.popleft()
+
+    def checkpoint(self, last_seq):
+        k = seq_key(last_seq)
+        for sq in [sq for sq in self.invokes if seq_key(sq) <= k]:
+            del self.invokes[sq]
+
+    def reread(self, seg):
+        with self.cond:
+            seg.records += self.take(self.s.batch_size - len(seg.records))
+
+
 def merge_results(a, b, seqs):
     """Two deliveries of the same batch (--duplicate): a record is processed only if neither failed
     it. A delivery that did not reach the function counts as a function error here."""
@@ -914,6 +1014,7 @@ class Runner:
                                           settings.report_batch_item_failures)
         self.workers = {}  # (stream ARN, shard id) -> ShardWorker
         self.stream_arn = None
+        self.hash_key = None  # the table's partition key: records of one key share a lane
 
     def filtered(self, records, stream_arn):
         filters = self.settings.filters
@@ -966,10 +1067,20 @@ class Runner:
             with _FAILURES_LOCK, open(self.settings.failures_file, "a", encoding="utf-8") as f:
                 f.write(json.dumps(line) + "\n")
 
+    def lane_of(self, rec, lanes):
+        """The lane of a record: a hash of its partition key (all its keys if that is unknown)."""
+        keys = rec["dynamodb"].get("Keys") or {}
+        key = keys.get(self.hash_key) if self.hash_key else None
+        blob = json.dumps(key if key is not None else keys, sort_keys=True, default=str)
+        return zlib.crc32(blob.encode()) % lanes
+
     def current_stream(self):
         """LatestStreamArn of the table, or None while the table (or its stream) does not exist."""
         try:
-            return self.ddb.describe_table(TableName=self.settings.table)["Table"].get("LatestStreamArn")
+            table = self.ddb.describe_table(TableName=self.settings.table)["Table"]
+            self.hash_key = next((k["AttributeName"] for k in table.get("KeySchema") or []
+                                  if k.get("KeyType") == "HASH"), None)
+            return table.get("LatestStreamArn")
         except ClientError as e:
             if e.response["Error"]["Code"] == "ResourceNotFoundException":
                 return None
@@ -1020,9 +1131,6 @@ class Runner:
             parallelization_factor=s.parallelization_factor, filters=s.filters,
             on_failure=self.destination.describe() if hasattr(self.destination, "describe") else None,
             duplicate=s.duplicate, failures_file=s.failures_file)
-        if s.parallelization_factor > 1:
-            log("not_applied", setting="ParallelizationFactor", value=s.parallelization_factor,
-                note="one batch in flight per shard")
         if s.batching_window:
             log("not_applied", setting="MaximumBatchingWindowInSeconds", value=s.batching_window)
         waiting_logged = False
@@ -1062,6 +1170,9 @@ def parse_args(argv=None):
     p.add_argument("--lambda-url", default=f"http://127.0.0.1:{port}",
                    help="Lambda Invoke API base URL (default http://127.0.0.1:$RULESTREAM_LAMBDA_PORT)")
     p.add_argument("--batch-size", type=int, default=None, help="GetRecords Limit (1-1000)")
+    p.add_argument("--parallelization-factor", type=int, default=None,
+                   help="batches of one shard delivered at a time (1-10); each partition key "
+                        "stays in order")
     p.add_argument("--max-retries", type=int, default=None,
                    help="re-deliveries of a failing batch after the first attempt; -1 = forever")
     p.add_argument("--max-record-age", type=float, default=None,
@@ -1121,6 +1232,8 @@ def parse_args(argv=None):
 
     if not 1 <= args.batch_size <= 1000:
         p.error("batch size must be 1..1000 (the DynamoDB Streams GetRecords limit)")
+    if not 1 <= args.parallelization_factor <= 10:
+        p.error("--parallelization-factor must be 1..10 (ParallelizationFactor)")
     if args.max_retries < -1:
         p.error("--max-retries must be -1 (forever) or >= 0")
     if args.max_record_age < 0 and args.max_record_age != -1:

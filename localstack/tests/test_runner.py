@@ -42,10 +42,12 @@ def seq_of(i):
     return str(4000000000000000000001 + i * 100)
 
 
-def make_record(i, age_s=0.0, pad=0, event_name="INSERT"):
-    """A GetRecords record as boto3 returns it (datetime ApproximateCreationDateTime)."""
+def make_record(i, age_s=0.0, pad=0, event_name="INSERT", key=None):
+    """A GetRecords record as boto3 returns it (datetime ApproximateCreationDateTime); its
+    execution_id is `key`, by default exec-<i>."""
     created = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=age_s)
-    image = {"execution_id": {"S": f"exec-{i}"}, "seq": {"N": "0"}}
+    key = key or f"exec-{i}"
+    image = {"execution_id": {"S": key}, "seq": {"N": "0"}}
     if pad:
         image["pad"] = {"S": "x" * pad}
     return {
@@ -53,7 +55,7 @@ def make_record(i, age_s=0.0, pad=0, event_name="INSERT"):
         "eventSource": "aws:dynamodb", "awsRegion": "us-east-1",
         "dynamodb": {
             "ApproximateCreationDateTime": created.replace(microsecond=0),
-            "Keys": {"execution_id": {"S": f"exec-{i}"}, "seq": {"N": "0"}},
+            "Keys": {"execution_id": {"S": key}, "seq": {"N": "0"}},
             "NewImage": image,
             "SequenceNumber": seq_of(i), "SizeBytes": 60 + pad, "StreamViewType": "NEW_IMAGE",
         },
@@ -194,7 +196,7 @@ class RunnerTestCase(unittest.TestCase):
         r = runner.Runner(settings, ddb=object(), streams=streams, destination=self.sent.append,
                           region="us-east-1", stop=stop)
         worker = runner.ShardWorker(r, STREAM_ARN, SHARD)
-        t = threading.Thread(target=worker.loop, daemon=True)
+        t = threading.Thread(target=worker.run, daemon=True)
         t.start()
         t.join(WORKER_DEADLINE_S)
         stop.set()
@@ -319,6 +321,54 @@ class RetriesTest(RunnerTestCase):
         url = self.serve(lambda n, seqs, e: OK)
         self.run_shard(records, url, "--duplicate")
         self.assertEqual([seqs for seqs, _ in self.fake_lambda.calls], [[seq_of(0), seq_of(1), seq_of(2)]] * 2)
+
+
+class ParallelizationTest(RunnerTestCase):
+    """ParallelizationFactor > 1: lanes by partition key, each in order, side by side."""
+
+    def keyed(self, n, keys):
+        return [make_record(i, key=f"exec-{i % keys}") for i in range(n)]
+
+    def test_lanes_deliver_every_record_once_each_key_in_order(self):
+        records = self.keyed(60, 6)
+        url = self.serve(lambda n, seqs, e: (200, {}, b"null", 0.01))
+        self.run_shard(records, url, "--parallelization-factor", "4", "--batch-size", "10")
+        calls = self.fake_lambda.calls
+        delivered = [sq for seqs, _ in calls for sq in seqs]
+        self.assertEqual(sorted(delivered, key=runner.seq_key), [seq_of(i) for i in range(60)])
+        key_of = {seq_of(i): f"exec-{i % 6}" for i in range(60)}
+        for k in range(6):
+            mine = [sq for sq in delivered if key_of[sq] == f"exec-{k}"]
+            self.assertEqual(mine, sorted(mine, key=runner.seq_key), f"exec-{k} out of order")
+        for seqs, _ in calls:  # a batch never mixes lanes
+            self.assertEqual(len({runner.Runner.lane_of(self.runner_stub, self.rec_of[sq], 4)
+                                  for sq in seqs}), 1)
+        lanes = {line.get("lane") for line in LOGS if line.get("event") == "batch"}
+        self.assertGreater(len(lanes), 1, "the records went through more than one lane")
+
+    def test_a_failing_key_holds_only_its_own_lane(self):
+        records = self.keyed(40, 8)
+        poison = "exec-0"
+        key_of = {seq_of(i): f"exec-{i % 8}" for i in range(40)}
+
+        def script(n, seqs, e):
+            return function_error() if any(key_of[sq] == poison for sq in seqs) else OK
+
+        url = self.serve(script)
+        self.run_shard(records, url, "--parallelization-factor", "4", "--bisect",
+                       "--max-retries", "1")
+        ok = [sq for seqs, _ in self.fake_lambda.calls
+              if all(key_of[sq] != poison for sq in seqs) for sq in seqs]
+        self.assertEqual(sorted(ok, key=runner.seq_key),
+                         [seq_of(i) for i in range(40) if i % 8 != 0])
+        given_up = [sq for m in self.failure_lines() for sq in m["runner"]["sequenceNumbers"]]
+        self.assertEqual(sorted(given_up, key=runner.seq_key),
+                         [seq_of(i) for i in range(40) if i % 8 == 0])
+
+    def setUp(self):
+        super().setUp()
+        self.runner_stub = type("R", (), {"hash_key": None})()
+        self.rec_of = {seq_of(i): make_record(i, key=f"exec-{i % 6}") for i in range(60)}
 
 
 class RecordAgeTest(RunnerTestCase):
@@ -519,7 +569,9 @@ class FilterTest(RunnerTestCase):
         records = [make_record(0), make_record(1, event_name="REMOVE"), make_record(2)]
         url = self.serve(lambda n, seqs, e: OK)
         self.run_shard(records, url, "--template", str(REPO / "template.yaml"))
-        self.assertEqual(self.fake_lambda.delivered_ok(), [seq_of(0), seq_of(2)])
+        # The template's ParallelizationFactor puts two keys on lanes of their own: each key is in
+        # order, the two are not ordered between them.
+        self.assertEqual(sorted(self.fake_lambda.delivered_ok()), [seq_of(0), seq_of(2)])
         self.assertEqual(self.worker.position, ("AFTER_SEQUENCE_NUMBER", seq_of(2)))
 
     def test_filter_rules(self):
