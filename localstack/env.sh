@@ -26,6 +26,12 @@ export RULESTREAM_AWS_PORT="${RULESTREAM_AWS_PORT:-4566}"      # LocalStack gate
 export RULESTREAM_REDIS_PORT="${RULESTREAM_REDIS_PORT:-6390}"  # redis-server
 export RULESTREAM_KAFKA_PORT="${RULESTREAM_KAFKA_PORT:-19092}" # tansu broker
 export RULESTREAM_LAMBDA_PORT="${RULESTREAM_LAMBDA_PORT:-9000}" # cargo lambda watch (Invoke API)
+# Batches of one trigger-stream shard that runner.py delivers at a time (the demo's and the e2e
+# suite's runners). template.yaml says 10, as on AWS, where each batch gets a function instance
+# of its own; here the batches queue for the 1 to 4 instances `cargo lambda watch` runs on 2
+# cores, which costs throughput and latency (BENCHMARKS.md, "Under load"), so the local default
+# is 1. Set it to 10 to run the local stack with the template's lanes.
+export RULESTREAM_PARALLELIZATION_FACTOR="${RULESTREAM_PARALLELIZATION_FACTOR:-1}"
 # `lambda` master rules: the SDK's Lambda client reaches the rule functions that `cargo lambda
 # watch` serves (its Invoke API), the same binaries as on AWS.
 export AWS_ENDPOINT_URL_LAMBDA="${AWS_ENDPOINT_URL_LAMBDA:-http://127.0.0.1:$RULESTREAM_LAMBDA_PORT}"

@@ -21,6 +21,7 @@ start() { # name table [args]
   shift 2
   (cd "$REPO" && exec setsid "$RULESTREAM_PY" "$HERE/runner.py" --table "$table" \
     --template "$REPO/template.yaml" --function-logical-id OrchestratorFunction \
+    --parallelization-factor "$RULESTREAM_PARALLELIZATION_FACTOR" \
     --failures-file "$S/$name.failures.jsonl" "$@" >>"$S/$name.log" 2>&1 </dev/null) &
   echo $! >"$S/$name.pid"
 }

@@ -48,6 +48,7 @@ if ! alive_as runner runner.py; then
   (exec setsid nohup "$RULESTREAM_PY" -u localstack/runner.py --table "$TABLE" \
       --template template.yaml --function-logical-id OrchestratorFunction \
       --function orchestrator --lambda-url "http://127.0.0.1:$RULESTREAM_LAMBDA_PORT" \
+      --parallelization-factor "$RULESTREAM_PARALLELIZATION_FACTOR" \
       --failures-file "$S/runner-failures.jsonl" >"$S/runner.log" 2>&1 </dev/null) &
   echo $! >"$S/runner.pid"
   sleep 1
