@@ -90,7 +90,7 @@ bench-stack: build
 
 ## The chain under load: 200 executions kept in flight for 60 s (BENCHMARKS.md).
 bench-load: build
-	bash scripts/bench-load.sh
+	bash scripts/bench-stack.sh load
 
 ## Bring up the local stack and run the sample flows end to end as a client would.
 demo: build

@@ -4,11 +4,11 @@
     "$RULESTREAM_PY" localstack/bench_load.py [--in-flight 200] [--seconds 60] [--rules 5] \\
         [--idle 10] [--parallelization-factor N]
 
-Needs the stack up, provisioned and seeded, and the orchestrator served by lambda.sh (the script
-scripts/bench-load.sh does all of that). A flow of `--rules` `when` rules, each going to the next
-(one hop per rule), on its own trigger table `<prefix>-trigger-load` fed by its own runner.py
-(the template's stream settings, `--parallelization-factor` overriding the template's
-ParallelizationFactor when given).
+Needs the stack up, provisioned and seeded, and the orchestrator served by lambda.sh
+(`bash scripts/bench-stack.sh load` does all of that). A flow of `--rules` `when` rules, each
+going to the next (one hop per rule), on its own trigger table `<prefix>-trigger-load` fed by
+its own runner.py (the template's stream settings, `--parallelization-factor` overriding the
+template's ParallelizationFactor when given).
 
 1. idle: `--idle` executions one after another; hop = (finished_at - started_at) / (steps - 1),
    from the summary the orchestrator writes (its own clock, so the bench's polling adds nothing);

@@ -711,8 +711,9 @@ class Delivery:
                 first = Segment(seg.records[:half], retries=seg.retries)
                 second = Segment(seg.records[half:], retries=seg.retries)
                 first.last_result = second.last_result = result
-                self.plan.popleft()
-                self.plan.extendleft([second, first])
+                # In place: the plan is never empty meanwhile (a lane reads as idle when it is).
+                self.plan[0] = first
+                self.plan.insert(1, second)
                 log("bisect", shard=self.shard_id, records=len(seqs), halves=[half, len(seqs) - half])
                 return
             seg.reread = not s.bisect  # without bisect: re-read the batch from its first record
@@ -741,6 +742,12 @@ class Delivery:
 
     def backoff(self, n):
         return min(self.s.retry_base_delay * (2 ** (n - 1)), self.s.retry_max_delay)
+
+    def checkpoint(self, last_seq):
+        """Records up to `last_seq` are done: their invocation counts are no longer needed."""
+        k = seq_key(last_seq)
+        for sq in [sq for sq in self.invokes if seq_key(sq) <= k]:
+            del self.invokes[sq]
 
     def give_up(self, records, condition, result, reason, detail):
         seqs = [r["dynamodb"]["SequenceNumber"] for r in records]
@@ -880,9 +887,7 @@ class ShardWorker(Delivery, threading.Thread):
 
     def checkpoint(self, last_seq):
         self.position = ("AFTER_SEQUENCE_NUMBER", last_seq)
-        k = seq_key(last_seq)
-        for s in [s for s in self.invokes if seq_key(s) <= k]:
-            del self.invokes[s]
+        super().checkpoint(last_seq)
 
     def done_with(self, seg):
         """`seg` (the plan's head) is delivered or given up."""
@@ -928,8 +933,9 @@ class Lane(Delivery, threading.Thread):
             self.cond.notify()
 
     def held(self):
+        # list() copies the plan in one step: the lane's thread may be splitting a segment.
         with self.cond:
-            return len(self.queue) + sum(len(seg.records) for seg in self.plan)
+            return len(self.queue) + sum(len(seg.records) for seg in list(self.plan))
 
     def idle(self):
         with self.cond:
@@ -958,11 +964,6 @@ class Lane(Delivery, threading.Thread):
             self.checkpoint(seg.records[-1]["dynamodb"]["SequenceNumber"])
         with self.cond:
             self.plan.popleft()
-
-    def checkpoint(self, last_seq):
-        k = seq_key(last_seq)
-        for sq in [sq for sq in self.invokes if seq_key(sq) <= k]:
-            del self.invokes[sq]
 
     def reread(self, seg):
         with self.cond:

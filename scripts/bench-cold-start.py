@@ -12,12 +12,13 @@ The functions read their configuration at init: the env file of the local stack 
 """
 import argparse
 import http.server
-import os
 import statistics
 import subprocess
 import threading
 import time
 from pathlib import Path
+
+from function_env import env_from  # scripts/function_env.py
 
 FUNCTIONS = ["orchestrator", "sweeper", "sync-api", "release-bridge"]
 
@@ -33,16 +34,6 @@ class Stub(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
-
-
-def env_from(path):
-    env = dict(os.environ)
-    if path and Path(path).exists():
-        for line in Path(path).read_text().splitlines():
-            if "=" in line and not line.lstrip().startswith("#"):
-                k, v = line.split("=", 1)
-                env[k.strip()] = v.strip().strip('"')
-    return env
 
 
 def init_ms(binary, env, port):

@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO / "localstack"))
 from bench_hops import pct, register_chain  # noqa: E402
 from provision import ensure_trigger_table  # noqa: E402
 import runner  # noqa: E402
+from function_env import env_from  # noqa: E402  (scripts/function_env.py)
 
 PREFIX = os.environ.get("RULESTREAM_PREFIX", "rulestream")
 TABLE = f"{PREFIX}-trigger-cpu"
@@ -75,16 +76,6 @@ class RuntimeApi(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
-
-
-def env_from(path):
-    env = dict(os.environ)
-    if path and Path(path).exists():
-        for line in Path(path).read_text().splitlines():
-            if "=" in line and not line.lstrip().startswith("#"):
-                k, v = line.split("=", 1)
-                env[k.strip()] = v.strip().strip('"')
-    return env
 
 
 def cpu_secs(pid):

@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
-# Chain figures on the local stack (BENCHMARKS.md): brings the stack up like `make demo`, runs
-# localstack/bench_hops.py (hops) and localstack/bench_releases.py (release latency, bridge
-# throughput, lambda/http rule steps), and leaves the stack running (`make down` stops it).
+# Chain figures on the local stack (BENCHMARKS.md): brings the stack up like `make demo`, then
+#
+#   bash scripts/bench-stack.sh [ARGS]        (make bench-stack) localstack/bench_hops.py ARGS (the
+#       hop, its floor), localstack/bench_releases.py (release latency, bridge throughput,
+#       lambda/http rule steps) and localstack/bench_cost.py (write units per hop);
+#   bash scripts/bench-stack.sh load [ARGS]   (make bench-load) localstack/bench_load.py ARGS (the
+#       chain under load).
+#
+# It leaves the stack running (`make down` stops it). RULESTREAM_LAMBDA_RELEASE=1 serves release
+# builds.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/.." && pwd)"
@@ -10,6 +17,10 @@ bash "$REPO/localstack/up.sh"
 "$RULESTREAM_PY" "$REPO/localstack/provision.py"
 "$RULESTREAM_PY" "$REPO/localstack/seed.py"
 bash "$REPO/localstack/lambda.sh" start
+if [[ "${1:-}" == load ]]; then
+  shift
+  exec "$RULESTREAM_PY" "$REPO/localstack/bench_load.py" "$@"
+fi
 source "$REPO/localstack/procs.sh"
 "$RULESTREAM_PY" "$REPO/localstack/bench_hops.py" "$@"
 # The bench runs its own consumer of the releases topic: a demo's one would share the messages.
