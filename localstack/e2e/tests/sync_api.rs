@@ -312,11 +312,35 @@ async fn starts_over_the_client_quota_are_answered_429_without_waiting() {
     // Every other warm container has loaded its keys more than a second ago by now, so it
     // reloads them on meeting this one.
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    // Five starts at once (the API answers each once the orchestrator has decided at seq 0).
+    // A burst of five starts at once (the API answers each once the orchestrator has decided at
+    // seq 0, or after its 2 s look). A verdict that comes after the look leaves a 202 whose
+    // execution is then refused: on a loaded machine a whole burst can be that late, so up to
+    // three bursts (a second apart, for the quota's token) are tried for the 429 this test is
+    // about. Every burst is judged in full.
+    let mut bursts = Vec::new();
+    for _ in 0..3 {
+        let codes = quota_burst(&stack, &client, &key).await;
+        let answered_429 = codes.contains(&429);
+        bursts.push(codes);
+        if answered_429 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    assert!(
+        bursts.iter().any(|codes| codes.contains(&429)),
+        "a start over the quota is answered 429: {bursts:?}"
+    );
+}
+
+/// Five concurrent starts of `client`'s flow `q` (quota: one start a second); their status codes.
+/// Each accepted start must end either OK or FAILED for the quota, and some but not all of the
+/// five run.
+async fn quota_burst(stack: &Stack, client: &str, key: &str) -> Vec<u16> {
     let body = json!({"client_id": client, "flow_id": "q", "input": {}}).to_string();
     let answers: Vec<(u16, Value)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..5)
-            .map(|_| s.spawn(|| call("POST", "/v1/executions", Some(&key), Some(&body))))
+            .map(|_| s.spawn(|| call("POST", "/v1/executions", Some(key), Some(&body))))
             .collect();
         handles
             .into_iter()
@@ -342,14 +366,8 @@ async fn starts_over_the_client_quota_are_answered_429_without_waiting() {
     }
     assert!(codes.iter().all(|c| *c == 202 || *c == 429), "{codes:?}");
     assert!(codes.contains(&202), "{codes:?}");
-    assert!(
-        codes.contains(&429),
-        "a start over the quota is answered 429: {codes:?}"
-    );
     // How many of the five ran depends on how far apart they reached the orchestrator (one
-    // token a second): under load they spread, and a verdict that comes after the API's look
-    // leaves a 202 whose execution is then refused. Each accepted start either ran or was
-    // refused for the quota, and together the refusals are at least the 429s.
+    // token a second): each accepted start either ran or was refused for the quota.
     let ended = stack
         .wait_all(&accepted, std::time::Duration::from_secs(60))
         .await;
@@ -364,4 +382,5 @@ async fn starts_over_the_client_quota_are_answered_429_without_waiting() {
     }
     assert!(ran >= 1, "{codes:?}: none of the accepted starts ran");
     assert!(ran < 5, "{codes:?}: all five ran");
+    codes
 }
