@@ -108,7 +108,7 @@ cd "$REPO"
 # test deadlines (a sync-API wait, the quota's 2 s look, the stall bound). On 2 cores the stack
 # serves about 50 hops/s (BENCHMARKS.md, "Under load"); two heavy tests at once slowed each
 # other's chains past those deadlines (a start-and-wait of 20 s answered 202, a burst of starts
-# saw no 429, executions ended by the stall bound). Serial, the suite takes ~10 minutes.
+# saw no 429, executions ended by the stall bound). Serial, the suite takes about 7 minutes.
 if [[ -n "${RULESTREAM_E2E_FILTER:-}" ]]; then
   # One part of the suite (e.g. `make chaos`: binary(chaos)), output shown.
   cargo nextest run -p rulestream-e2e --no-fail-fast --no-capture --test-threads 1 \
