@@ -59,12 +59,12 @@ fn meta(f: &CompiledFlow) -> ExecutionMeta {
 }
 
 /// One whole run through the engine, as dry-run and inline mode do it.
-fn run_once(
-    flow: &CompiledFlow,
+fn run_once<'a>(
+    flow: &'a CompiledFlow,
     m: &ExecutionMeta,
-    input: &Value,
+    input: &'a Value,
     now: chrono::DateTime<Utc>,
-) -> rulestream_core::RunReport {
+) -> rulestream_core::RunReport<'a> {
     pollster::block_on(rulestream_core::run(
         flow,
         m.clone(),

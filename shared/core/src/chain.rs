@@ -410,7 +410,7 @@ where
         let sealed: SealedRow = serde_json::from_value(row.clone()).ok()?;
         let plain = self.sealer.open(&sealed.aad(), &sealed.sealed).await.ok()?;
         let carried: Carried = serde_json::from_slice(&plain).ok()?;
-        carried.state.rule
+        carried.state.rule.map(|r| r.to_string())
     }
 
     async fn load(&self, client: &str, flow: &str, version: u64) -> Result<Load, Retry> {
@@ -665,7 +665,7 @@ where
         }
         let mut state = replay(&steps[..at], flow.reads_steps());
         state.seq = 0;
-        state.rule = Some(rule);
+        state.rule = Some(Arc::from(rule));
         Ok(Ok(state))
     }
 

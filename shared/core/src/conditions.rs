@@ -83,7 +83,7 @@ impl CompiledCondition {
 
 /// One condition's result, for the explain trace.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ConditionResult {
+pub struct ConditionResult<'v> {
     /// Index of the group (OR-ed).
     pub group: usize,
     /// The field tested.
@@ -93,20 +93,35 @@ pub struct ConditionResult {
     /// The value compared with (`expected` in the trace, SPEC section 1 Trace).
     #[serde(rename = "expected", skip_serializing_if = "Option::is_none")]
     pub value: Option<Arc<Value>>,
-    /// The value found (`null` when missing).
-    pub actual: Value,
+    /// The value found (`null` when missing), lent by the input where it comes from there.
+    pub actual: Cow<'v, Value>,
     /// Whether it held.
     pub passed: bool,
+}
+
+impl ConditionResult<'_> {
+    /// The result with its actual value copied.
+    pub fn into_owned(self) -> ConditionResult<'static> {
+        ConditionResult {
+            group: self.group,
+            field: self.field,
+            op: self.op,
+            value: self.value,
+            actual: Cow::Owned(self.actual.into_owned()),
+            passed: self.passed,
+        }
+    }
 }
 
 /// Evaluates groups of conditions: true when every condition of some group holds. Every
 /// condition of every group is evaluated, so the trace shows all of them.
 ///
-/// `lookup` lends the value at a path where it can (only the trace keeps a copy of it).
+/// `lookup` lends the value at a path where it can, and the results keep it lent (a trace line
+/// copies no value of the input).
 pub fn evaluate<'v>(
     groups: &[Vec<CompiledCondition>],
     lookup: impl Fn(&[String]) -> Option<Cow<'v, Value>>,
-) -> (bool, Vec<ConditionResult>) {
+) -> (bool, Vec<ConditionResult<'v>>) {
     let mut any = false;
     let mut results = Vec::with_capacity(groups.iter().map(Vec::len).sum());
     for (gi, group) in groups.iter().enumerate() {
@@ -120,7 +135,7 @@ pub fn evaluate<'v>(
                 field: Arc::clone(&c.field),
                 op: c.condition.op.as_str(),
                 value: c.expected.clone(),
-                actual: actual.map_or(Value::Null, Cow::into_owned),
+                actual: actual.unwrap_or(Cow::Owned(Value::Null)),
                 passed,
             });
         }

@@ -2,6 +2,8 @@
 //! trigger row a client inserts (seq 0) or the orchestrator writes (seq n+1), the commit of one
 //! step, and the version choice at seq 0 (SPEC section 4).
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -27,7 +29,7 @@ pub struct RunState {
     pub seq: u64,
     /// Rule to run next (`None`: the flow's start rule).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rule: Option<String>,
+    pub rule: Option<Arc<str>>,
     /// Values written by `set` and `set_field`.
     #[serde(default)]
     pub ctx: Map<String, Value>,

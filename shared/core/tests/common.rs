@@ -51,7 +51,7 @@ pub fn dry_run(
     now: &str,
     execution_id: &str,
     subset: Option<&str>,
-) -> RunReport {
+) -> RunReport<'static> {
     let v = validate_value(flow, catalog);
     let errors: Vec<String> = v.errors().map(ToString::to_string).collect();
     let compiled = v
@@ -71,6 +71,7 @@ pub fn dry_run(
     pollster::block_on(rulestream_core::run(
         compiled, meta, input, None, now, subset, &DryRun,
     ))
+    .into_owned()
 }
 
 /// How many cases a fuzz target runs: `RULESTREAM_FUZZ_CASES` (set by `make fuzz`), else

@@ -89,10 +89,11 @@ fn every_shape_within_the_limits_compiles_and_evaluates_on_a_small_stack() {
                 flow_id: "f".into(),
                 flow_version: 1,
             };
+            let input = json!({});
             let r = pollster::block_on(run(
                 &f,
                 meta,
-                &json!({}),
+                &input,
                 None,
                 chrono::Utc::now(),
                 None,
@@ -131,7 +132,7 @@ fn beyond_the_limits_is_a_validation_error_never_a_crash() {
     assert!(Expr::compile(&format!("'{}' == ''", "(".repeat(200))).is_ok());
 }
 
-fn run_flow(flow_json: &Value, input: &Value) -> rulestream_core::RunReport {
+fn run_flow(flow_json: &Value, input: &Value) -> rulestream_core::RunReport<'static> {
     let v = validate_value(flow_json, &Catalog::new());
     let f = v.flow.expect("valid flow");
     let meta = ExecutionMeta {
@@ -149,6 +150,7 @@ fn run_flow(flow_json: &Value, input: &Value) -> rulestream_core::RunReport {
         None,
         &DryRun,
     ))
+    .into_owned()
 }
 
 /// A quadratic comprehension over a large input list runs out of budget: an evaluation error

@@ -158,7 +158,10 @@ impl<'f> Session<'f> {
     }
 
     /// The value at `path` (a condition's field), lent where it can be.
-    fn lookup(&self, path: &[String]) -> Option<Cow<'_, Value>> {
+    /// The value at `path`: lent when it is in the input or the client data (which outlive the
+    /// session, so a trace line can keep it), copied from the state (which the next step
+    /// changes).
+    fn lookup(&self, path: &[String]) -> Option<Cow<'f, Value>> {
         let (root, rest) = path.split_first()?;
         match root.as_str() {
             "input" => conditions::walk(self.input, rest).map(Cow::Borrowed),
@@ -166,8 +169,8 @@ impl<'f> Session<'f> {
                 .client
                 .and_then(|c| conditions::walk(c, rest))
                 .map(Cow::Borrowed),
-            "ctx" => walk_map(&self.state.ctx, rest).map(Cow::Borrowed),
-            "steps" => walk_map(&self.state.steps, rest).map(Cow::Borrowed),
+            "ctx" => walk_map(&self.state.ctx, rest).cloned().map(Cow::Owned),
+            "steps" => walk_map(&self.state.steps, rest).cloned().map(Cow::Owned),
             "execution" => conditions::walk(&self.execution_json(), rest)
                 .cloned()
                 .map(Cow::Owned),
@@ -208,11 +211,11 @@ impl<'f> Session<'f> {
 
     /// Runs the current rule and moves the state on. `steps_taken` is how many steps the
     /// execution has already run (for `max_steps`).
-    pub async fn step<E: Effects>(&mut self, fx: &E, steps_taken: u32) -> StepResult {
+    pub async fn step<E: Effects>(&mut self, fx: &E, steps_taken: u32) -> StepResult<'f> {
         let flow = self.flow;
         let idx = match &self.state.rule {
             None => flow.start,
-            Some(id) => match flow.index.get(id) {
+            Some(id) => match flow.index.get(&**id) {
                 Some(i) => *i,
                 None => {
                     return StepResult {
@@ -346,7 +349,9 @@ impl<'f> Session<'f> {
         };
         let next = match target {
             Target::Next => match flow.flow.rules.get(idx + 1) {
-                Some(r) => Next::Rule { rule: r.id.clone() },
+                Some(_) => Next::Rule {
+                    rule: Arc::clone(&flow.rules[idx + 1].id),
+                },
                 None => Next::Done {
                     status: flow.flow.default_status().to_string(),
                     reason: transition.and_then(|t| t.source.reason.clone()),
@@ -354,7 +359,7 @@ impl<'f> Session<'f> {
                 },
             },
             Target::Goto(i) => Next::Rule {
-                rule: flow.flow.rules[i].id.clone(),
+                rule: Arc::clone(&flow.rules[i].id),
             },
             Target::Complete(status) => Next::Done {
                 status,
@@ -375,7 +380,7 @@ impl<'f> Session<'f> {
         record.note = note;
         self.state.seq += 1;
         if let Next::Rule { rule } = &next {
-            self.state.rule = Some(rule.clone());
+            self.state.rule = Some(Arc::clone(rule));
         }
         StepResult {
             record: Some(record),
@@ -390,11 +395,11 @@ impl<'f> Session<'f> {
         rule: &Arc<str>,
         outcome: Arc<str>,
         transition: Arc<Value>,
-        explain: Explain,
+        explain: Explain<'f>,
         set: Map<String, Value>,
         actions: Vec<PlannedAction>,
         started: Instant,
-    ) -> StepRecord {
+    ) -> StepRecord<'f> {
         StepRecord {
             seq,
             rule: Arc::clone(rule),
@@ -414,7 +419,7 @@ impl<'f> Session<'f> {
         rule: &Rule,
         compiled: &CompiledRule,
         fx: &E,
-    ) -> (Arc<str>, Explain, Map<String, Value>) {
+    ) -> (Arc<str>, Explain<'f>, Map<String, Value>) {
         let none = Map::new();
         if let Some(subset) = &self.subset
             && !subset.iter().any(|r| r == &rule.id)
@@ -678,15 +683,15 @@ fn external_outcome(v: &Value) -> Result<Answer, String> {
 }
 
 /// Runs an execution from its start rule to the end (dry-run and inline mode).
-pub async fn run<E: Effects>(
-    flow: &CompiledFlow,
+pub async fn run<'a, E: Effects>(
+    flow: &'a CompiledFlow,
     meta: ExecutionMeta,
-    input: &Value,
-    client: Option<&Value>,
+    input: &'a Value,
+    client: Option<&'a Value>,
     now: DateTime<Utc>,
     subset: Option<Vec<String>>,
     fx: &E,
-) -> RunReport {
+) -> RunReport<'a> {
     let mut session = Session::new(flow, meta, input, client, now, subset, RunState::default());
     let mut steps = Vec::new();
     let mut taken = 0u32;

@@ -18,7 +18,7 @@ pub const CLIENT_DATA: &str = "<client data>";
 /// Why a rule got its outcome.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum Explain {
+pub enum Explain<'v> {
     /// A `when` expression and its value.
     Expression {
         /// The CEL text.
@@ -31,7 +31,7 @@ pub enum Explain {
         /// Whether some group held.
         matched: bool,
         /// Every condition.
-        conditions: Vec<ConditionResult>,
+        conditions: Vec<ConditionResult<'v>>,
     },
     /// A master rule and what it answered.
     Master {
@@ -79,7 +79,7 @@ pub struct PlannedAction {
 
 /// One step's record: the trace line of an execution.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct StepRecord {
+pub struct StepRecord<'v> {
     /// Sequence number of the step.
     pub seq: u64,
     /// The rule that ran.
@@ -89,7 +89,7 @@ pub struct StepRecord {
     /// The transition taken, in flow syntax (`{"goto": "review"}`), without `set`/`actions`.
     pub transition: Arc<Value>,
     /// Why.
-    pub explain: Explain,
+    pub explain: Explain<'v>,
     /// Values written into `ctx` by this step.
     #[serde(skip_serializing_if = "Map::is_empty")]
     pub set: Map<String, Value>,
@@ -103,14 +103,66 @@ pub struct StepRecord {
     pub note: Option<String>,
 }
 
+impl StepRecord<'_> {
+    /// The record with every lent value copied.
+    pub fn into_owned(self) -> StepRecord<'static> {
+        StepRecord {
+            seq: self.seq,
+            rule: self.rule,
+            outcome: self.outcome,
+            transition: self.transition,
+            explain: self.explain.into_owned(),
+            set: self.set,
+            actions: self.actions,
+            duration_us: self.duration_us,
+            note: self.note,
+        }
+    }
+}
+
+impl Explain<'_> {
+    /// The explain with every lent value copied.
+    pub fn into_owned(self) -> Explain<'static> {
+        match self {
+            Explain::Expression { expression, result } => {
+                Explain::Expression { expression, result }
+            }
+            Explain::Conditions {
+                matched,
+                conditions,
+            } => Explain::Conditions {
+                matched,
+                conditions: conditions
+                    .into_iter()
+                    .map(ConditionResult::into_owned)
+                    .collect(),
+            },
+            Explain::Master {
+                rule_id,
+                version,
+                kind,
+                result,
+            } => Explain::Master {
+                rule_id,
+                version,
+                kind,
+                result,
+            },
+            Explain::Skipped { reason } => Explain::Skipped { reason },
+            Explain::Limited { reason } => Explain::Limited { reason },
+            Explain::Error { message } => Explain::Error { message },
+        }
+    }
+}
+
 /// Where an execution goes after a step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Next {
     /// Run this rule at `seq + 1`.
     Rule {
-        /// Rule id.
-        rule: String,
+        /// Rule id (shared with the compiled flow).
+        rule: Arc<str>,
     },
     /// The execution ended.
     Done {
@@ -127,16 +179,16 @@ pub enum Next {
 
 /// The result of [`Session::step`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct StepResult {
+pub struct StepResult<'v> {
     /// The trace line (`None` when no rule ran: `max_steps` was exceeded or the rule is unknown).
-    pub record: Option<StepRecord>,
+    pub record: Option<StepRecord<'v>>,
     /// What comes next.
     pub next: Next,
 }
 
 /// A whole run, as dry-run and inline mode report it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RunReport {
+pub struct RunReport<'v> {
     /// Final status.
     pub status: String,
     /// Why, when known.
@@ -147,7 +199,7 @@ pub struct RunReport {
     /// Rule ids in the order they ran.
     pub path: Vec<Arc<str>>,
     /// Every step.
-    pub steps: Vec<StepRecord>,
+    pub steps: Vec<StepRecord<'v>>,
     /// Final `ctx`.
     pub ctx: Map<String, Value>,
     /// Tags added.
@@ -159,7 +211,22 @@ pub struct RunReport {
     pub actions: Vec<PlannedAction>,
 }
 
-impl RunReport {
+impl RunReport<'_> {
+    /// The report with every lent value copied, to keep beyond the input it was run on.
+    pub fn into_owned(self) -> RunReport<'static> {
+        RunReport {
+            status: self.status,
+            reason: self.reason,
+            error: self.error,
+            path: self.path,
+            steps: self.steps.into_iter().map(StepRecord::into_owned).collect(),
+            ctx: self.ctx,
+            tags: self.tags,
+            route: self.route,
+            actions: self.actions,
+        }
+    }
+
     /// The dry-run answer of SPEC section 6 (and of the API's `POST /v1/dry-run`):
     /// `{status, reason, path, steps: [{rule, outcome, transition, explain, set, note?}], ctx,
     /// tags, actions}` (+ `error`, `route`), explains cut and client data hidden as in a trace.
