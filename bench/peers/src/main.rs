@@ -502,8 +502,85 @@ fn time(engines: &Engines, rounds: usize, pools_file: Option<&str>) {
     }
 }
 
+/// The acme-bank trade pre-clearance sample (`client-configs/`): its flow, through the catalog,
+/// and its examples, each checked against the status it expects.
+struct Preclear {
+    flow: CompiledFlow,
+    meta: ExecutionMeta,
+    cases: Vec<(Value, chrono::DateTime<chrono::Utc>, String)>,
+}
+
+impl Preclear {
+    fn load() -> Preclear {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../client-configs");
+        let read = |p: &str| -> Value {
+            let text = std::fs::read_to_string(root.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{p}: {e}"))
+        };
+        let catalog = Catalog::load_dir(&root.join("catalog")).expect("the sample catalog");
+        let v = validate_value(&read("acme-bank/trade-preclear.json"), &catalog);
+        let errors: Vec<String> = v.errors().map(ToString::to_string).collect();
+        let flow = v
+            .flow
+            .unwrap_or_else(|| panic!("the sample flow is invalid: {errors:?}"));
+        let cases = read("examples/acme-bank.trade-preclear.json")
+            .as_array()
+            .expect("a list of examples")
+            .iter()
+            .map(|c| {
+                let now = chrono::DateTime::parse_from_rfc3339(c["now"].as_str().expect("now"))
+                    .expect("now is RFC 3339")
+                    .with_timezone(&chrono::Utc);
+                let want = c["expect_status"]
+                    .as_str()
+                    .expect("expect_status")
+                    .to_string();
+                (c["input"].clone(), now, want)
+            })
+            .collect();
+        let meta = ExecutionMeta {
+            execution_id: "acme-bank:bench".into(),
+            client_id: flow.flow().client_id.clone(),
+            flow_id: flow.flow().flow_id.clone(),
+            flow_version: flow.flow().version,
+        };
+        Preclear { flow, meta, cases }
+    }
+
+    /// One run of every example; panics when one ends with another status than it expects.
+    fn pass(&self) -> usize {
+        let mut steps = 0;
+        for (input, now, want) in &self.cases {
+            let r = pollster::block_on(rulestream_core::run(
+                &self.flow,
+                self.meta.clone(),
+                black_box(input),
+                None,
+                *now,
+                None,
+                &DryRun,
+            ));
+            assert_eq!(&r.status, want, "acme-bank example on {input}");
+            steps += black_box(r.steps.len());
+        }
+        steps
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("count-preclear") {
+        // Instructions per run of the acme-bank sample: callgrind over a warm-up pass and then
+        // PASSES passes of its examples, less the same run with none.
+        let passes: usize = args.get(2).and_then(|p| p.parse().ok()).unwrap_or(1);
+        let p = Preclear::load();
+        let mut steps = p.pass();
+        for _ in 0..passes {
+            steps += p.pass();
+        }
+        println!("{} examples, {steps} steps", p.cases.len());
+        return;
+    }
     let engines = Engines::new();
     match args.get(1).map(String::as_str) {
         Some("check") => {
@@ -545,7 +622,7 @@ fn main() {
         }
         _ => {
             eprintln!(
-                "usage: rulestream-peers check | time [ROUNDS [POOLS.json]] | count ENGINE mix|miss PASSES | pools"
+                "usage: rulestream-peers check | time [ROUNDS [POOLS.json]] | count ENGINE mix|miss PASSES | count-preclear PASSES | pools"
             );
             std::process::exit(2);
         }

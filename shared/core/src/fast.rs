@@ -1,7 +1,8 @@
 //! A direct evaluator for the common subset of CEL, straight over the execution's JSON: field
 //! paths (`input.user.country`, resolved to a root and its keys when the flow compiles),
 //! literals, list literals, `==` `!=` `<` `<=` `>` `>=`, `in`, `&&` `||` `!`, unary `-`,
-//! `+ - * / %` and `? :`.
+//! `+ - * / %`, `? :`, the conversions `int(int)` and `double(number)`, and the time functions
+//! master rules use: `now`, `timestamp(string)`, `int(timestamp)` (with `params.*` as a root).
 //!
 //! It never decides alone what CEL would decide differently: it answers only when every step of
 //! the evaluation is a case it knows to be exactly what `cel` gives (the same types, the same
@@ -14,6 +15,7 @@
 use std::cmp::Ordering;
 
 use cel::common::ast::{Expr as Ast, IdedExpr, LiteralValue, operators};
+use chrono::{DateTime, FixedOffset};
 use serde_json::{Map, Value};
 
 /// Where a path starts.
@@ -27,6 +29,8 @@ pub enum Root {
     Client,
     /// Outcomes of the rules run so far.
     Steps,
+    /// A master rule's parameters.
+    Params,
 }
 
 /// What a direct evaluation reads: borrowed, nothing converted.
@@ -40,6 +44,10 @@ pub struct Roots<'a> {
     pub client: Option<&'a Value>,
     /// `steps`.
     pub steps: &'a Map<String, Value>,
+    /// `params` (only while a master rule runs).
+    pub params: Option<&'a Value>,
+    /// `now`.
+    pub now: Option<DateTime<FixedOffset>>,
 }
 
 /// A literal of an expression.
@@ -92,6 +100,10 @@ enum Node {
     Cmp(Cmp, Box<Node>, Box<Node>),
     In(Box<Node>, Box<Node>),
     Arith(Arith, Box<Node>, Box<Node>),
+    Now,
+    Timestamp(Box<Node>),
+    Int(Box<Node>),
+    Double(Box<Node>),
 }
 
 /// A value met while evaluating directly. Lists and maps are the JSON they come from, or a
@@ -114,6 +126,8 @@ pub enum Fv<'a> {
     Json(&'a Value),
     /// A list literal of the expression.
     Lits(&'a [Lit]),
+    /// A timestamp (`now`, `timestamp(string)`).
+    Time(DateTime<FixedOffset>),
 }
 
 /// An expression of the subset, compiled for direct evaluation.
@@ -169,6 +183,7 @@ fn path(ast: &IdedExpr) -> Option<Node> {
                     "ctx" => Root::Ctx,
                     "client" => Root::Client,
                     "steps" => Root::Steps,
+                    "params" => Root::Params,
                     _ => return None,
                 };
                 keys.reverse();
@@ -186,6 +201,7 @@ fn node(ast: &IdedExpr, depth: usize) -> Option<Node> {
     let boxed = |a: &IdedExpr| boxed(a, depth);
     match &ast.expr {
         Ast::Literal(l) => lit(l).map(Node::Lit),
+        Ast::Ident(name) if name.as_str() == "now" => Some(Node::Now),
         Ast::Ident(_) | Ast::Select(_) => path(ast),
         Ast::List(l) if l.optional_indices.is_empty() => {
             let items = l
@@ -223,6 +239,9 @@ fn node(ast: &IdedExpr, depth: usize) -> Option<Node> {
                 ("__rs_mul__", 2) => arith(Arith::Mul),
                 ("__rs_div__", 2) => arith(Arith::Div),
                 (operators::MODULO, 2) => arith(Arith::Rem),
+                ("timestamp", 1) => Some(Node::Timestamp(boxed(&a[0])?)),
+                ("int", 1) => Some(Node::Int(boxed(&a[0])?)),
+                ("double", 1) => Some(Node::Double(boxed(&a[0])?)),
                 _ => None,
             }
         }
@@ -284,6 +303,7 @@ fn eval<'a>(n: &'a Node, r: &Roots<'a>) -> Option<Fv<'a>> {
             let v = match root {
                 Root::Input => walk(r.input, keys)?,
                 Root::Client => walk(r.client?, keys)?,
+                Root::Params => walk(r.params?, keys)?,
                 Root::Ctx | Root::Steps => {
                     let m = if *root == Root::Ctx { r.ctx } else { r.steps };
                     let (first, rest) = keys.split_first()?;
@@ -292,6 +312,23 @@ fn eval<'a>(n: &'a Node, r: &Roots<'a>) -> Option<Fv<'a>> {
             };
             Some(of_json(v))
         }
+        Node::Now => r.now.map(Fv::Time),
+        Node::Timestamp(a) => match eval(a, r)? {
+            Fv::Str(s) => timestamp(s).map(Fv::Time),
+            Fv::Time(t) => Some(Fv::Time(t)),
+            _ => None,
+        },
+        Node::Int(a) => match eval(a, r)? {
+            Fv::Time(t) => Some(Fv::Int(t.timestamp())),
+            Fv::Int(i) => Some(Fv::Int(i)),
+            _ => None,
+        },
+        Node::Double(a) => match eval(a, r)? {
+            Fv::Int(i) => Some(Fv::Double(i as f64)),
+            Fv::UInt(u) => Some(Fv::Double(u as f64)),
+            Fv::Double(d) => Some(Fv::Double(d)),
+            _ => None,
+        },
         Node::Not(a) => match eval(a, r)? {
             Fv::Bool(b) => Some(Fv::Bool(!b)),
             _ => None,
@@ -342,11 +379,20 @@ fn eval<'a>(n: &'a Node, r: &Roots<'a>) -> Option<Fv<'a>> {
     }
 }
 
-/// `cel`'s ordering of two scalars: numbers across int, uint and double, strings, bools.
-/// `None` for every other pair (`cel` says they do not compare).
+/// `timestamp(s)` as `cel` reads it: RFC 3339, within the years 1 to 9999 (`None` for anything
+/// else, which `cel` words as an error).
+fn timestamp(s: &str) -> Option<DateTime<FixedOffset>> {
+    let t = DateTime::parse_from_rfc3339(s).ok()?;
+    let year = chrono::Datelike::year(&t.naive_utc());
+    (1..=9999).contains(&year).then_some(t)
+}
+
+/// `cel`'s ordering of two scalars: numbers across int, uint and double, strings, bools,
+/// timestamps. `None` for every other pair (`cel` says they do not compare).
 fn compare(a: Fv<'_>, b: Fv<'_>) -> Option<Ordering> {
-    use Fv::{Bool, Double, Int, Str, UInt};
+    use Fv::{Bool, Double, Int, Str, Time, UInt};
     match (a, b) {
+        (Time(x), Time(y)) => Some(x.cmp(&y)),
         (Int(x), Int(y)) => Some(x.cmp(&y)),
         (UInt(x), UInt(y)) => Some(x.cmp(&y)),
         (Int(x), UInt(y)) => Some(u64::try_from(x).map_or(Ordering::Less, |x| x.cmp(&y))),
@@ -369,6 +415,8 @@ fn equals(a: Fv<'_>, b: Fv<'_>) -> Option<bool> {
     let number = |v: &Fv<'_>| matches!(v, Int(_) | UInt(_) | Double(_));
     match (a, b) {
         (Json(_) | Lits(_), _) | (_, Json(_) | Lits(_)) => None,
+        (Fv::Time(x), Fv::Time(y)) => Some(x == y),
+        (Fv::Time(_), _) | (_, Fv::Time(_)) => None,
         (Null, Null) => Some(true),
         (Str(x), Str(y)) => Some(x == y),
         (Bool(x), Bool(y)) => Some(x == y),
@@ -450,6 +498,6 @@ pub fn to_json(v: Fv<'_>) -> Option<Value> {
         Fv::UInt(u) => Value::from(u),
         Fv::Double(d) => Value::Number(serde_json::Number::from_f64(d)?),
         Fv::Str(s) => Value::String(s.to_string()),
-        Fv::Json(_) | Fv::Lits(_) => return None,
+        Fv::Json(_) | Fv::Lits(_) | Fv::Time(_) => return None,
     })
 }

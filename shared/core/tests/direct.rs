@@ -13,7 +13,7 @@ use rulestream_core::{
 use serde_json::{Map, Value, json};
 
 /// Paths of every kind the generated inputs hold, and some that are missing.
-const PATHS: [&str; 12] = [
+const PATHS: [&str; 13] = [
     "input.i",
     "input.j",
     "input.d",
@@ -26,7 +26,52 @@ const PATHS: [&str; 12] = [
     "input.u",
     "input.missing",
     "ctx.c",
+    "input.ts",
 ];
+
+/// Timestamps as a flow meets them: RFC 3339 with offsets and fractions, the edges of `cel`'s
+/// range (years 1 to 9999, in UTC), and strings and values that are not timestamps.
+fn time_text() -> impl Strategy<Value = Value> {
+    proptest::sample::select(
+        &[
+            "2026-11-22T10:00:00Z",
+            "2027-01-15T09:30:00+05:30",
+            "2027-01-15T04:00:00.000000001Z",
+            "2027-01-15T04:00:00Z",
+            "0001-01-01T00:00:00Z",
+            "0001-01-01T00:30:00+01:00",
+            "9999-12-31T23:59:59.999999999Z",
+            "9999-12-31T23:59:59-01:00",
+            "2026-02-30T00:00:00Z",
+            "2026-11-22 10:00:00",
+            "",
+        ][..],
+    )
+    .prop_map(Value::from)
+}
+
+/// Conversions and times: `now`, `timestamp(..)` of a field or a literal, `int(..)` and
+/// `double(..)` of values of every kind.
+fn time_atom() -> impl Strategy<Value = String> {
+    proptest::sample::select(
+        &[
+            "now",
+            "timestamp(input.ts)",
+            "timestamp('2027-01-15T04:00:00Z')",
+            "timestamp(timestamp(input.ts))",
+            "int(now)",
+            "int(timestamp(input.ts))",
+            "int(input.i)",
+            "int(input.s)",
+            "timestamp(input.i)",
+            "double(input.i)",
+            "double(input.u)",
+            "double(input.d)",
+            "double(input.s)",
+        ][..],
+    )
+    .prop_map(str::to_string)
+}
 
 fn scalar() -> impl Strategy<Value = Value> {
     prop_oneof![
@@ -45,9 +90,11 @@ fn input() -> impl Strategy<Value = Value> {
         proptest::collection::vec(scalar(), 9),
         proptest::collection::vec(scalar(), 0..4),
     )
-        .prop_map(|(v, l)| {
-            json!({"i": v[0], "j": v[1], "d": v[2], "s": v[3], "t": v[4], "n": v[5],
-                   "u": v[6], "l": l, "m": {"k": v[7], "other": v[8]}})
+        .prop_flat_map(|(v, l)| {
+            prop_oneof![time_text(), scalar()].prop_map(move |ts| {
+                json!({"i": v[0], "j": v[1], "d": v[2], "s": v[3], "t": v[4], "n": v[5],
+                       "u": v[6], "l": l, "m": {"k": v[7], "other": v[8]}, "ts": ts})
+            })
         })
 }
 
@@ -71,8 +118,33 @@ fn literal() -> impl Strategy<Value = String> {
 
 fn atom() -> impl Strategy<Value = String> {
     prop_oneof![
-        proptest::sample::select(&PATHS[..]).prop_map(str::to_string),
-        literal()
+        3 => proptest::sample::select(&PATHS[..]).prop_map(str::to_string),
+        3 => literal(),
+        1 => time_atom(),
+    ]
+}
+
+/// A master rule's expressions: the atoms above, its `params`, and comparisons of times as the
+/// catalog's rules write them (`timestamp(a) <= now`, `int(now) - int(timestamp(a)) >= n`).
+fn master_atom() -> impl Strategy<Value = String> {
+    let time = || {
+        proptest::sample::select(
+            &[
+                "now",
+                "timestamp(input.ts)",
+                "timestamp(params.q)",
+                "timestamp('2027-01-15T04:00:00Z')",
+            ][..],
+        )
+    };
+    let cmp = || proptest::sample::select(&["==", "!=", "<", "<=", ">", ">="][..]);
+    prop_oneof![
+        2 => atom(),
+        2 => proptest::sample::select(&["params.p", "params.q", "params.missing", "params"][..])
+            .prop_map(str::to_string),
+        2 => (time(), cmp(), time()).prop_map(|(a, o, b)| format!("{a} {o} {b}")),
+        1 => (time(), cmp(), prop_oneof![Just("params.p"), Just("86400")])
+            .prop_map(|(a, o, n)| format!("int(now) - int({a}) {o} {n} * 86400")),
     ]
 }
 
@@ -87,7 +159,15 @@ fn shallow() -> impl Strategy<Value = String> {
 }
 
 fn tree(depth: u32, calls: bool) -> impl Strategy<Value = String> {
-    atom().prop_recursive(depth, 24, 3, move |inner| {
+    tree_of(atom(), depth, calls)
+}
+
+fn tree_of(
+    atom: impl Strategy<Value = String> + 'static,
+    depth: u32,
+    calls: bool,
+) -> impl Strategy<Value = String> {
+    atom.prop_recursive(depth, 24, 3, move |inner| {
         let ops = proptest::sample::select(
             &[
                 "==", "!=", "<", "<=", ">", ">=", "in", "&&", "||", "+", "-", "*", "/", "%",
@@ -106,7 +186,11 @@ fn tree(depth: u32, calls: bool) -> impl Strategy<Value = String> {
 }
 
 fn compile(flow: &Value) -> Option<CompiledFlow> {
-    validate_value(flow, &Catalog::new()).flow
+    compile_with(flow, &Catalog::new())
+}
+
+fn compile_with(flow: &Value, catalog: &Catalog) -> Option<CompiledFlow> {
+    validate_value(flow, catalog).flow
 }
 
 /// Every step of a run (records without their timing), and how it ended.
@@ -168,8 +252,54 @@ fn agree(src: &str, input: &Value) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// A master rule of kind `cel` whose expression is `src`, used with `params`, then a rule
+/// whose `set` reads the same parameters.
+fn agree_master(src: &str, input: &Value, params: &Value) -> Result<(), TestCaseError> {
+    let mut catalog = Catalog::new();
+    let rule = json!({"rule_id": "m", "version": 1, "kind": "cel", "expression": src,
+        "params": {"p": 1, "q": 1}});
+    if catalog.add_source("m.json", &rule.to_string()).is_err() {
+        return Ok(());
+    }
+    let flow = json!({"client_id": "t", "flow_id": "f", "version": 1,
+        "terminal_statuses": ["OK"], "rules": [
+            {"id": "w", "use": "m", "params": params, "on_error": {"next": true},
+             "default": {"next": true}},
+            {"id": "s", "use": "m", "params": params, "on_error": {"complete": "OK"},
+             "default": {"complete": "OK", "set": {"v": "params.p"}}}]});
+    let v = validate_value(&flow, &catalog);
+    let errors: Vec<String> = v.errors().map(ToString::to_string).collect();
+    prop_assert!(
+        v.flow.is_some(),
+        "the flow around `{}` is valid: {:?}",
+        src,
+        errors
+    );
+    if let Some(flow) = v.flow {
+        prop_assert_eq!(run(&flow, input, true), run(&flow, input, false), "{}", src);
+    }
+    Ok(())
+}
+
+/// A master rule's parameters (a `null` one counts as missing, which validation refuses).
+fn params() -> impl Strategy<Value = Value> {
+    let given = || scalar().prop_filter("a parameter is given", |v| !v.is_null());
+    (given(), prop_oneof![given(), time_text()]).prop_map(|(p, q)| json!({"p": p, "q": q}))
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// Master rules' expressions, over their `params` and time functions: the same steps with
+    /// and without direct evaluation.
+    #[test]
+    fn direct_evaluation_agrees_with_cel_in_master_rules(
+        src in tree_of(master_atom(), 2, false),
+        input in input(),
+        params in params(),
+    ) {
+        agree_master(&src, &input, &params)?;
+    }
 
     /// Shallow expressions of the subset: the same steps with and without direct evaluation.
     #[test]
@@ -209,6 +339,8 @@ fn the_direct_evaluator_answers_most_generated_cases() {
             ctx: &ctx,
             client: None,
             steps: &steps,
+            params: None,
+            now: None,
         };
         if e.eval_direct(&roots).is_some() {
             answered += 1;
@@ -230,6 +362,10 @@ fn the_benchmark_decision_is_direct() {
         r#""blocked" in input.user.tags"#,
         "input.ml.score > 0.9",
         "input.n % 2 == 0 ? 'even' : 'odd'",
+        // The acme-bank sample's master rules.
+        "int(now) - int(timestamp(input.employee.last_trade_at)) >= params.min_days * 86400",
+        "timestamp(input.blackout.start) <= now && now < timestamp(input.blackout.end)",
+        "input.trade.currency == params.currency && input.trade.amount <= params.limit",
     ] {
         let e = Expr::compile(src).expect("compiles");
         assert!(e.is_direct(), "{src}");

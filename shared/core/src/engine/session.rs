@@ -62,6 +62,10 @@ pub struct Session<'f> {
     /// Whether expressions of the direct subset are evaluated directly (see [`crate::fast`]).
     direct: bool,
     gray_key: std::cell::OnceCell<String>,
+    /// The parameters of the last master rule run (`params` of its expression and its
+    /// transition's `set`), and whether the `cel` context has them yet.
+    params: Option<(&'f Value, &'f CelValue)>,
+    params_bound: bool,
 }
 
 impl<'f> Session<'f> {
@@ -87,6 +91,8 @@ impl<'f> Session<'f> {
             ctx_dirty: true,
             direct: true,
             gray_key: std::cell::OnceCell::new(),
+            params: None,
+            params_bound: true,
         }
     }
 
@@ -128,6 +134,8 @@ impl<'f> Session<'f> {
             ctx: &self.state.ctx,
             client: self.client,
             steps: &self.state.steps,
+            params: self.params.map(|(p, _)| p),
+            now: Some(self.now.fixed_offset()),
         }
     }
 
@@ -197,6 +205,12 @@ impl<'f> Session<'f> {
                 self.cel_mut().add_variable_from_value("ctx", v);
             }
             self.ctx_dirty = false;
+        }
+        if !self.params_bound {
+            if let Some((_, p)) = self.params {
+                self.cel_mut().add_variable_from_value("params", p.clone());
+            }
+            self.params_bound = true;
         }
         if self.flow.trie("steps").is_some() {
             let v = expr::json_to_cel(&Value::Object(self.state.steps.clone()));
@@ -417,7 +431,7 @@ impl<'f> Session<'f> {
     async fn decide<E: Effects>(
         &mut self,
         rule: &Rule,
-        compiled: &CompiledRule,
+        compiled: &'f CompiledRule,
         fx: &E,
     ) -> (Arc<str>, Explain<'f>, Map<String, Value>) {
         let none = Map::new();
@@ -514,12 +528,12 @@ impl<'f> Session<'f> {
                 params_cel,
             } => {
                 // Bound for this rule's expression and its transition's `set`.
-                self.cel_mut()
-                    .add_variable_from_value("params", params_cel.clone());
+                self.params = Some((params, params_cel));
+                self.params_bound = false;
                 let answer = match (kind, expr) {
-                    (MasterKind::Cel, Some(e)) => e
-                        .eval(self.cel())
-                        .and_then(|v| outcome_of(&v))
+                    (MasterKind::Cel, Some(e)) => self
+                        .direct(e, direct_outcome)
+                        .map_or_else(|| e.eval(self.cel()).and_then(|v| outcome_of(&v)), Ok)
                         .map(|(o, r)| (o, r, Map::new())),
                     _ => {
                         let payload = json!({
