@@ -55,3 +55,12 @@ for e in zen-expression zen-table cel-naive rulestream-when rulestream-condition
   done
   echo "$row"
 done
+echo
+echo "The acme-bank trade pre-clearance sample through rulestream (its 8 examples, each checked"
+echo "against its expected status; callgrind, a warm-up pass then $PASSES passes, less none):"
+echo
+base="$(valgrind --tool=callgrind --callgrind-out-file=/dev/null "$P" count-preclear 0 2>&1 | sed -n 's/.*Collected : \([0-9]*\).*/\1/p')"
+more="$(valgrind --tool=callgrind --callgrind-out-file=/dev/null "$P" count-preclear "$PASSES" 2>&1 | sed -n 's/.*Collected : \([0-9]*\).*/\1/p')"
+runs="$("$P" count-preclear 0 | cut -d' ' -f1)"
+echo "| acme-bank/trade-preclear, instructions per run | $(( (more - base) / (PASSES * runs) )) |"
+
