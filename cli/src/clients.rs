@@ -103,15 +103,6 @@ async fn rows(c: &Ctx, client: &str) -> anyhow::Result<Vec<HashMap<String, Attri
     Ok(out.items().to_vec())
 }
 
-fn keys_of(item: &HashMap<String, AttributeValue>) -> Vec<String> {
-    match item.get("api_key_sha256") {
-        Some(AttributeValue::L(l)) => l.iter().filter_map(|v| v.as_s().ok().cloned()).collect(),
-        Some(AttributeValue::Ss(l)) => l.clone(),
-        Some(AttributeValue::S(s)) => vec![s.clone()],
-        _ => Vec::new(),
-    }
-}
-
 fn flow_of(item: &HashMap<String, AttributeValue>) -> String {
     item.get("flow_id")
         .and_then(|v| v.as_s().ok())
@@ -195,7 +186,7 @@ pub fn add(a: &AddArgs) -> anyhow::Result<Outcome> {
         let c = ctx().await?;
         let existing = rows(&c, &a.client).await?;
         // A client's keys are the same on all its rows: a new flow inherits them.
-        let mut keys: Vec<String> = existing.iter().flat_map(keys_of).collect();
+        let mut keys: Vec<String> = existing.iter().flat_map(rulestream_aws::flows::api_key_hashes).collect();
         keys.dedup();
         let new_key = keys.is_empty().then(new_key);
         if let Some(k) = &new_key {
@@ -332,7 +323,7 @@ pub fn rotate_key(client: &str, finish: bool, json_out: bool) -> anyhow::Result<
             return refuse(&format!("no client `{client}` is registered"));
         }
         let mut keys: Vec<String> = Vec::new();
-        for k in items.iter().flat_map(keys_of) {
+        for k in items.iter().flat_map(rulestream_aws::flows::api_key_hashes) {
             if !keys.contains(&k) {
                 keys.push(k);
             }

@@ -93,14 +93,7 @@ impl ApiKeys {
                 let Some(AttributeValue::S(client)) = item.get("client_id") else {
                     continue;
                 };
-                let hashes: Vec<String> = match item.get("api_key_sha256") {
-                    Some(AttributeValue::L(l)) => {
-                        l.iter().filter_map(|v| v.as_s().ok().cloned()).collect()
-                    }
-                    Some(AttributeValue::Ss(l)) => l.clone(),
-                    Some(AttributeValue::S(s)) => vec![s.clone()],
-                    _ => Vec::new(),
-                };
+                let hashes = rulestream_aws::flows::api_key_hashes(item);
                 for h in hashes.iter().filter_map(|h| unhex(h)) {
                     out.push((h, client.clone()));
                 }

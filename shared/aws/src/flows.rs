@@ -21,6 +21,17 @@ use crate::cache::TtlCache;
 use crate::config::Config;
 use crate::limiter::RedisLimiter;
 
+/// The API key digests of a clients row (`api_key_sha256`: a list, a string set, or one
+/// string), as the sync API checks them and the CLI manages them.
+pub fn api_key_hashes(item: &HashMap<String, AttributeValue>) -> Vec<String> {
+    match item.get("api_key_sha256") {
+        Some(AttributeValue::L(l)) => l.iter().filter_map(|v| v.as_s().ok().cloned()).collect(),
+        Some(AttributeValue::Ss(l)) => l.clone(),
+        Some(AttributeValue::S(s)) => vec![s.clone()],
+        _ => Vec::new(),
+    }
+}
+
 const CLIENT_DATA_TTL: Duration = Duration::from_secs(300);
 /// How long a clients row is trusted when the config epoch cannot be read.
 const CLIENTS_WITHOUT_EPOCH: Duration = Duration::from_secs(1);
@@ -373,10 +384,10 @@ impl AwsFlowSource {
         let text = String::from_utf8(bytes.to_vec())
             .map_err(|_| StoreError::Invalid(format!("{s3_key} is not UTF-8")))?;
         let mut v = validate_str(&text, &catalog);
-        if v.errors()
-            .any(|f| f.to_string().contains("is not in the catalog"))
-        {
-            // A rule published a moment ago, read past a stale cache: read the catalog again.
+        if v.errors().any(|f| f.path.ends_with(".use")) {
+            // An error on a rule's `use` is about the catalog (the master rule is not in it, or
+            // does not compile): it may be a rule published a moment ago, read past a stale
+            // cache, so read the catalog again.
             v = validate_str(&text, &*self.catalog(true).await?);
         }
         let Some(flow) = v.flow.filter(|_| {
