@@ -32,7 +32,7 @@ fn rt() -> anyhow::Result<tokio::runtime::Runtime> {
 
 async fn ctx() -> anyhow::Result<Ctx> {
     let cfg = Config::from_env().map_err(|e| anyhow!("configuration: {e}"))?;
-    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let sdk = rulestream_aws::sdk_config().await;
     Ok(Ctx {
         ddb: aws_sdk_dynamodb::Client::new(&sdk),
         store: ReleaseStore::new(&sdk, &cfg),

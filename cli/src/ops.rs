@@ -36,9 +36,7 @@ impl Backend {
     /// From the environment, as the functions read it.
     pub fn connect() -> anyhow::Result<Backend> {
         let cfg = Config::from_env().map_err(|e| anyhow!("configuration: {e}"))?;
-        let sdk = runtime()?.block_on(aws_config::load_defaults(
-            aws_config::BehaviorVersion::latest(),
-        ));
+        let sdk = runtime()?.block_on(rulestream_aws::sdk_config());
         let ddb = Client::new(&sdk);
         let journal = DynamoJournal::new(ddb.clone(), &cfg.executions_table, &cfg.steps_table);
         Ok(Backend { cfg, ddb, journal })

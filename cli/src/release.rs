@@ -41,7 +41,7 @@ fn rt() -> anyhow::Result<tokio::runtime::Runtime> {
 
 async fn ctx(json: bool) -> anyhow::Result<Ctx> {
     let cfg = Config::from_env().map_err(|e| anyhow!("configuration: {e}"))?;
-    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let sdk = rulestream_aws::sdk_config().await;
     let store = ReleaseStore::new(&sdk, &cfg);
     Ok(Ctx {
         cfg,

@@ -116,7 +116,7 @@ fn leaves(text: &str, out: &mut Vec<String>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_data_and_secrets_never_land_in_an_item_a_row_or_a_log() {
     let stack = Stack::from_env().await;
-    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let sdk = rulestream_aws::sdk_config().await;
     let sm = aws_sdk_secretsmanager::Client::new(&sdk);
     let tag = uid();
     // acme-bank's seeded role, a secret of its own for this test, with values found nowhere else.

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 async fn webhooks_are_signed_and_delivered_once_per_key_and_http_rules_answer() {
     let stack = Stack::from_env().await;
     let (base, seen) = receiver().await;
-    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let sdk = rulestream_aws::sdk_config().await;
     let secrets = aws_sdk_secretsmanager::Client::new(&sdk);
     let secret_id = format!("rulestream/e2e/hook-key-{}", uuid::Uuid::new_v4());
     secrets
@@ -311,7 +311,7 @@ async fn failing_receivers_never_hold_the_chain_and_are_retried_then_recorded() 
 async fn notifications_reach_their_channel_once_with_the_rendered_template() {
     let stack = Stack::from_env().await;
     let (base, seen) = receiver().await;
-    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let sdk = rulestream_aws::sdk_config().await;
     let secrets = aws_sdk_secretsmanager::Client::new(&sdk);
     let tag = uuid::Uuid::new_v4().simple().to_string();
     // The channel's URL lives only in the client's secret (SPEC section 1: `channels.<name>`).

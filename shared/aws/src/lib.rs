@@ -113,10 +113,26 @@ where
     }
 }
 
-/// Picks rustls's process-wide crypto provider (ring) once: two TLS stacks are linked (HTTPS for
-/// webhooks, TLS to Redis) and rustls refuses to guess between providers.
+/// Picks rustls's process-wide crypto provider (ring) once, for every TLS client of the process
+/// (the SDK's, webhooks', Redis's).
 pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// The SDK's configuration from the environment (region, credentials, `AWS_ENDPOINT_URL*`),
+/// with one HTTPS client on rustls and ring, the crypto the rest of rulestream uses. Every SDK
+/// configuration of rulestream is loaded here: the SDK's default client would link a second
+/// crypto library (aws-lc), and without it a client built elsewhere has no HTTP client at all.
+pub async fn sdk_config() -> aws_config::SdkConfig {
+    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+    install_crypto();
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https();
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(http)
+        .load()
+        .await
 }
 
 /// What every function builds at cold start: logs, configuration, one SDK configuration, the
@@ -137,7 +153,7 @@ impl Base {
     pub async fn load() -> Result<Base, Box<dyn std::error::Error + Send + Sync>> {
         init_logging();
         let cfg = Config::from_env()?;
-        let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let sdk = sdk_config().await;
         let journal = DynamoJournal::new(
             aws_sdk_dynamodb::Client::new(&sdk),
             &cfg.executions_table,
