@@ -103,6 +103,18 @@ async fn rows(c: &Ctx, client: &str) -> anyhow::Result<Vec<HashMap<String, Attri
     Ok(out.items().to_vec())
 }
 
+/// The key digests of a client's rows, each once, in the order the rows give them (the last is
+/// the newest).
+fn client_keys(items: &[HashMap<String, AttributeValue>]) -> Vec<String> {
+    let mut keys: Vec<String> = Vec::new();
+    for k in items.iter().flat_map(rulestream_aws::flows::api_key_hashes) {
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    keys
+}
+
 fn flow_of(item: &HashMap<String, AttributeValue>) -> String {
     item.get("flow_id")
         .and_then(|v| v.as_s().ok())
@@ -186,8 +198,7 @@ pub fn add(a: &AddArgs) -> anyhow::Result<Outcome> {
         let c = ctx().await?;
         let existing = rows(&c, &a.client).await?;
         // A client's keys are the same on all its rows: a new flow inherits them.
-        let mut keys: Vec<String> = existing.iter().flat_map(rulestream_aws::flows::api_key_hashes).collect();
-        keys.dedup();
+        let mut keys = client_keys(&existing);
         let new_key = keys.is_empty().then(new_key);
         if let Some(k) = &new_key {
             keys.push(digest(k));
@@ -322,12 +333,7 @@ pub fn rotate_key(client: &str, finish: bool, json_out: bool) -> anyhow::Result<
         if items.is_empty() {
             return refuse(&format!("no client `{client}` is registered"));
         }
-        let mut keys: Vec<String> = Vec::new();
-        for k in items.iter().flat_map(rulestream_aws::flows::api_key_hashes) {
-            if !keys.contains(&k) {
-                keys.push(k);
-            }
-        }
+        let keys = client_keys(&items);
         let new_key = (!finish).then(new_key);
         let next: Vec<String> = match &new_key {
             Some(k) => keys.iter().cloned().chain([digest(k)]).collect(),

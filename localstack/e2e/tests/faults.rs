@@ -15,7 +15,7 @@ fn uid() -> String {
 }
 
 async fn create_secret(name: &str, value: &Value) -> aws_sdk_secretsmanager::Client {
-    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let sdk = rulestream_aws::sdk_config().await;
     let sm = aws_sdk_secretsmanager::Client::new(&sdk);
     sm.create_secret()
         .name(name)

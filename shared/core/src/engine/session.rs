@@ -165,8 +165,7 @@ impl<'f> Session<'f> {
         })
     }
 
-    /// The value at `path` (a condition's field), lent where it can be.
-    /// The value at `path`: lent when it is in the input or the client data (which outlive the
+    /// The value at `path` (a condition's field): lent when it is in the input or the client data (which outlive the
     /// session, so a trace line can keep it), copied from the state (which the next step
     /// changes).
     fn lookup(&self, path: &[String]) -> Option<Cow<'f, Value>> {
@@ -362,9 +361,9 @@ impl<'f> Session<'f> {
             None => (implicit_next(), Target::Next),
         };
         let next = match target {
-            Target::Next => match flow.flow.rules.get(idx + 1) {
-                Some(_) => Next::Rule {
-                    rule: Arc::clone(&flow.rules[idx + 1].id),
+            Target::Next => match flow.rules.get(idx + 1) {
+                Some(r) => Next::Rule {
+                    rule: Arc::clone(&r.id),
                 },
                 None => Next::Done {
                     status: flow.flow.default_status().to_string(),
