@@ -7,6 +7,7 @@
 use aws_sdk_dynamodbstreams::types::{AttributeValue, ShardIteratorType};
 use rulestream_aws::DynamoJournal;
 use rulestream_core::chain::{Settings, end_at};
+use rulestream_core::ports::Journal;
 use serde_json::Value;
 
 /// The queue and the clients to drain it.
@@ -177,8 +178,18 @@ impl FailureQueue {
                 let Ok(seq) = seq.parse::<u64>() else {
                     continue;
                 };
+                // The rule that never ran: where the step before it said to go.
+                let before = match seq.checked_sub(1) {
+                    Some(prev) => journal.step(id, prev).await.ok().flatten(),
+                    None => None,
+                };
+                let what = match before.as_ref().and_then(|s| s.pointer("/next/rule")) {
+                    Some(Value::String(rule)) => format!("rule `{rule}` (step {seq})"),
+                    _ if seq == 0 => "the start rule (step 0)".to_string(),
+                    _ => format!("step {seq}"),
+                };
                 let why = format!(
-                    "the record of step {seq} reached the on-failure destination ({condition}, {attempts} invocations): the step never ran"
+                    "the record of {what} reached the on-failure destination ({condition}, {attempts} invocations): it never ran"
                 );
                 match end_at(journal, settings, id, seq, &why).await {
                     Ok(true) => ended += 1,

@@ -104,6 +104,7 @@ pub async fn check(store: &ReleaseStore, brokers: Option<&str>, topic: &str) -> 
                     reason = why,
                     "guard: automatic rollback sent"
                 );
+                rulestream_core::chain::emit::rolled_back(&client, &flow);
                 report.rolled_back += 1;
             }
             Err(e) => {

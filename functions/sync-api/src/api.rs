@@ -13,8 +13,8 @@ use base64::Engine;
 use lambda_http::{Body, Request, RequestExt, Response};
 use rulestream_aws::config::Config;
 use rulestream_aws::{AwsEffects, AwsFlowSource, Http, StateSealer};
-use rulestream_core::chain::{Cancel, Chain, RUNNING, bounded_trace, cancel};
-use rulestream_core::execution::check_execution_id;
+use rulestream_core::chain::{Cancel, Chain, RUNNING, bounded_trace, cancel, pending_summary};
+use rulestream_core::execution::{check_execution_id, duration_secs};
 use rulestream_core::ports::{FlowSource, Journal, StoreError};
 use rulestream_core::{ExecutionMeta, Mocked};
 use serde_json::{Map, Value, json};
@@ -153,6 +153,16 @@ fn body_json(req: &Request) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
+/// The versions an execution may run: the pinned one, else stable and the candidate.
+fn may_run(pinned: Option<u64>, release: &rulestream_core::execution::Release) -> Vec<u64> {
+    match pinned {
+        Some(v) => vec![v],
+        None => std::iter::once(release.stable)
+            .chain(release.candidate)
+            .collect(),
+    }
+}
+
 fn only(body: &Map<String, Value>, allowed: &[&str], what: &str) -> Result<(), ApiError> {
     match body.keys().find(|k| !allowed.contains(&k.as_str())) {
         Some(k) => Err(ApiError::bad(format!(
@@ -284,6 +294,8 @@ impl App {
     }
 
     async fn start(&self, req: &Request) -> Answer {
+        // Who is asking comes first: a request without a valid key is a 401 whatever its body.
+        self.caller(req).await?;
         let body = body_json(req)?;
         only(
             &body,
@@ -387,7 +399,19 @@ impl App {
         }
         let started = Instant::now();
         if inline {
-            let handed_off = self.run_inline(&id, row).await?;
+            // The start rule calls out or takes a token in a version the execution may run:
+            // the chain runs it, as it runs any such step (see `run_inline`).
+            let handed_off = if self
+                .starts_with_effects(&client, &flow, version, &cf.release)
+                .await
+            {
+                self.put_row(&row, true).await?;
+                true
+            } else {
+                // A wait shorter than the inline budget bounds the inline run too.
+                let budget = timeout.map_or(INLINE_BUDGET, |t| t.min(INLINE_BUDGET));
+                self.run_inline(&id, row, budget).await?
+            };
             if let Some(answer) = self.ended(&id).await? {
                 return Ok(answer);
             }
@@ -429,14 +453,8 @@ impl App {
         pinned: Option<u64>,
         release: &rulestream_core::execution::Release,
     ) -> Result<Vec<String>, ApiError> {
-        let versions: Vec<u64> = match pinned {
-            Some(v) => vec![v],
-            None => std::iter::once(release.stable)
-                .chain(release.candidate)
-                .collect(),
-        };
         let mut out = vec!["FAILED".to_string(), "CANCELLED".to_string()];
-        for v in versions {
+        for v in may_run(pinned, release) {
             let f = self
                 .chain
                 .flows
@@ -456,6 +474,24 @@ impl App {
             }
         }
         Ok(out)
+    }
+
+    /// Whether the start rule of a version the execution may run (the pinned one, else stable
+    /// and candidate) calls out or takes a token; a version that cannot be read counts as yes.
+    async fn starts_with_effects(
+        &self,
+        client: &str,
+        flow: &str,
+        pinned: Option<u64>,
+        release: &rulestream_core::execution::Release,
+    ) -> bool {
+        for v in may_run(pinned, release) {
+            match self.chain.flows.flow_version(client, flow, v).await {
+                Ok(f) if !f.decides_with_effects(None) => {}
+                _ => return true,
+            }
+        }
+        false
     }
 
     async fn put_row(&self, row: &Value, fresh: bool) -> Result<(), ApiError> {
@@ -495,7 +531,7 @@ impl App {
     /// out (a `lambda`/`http` master rule, a rate-limited rule), a step that fails transiently,
     /// or the inline budget running out hands the rest to the chain: its row is written to the
     /// trigger table for real. Returns whether it was handed off.
-    async fn run_inline(&self, id: &str, seq0: Value) -> Result<bool, ApiError> {
+    async fn run_inline(&self, id: &str, seq0: Value, budget: Duration) -> Result<bool, ApiError> {
         let table = self.cfg.trigger_table.clone();
         let started = Instant::now();
         if self
@@ -521,7 +557,7 @@ impl App {
                     (Some(f), Some(rule)) => f.decides_with_effects(Some(rule)),
                     _ => true,
                 };
-                if calls_out || started.elapsed() > INLINE_BUDGET {
+                if calls_out || started.elapsed() > budget {
                     self.hand_off(&t, &row).await?;
                     return Ok(true);
                 }
@@ -652,7 +688,17 @@ impl App {
             .await
             .map_err(|e| store("reading the execution", e))?
         else {
-            return Err(ApiError::not_found(format!("no execution `{id}`")));
+            // Started, not yet picked up by the orchestrator: only its trigger row exists.
+            return match self
+                .chain
+                .journal
+                .first_row(&self.cfg.trigger_table, id)
+                .await
+                .map_err(|e| store("reading the trigger row", e))?
+            {
+                Some(row) => Ok((200, pending_summary(&row))),
+                None => Err(ApiError::not_found(format!("no execution `{id}`"))),
+            };
         };
         if e["status"] == RUNNING {
             let steps: Vec<Value> = self
@@ -735,16 +781,23 @@ impl App {
         let mut values = HashMap::from([(":c".to_string(), AttributeValue::S(client.clone()))]);
         let mut key = "#c = :c".to_string();
         if let Some(since) = q.first("since") {
-            let t = chrono::DateTime::parse_from_rfc3339(since).map_err(|_| {
-                ApiError::bad("`since` must be an RFC 3339 time (e.g. 2026-11-30T00:00:00Z)")
-            })?;
+            // An RFC 3339 time, or a look-back from now as the CLI's `--since` takes it.
+            let t = match chrono::DateTime::parse_from_rfc3339(since) {
+                Ok(t) => t.with_timezone(&chrono::Utc),
+                Err(_) => duration_secs(since)
+                    .ok()
+                    .and_then(chrono::TimeDelta::try_seconds)
+                    .and_then(|d| chrono::Utc::now().checked_sub_signed(d))
+                    .ok_or_else(|| {
+                        ApiError::bad(
+                            "`since` must be an RFC 3339 time (e.g. 2026-11-30T00:00:00Z) or a look-back (30s, 15m, 2h, 7d)",
+                        )
+                    })?,
+            };
             names.insert("#t".into(), "started_at".into());
             values.insert(
                 ":t".into(),
-                AttributeValue::S(
-                    t.with_timezone(&chrono::Utc)
-                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                ),
+                AttributeValue::S(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
             );
             key.push_str(" AND #t >= :t");
         }
@@ -806,6 +859,8 @@ impl App {
     }
 
     async fn dry_run(&self, req: &Request) -> Answer {
+        // Who is asking comes first: a request without a valid key is a 401 whatever its body.
+        self.caller(req).await?;
         let body = body_json(req)?;
         only(
             &body,

@@ -70,6 +70,13 @@ impl Journal for Captured {
             .push((table.to_string(), row.clone()));
         Ok(true)
     }
+    async fn first_row(
+        &self,
+        table: &str,
+        execution_id: &str,
+    ) -> Result<Option<Value>, StoreError> {
+        self.inner.first_row(table, execution_id).await
+    }
     async fn claim_delivery(
         &self,
         execution_id: &str,

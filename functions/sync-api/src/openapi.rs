@@ -91,8 +91,9 @@ pub struct Execution {
     pub flow_version: Option<u64>,
     /// RUNNING, a terminal status, FAILED or CANCELLED.
     pub status: String,
-    /// RFC 3339.
-    pub started_at: String,
+    /// RFC 3339; absent right after a start, until the orchestrator has picked up the seq 0
+    /// row.
+    pub started_at: Option<String>,
     /// Every step so far: rule, outcome, transition, explain, duration, actions.
     pub trace: Vec<Value>,
     /// More fields of the summary (finished_at, output, reason, error, tags, route, rerun_of…).
@@ -172,7 +173,7 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorDetail {
     /// bad_request, unauthorized, forbidden, not_found, conflict, payload_too_large,
-    /// too_many_requests, internal.
+    /// throttled, internal.
     pub code: String,
     /// For people.
     pub message: String,

@@ -70,6 +70,8 @@ async fn start_wait_read_list_cancel_and_dry_run_with_auth() {
     let mut other_flow = flow.clone();
     other_flow["client_id"] = json!(other);
     register(&stack, &other_flow, &other_key).await;
+    wait_for_key(&client, &key);
+    wait_for_key(&other, &other_key);
     let k = Some(key.as_str());
 
     // Auth.
@@ -271,6 +273,85 @@ async fn start_wait_read_list_cancel_and_dry_run_with_auth() {
     assert_eq!((s, error_code(&v)), (404, "not_found"), "{v}");
 }
 
+/// Waits until the API accepts `key`: a warm API container learns a new key within a second (it
+/// reloads the keys when it meets an unknown one, at most once a second).
+fn wait_for_key(client: &str, key: &str) {
+    let start = std::time::Instant::now();
+    while call(
+        "GET",
+        &format!("/v1/executions?client_id={client}"),
+        Some(key),
+        None,
+    )
+    .0 == 401
+    {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "the new key is never accepted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execution_is_read_and_cancelled_right_after_its_start() {
+    let stack = Stack::from_env().await;
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let client = format!("now{}", &tag[..8]);
+    let key = format!("key-{tag}");
+    // A long chain: still running when it is read and cancelled, whether or not the
+    // orchestrator has picked up its seq 0 row yet.
+    let mut rules: Vec<Value> = (0..30)
+        .map(|i| json!({"id": format!("r{i}"), "when": "true", "on": {"true": {"next": true}}}))
+        .collect();
+    rules.push(json!({"id": "end", "when": "true", "on": {"true": {"complete": "DONE"}}}));
+    let flow = json!({"client_id": client, "flow_id": "long", "version": 1,
+        "terminal_statuses": ["DONE"], "rules": rules});
+    register(&stack, &flow, &key).await;
+    wait_for_key(&client, &key);
+    let k = Some(key.as_str());
+
+    // Without a valid key, the body does not matter: 401 first.
+    let (s, v) = call("POST", "/v1/executions", None, Some("{not json"));
+    assert_eq!((s, error_code(&v)), (401, "unauthorized"), "{v}");
+    let (s, v) = call("POST", "/v1/dry-run", Some("wrong"), Some("[]"));
+    assert_eq!((s, error_code(&v)), (401, "unauthorized"), "{v}");
+
+    let start = json!({"client_id": client, "flow_id": "long", "input": {}}).to_string();
+    for _ in 0..3 {
+        // Read at once: never a 404, even before the orchestrator's first step.
+        let (s, v) = call("POST", "/v1/executions", k, Some(&start));
+        assert_eq!(s, 202, "{v}");
+        let id = v["execution_id"].as_str().expect("id").to_string();
+        let (s, v) = call("GET", &format!("/v1/executions/{id}"), k, None);
+        assert_eq!((s, v["status"].clone()), (200, json!("RUNNING")), "{v}");
+        assert_eq!(v["execution_id"], json!(id), "{v}");
+        assert_eq!(v["flow_id"], "long", "{v}");
+
+        // Cancel at once: it ends CANCELLED before its next step, and never runs to DONE.
+        let (s, v) = call("POST", &format!("/v1/executions/{id}/cancel"), k, None);
+        assert_eq!((s, v["status"].clone()), (200, json!("CANCELLED")), "{v}");
+        let (s, v) = call("GET", &format!("/v1/executions/{id}"), k, None);
+        assert_eq!((s, v["status"].clone()), (200, json!("CANCELLED")), "{v}");
+        let steps = v["steps_total"].as_u64().unwrap_or(0);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let after = stack.execution(&id).await.expect("summary");
+        assert_eq!(after["status"], "CANCELLED", "{after}");
+        assert_eq!(
+            after["steps_total"].as_u64().unwrap_or(0),
+            steps,
+            "no step after the cancel"
+        );
+    }
+
+    // Listing with a look-back, as the CLI's --since takes it.
+    let (s, v) = call("GET", "/v1/executions?since=1h", k, None);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["executions"].as_array().map(Vec::len), Some(3), "{v}");
+    let (s, v) = call("GET", "/v1/executions?since=soon", k, None);
+    assert_eq!((s, error_code(&v)), (400, "bad_request"), "{v}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starts_over_the_client_quota_are_answered_429_without_waiting() {
     let stack = Stack::from_env().await;
@@ -292,23 +373,8 @@ async fn starts_over_the_client_quota_are_answered_429_without_waiting() {
         )])),
     )
     .await;
-    // A warm API container learns a new key within a second (it reloads the keys when it meets
-    // an unknown one, at most once a second): wait for that, so the burst is not refused 401.
-    let start = std::time::Instant::now();
-    while call(
-        "GET",
-        &format!("/v1/executions?client_id={client}"),
-        Some(&key),
-        None,
-    )
-    .0 == 401
-    {
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(10),
-            "the new key is never accepted"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    // Wait for the new key, so the burst is not refused 401.
+    wait_for_key(&client, &key);
     // Every other warm container has loaded its keys more than a second ago by now, so it
     // reloads them on meeting this one.
     std::thread::sleep(std::time::Duration::from_millis(1100));

@@ -256,6 +256,18 @@ impl Journal for DynamoJournal {
         self.put_if_absent(table, row, "execution_id").await
     }
 
+    async fn first_row(
+        &self,
+        table: &str,
+        execution_id: &str,
+    ) -> Result<Option<Value>, StoreError> {
+        let key = HashMap::from([
+            ("execution_id".to_string(), s(execution_id)),
+            ("seq".to_string(), n(0)),
+        ]);
+        self.get(table, key).await
+    }
+
     async fn claim_delivery(
         &self,
         execution_id: &str,

@@ -46,9 +46,7 @@ impl AwsEffects {
         payload: &Value,
         timeout_ms: Option<u64>,
     ) -> Result<Value, EffectError> {
-        let ms = timeout_ms
-            .unwrap_or(DEFAULT_RULE_TIMEOUT_MS)
-            .min(MAX_RULE_TIMEOUT_MS);
+        let ms = timeout_ms.unwrap_or(DEFAULT_RULE_TIMEOUT_MS);
         let bytes = serde_json::to_vec(payload).map_err(|e| EffectError::Failed(e.to_string()))?;
         let call = self
             .lambda
@@ -130,6 +128,12 @@ impl Effects for AwsEffects {
         payload: &Value,
         timeout_ms: Option<u64>,
     ) -> Result<Value, EffectError> {
+        // Both kinds wait the catalog's `timeout_ms`, by default 3 s (SPEC section 2).
+        let timeout_ms = Some(
+            timeout_ms
+                .unwrap_or(DEFAULT_RULE_TIMEOUT_MS)
+                .min(MAX_RULE_TIMEOUT_MS),
+        );
         if kind == MasterKind::Http {
             let bytes =
                 serde_json::to_vec(payload).map_err(|e| EffectError::Failed(e.to_string()))?;

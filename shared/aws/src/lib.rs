@@ -26,11 +26,13 @@ pub use limiter::RedisLimiter;
 pub use sealer::StateSealer;
 pub use webhooks::{Egress, Http};
 
-/// Structured JSON logs (tracing), level from `RUST_LOG` (default `info`).
+/// Structured JSON logs (tracing), level from `RUST_LOG` (default `info`): one object per line,
+/// the event's fields (`execution_id`, `rule`, …) at its top level beside `level` and `target`.
 pub fn init_logging() {
     install_crypto();
     tracing_subscriber::fmt()
         .json()
+        .flatten_event(true)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

@@ -36,6 +36,11 @@ impl Metrics {
             "start -> end of an execution"
         );
         metrics::describe_counter!("DeliveryFailures", Unit::Count, "deliveries given up on");
+        metrics::describe_counter!(
+            "AutomaticRollbacks",
+            Unit::Count,
+            "rollbacks sent by a release guard"
+        );
         Metrics(collector)
     }
 

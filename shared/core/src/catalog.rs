@@ -148,6 +148,18 @@ mod tests {
     }
 
     #[test]
+    fn attributes_a_catalog_file_adds_are_ignored() {
+        let mut c = Catalog::new();
+        c.add_source(
+            "catalog/max.json",
+            r#"[{"rule_id": "max_amount", "version": 1, "kind": "cel", "description": "d",
+                 "params": {"limit": 1}, "expression": "true", "owner": "risk-team"}]"#,
+        )
+        .expect("an unknown attribute is ignored (SPEC section 2)");
+        assert_eq!(c.get("max_amount", None).map(|r| r.version), Some(1));
+    }
+
+    #[test]
     fn a_retired_version_is_never_the_latest_but_is_found_by_number() {
         let mut c = Catalog::new();
         c.insert(rule(1, "true"));

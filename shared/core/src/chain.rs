@@ -166,6 +166,15 @@ pub mod emit {
         metrics::counter!("DeliveryFailures", &labels).increment(1);
     }
 
+    /// A release guard sent an automatic rollback: `AutomaticRollbacks`.
+    pub fn rolled_back(client: &str, flow: &str) {
+        let labels = [
+            ("client_id", client.to_string()),
+            ("flow_id", flow.to_string()),
+        ];
+        metrics::counter!("AutomaticRollbacks", &labels).increment(1);
+    }
+
     /// Milliseconds from an RFC 3339 time to now.
     pub fn since(rfc3339: &str) -> Option<f64> {
         let t = chrono::DateTime::parse_from_rfc3339(rfc3339).ok()?;
@@ -225,16 +234,7 @@ pub fn shard_of(execution_id: &str) -> String {
     (u32::from(h[0]) % SHARDS).to_string()
 }
 
-/// `scheme://host[:port]` of a URL: what traces and logs show of it (paths and queries may hold
-/// secrets, e.g. a chat webhook's token).
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "<not a url>".into();
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let host = authority.rsplit('@').next().unwrap_or_default();
-    format!("{scheme}://{host}")
-}
+pub use crate::engine::redact_url;
 
 fn str_of<'a>(v: &'a Value, k: &str) -> &'a str {
     v.get(k).and_then(Value::as_str).unwrap_or_default()
@@ -1555,7 +1555,15 @@ pub async fn cancel<J: Journal>(
 ) -> Result<Cancel, StoreError> {
     for _ in 0..20 {
         let Some(summary) = journal.summary(id).await? else {
-            return Ok(Cancel::NotFound);
+            // Started by a trigger row that the orchestrator has not picked up yet: a CANCELLED
+            // summary written first makes the orchestrator pass over that row.
+            let Some(row) = journal.first_row(&settings.trigger_table, id).await? else {
+                return Ok(Cancel::NotFound);
+            };
+            if cancel_before_start(journal, settings, id, &row, reason).await? {
+                return Ok(Cancel::Cancelled { at_seq: 0 });
+            }
+            continue;
         };
         let status = str_of(&summary, "status");
         if status != RUNNING {
@@ -1614,6 +1622,65 @@ pub async fn cancel<J: Journal>(
     )))
 }
 
+/// What `GET` and `status` show for an execution that has a seq 0 trigger row and no summary
+/// yet (the orchestrator has not picked it up): `RUNNING`, with no step.
+pub fn pending_summary(row: &Value) -> Value {
+    let mut doc = json!({
+        "execution_id": str_of(row, "execution_id"),
+        "client_id": str_of(row, "client_id"),
+        "flow_id": str_of(row, "flow_id"),
+        "status": RUNNING,
+        "trace": [],
+        "steps_total": 0,
+    });
+    if let Some(v) = row.get("flow_version").and_then(Value::as_u64) {
+        doc["flow_version"] = json!(v);
+    }
+    if let Some(r) = row.get("rerun_of").and_then(Value::as_str) {
+        doc["rerun_of"] = json!(r);
+    }
+    doc
+}
+
+/// Ends an execution whose seq 0 row no step has run yet: a `CANCELLED` summary, on condition
+/// that none exists. `Ok(false)`: the orchestrator wrote its summary first.
+async fn cancel_before_start<J: Journal>(
+    journal: &J,
+    settings: &Settings,
+    id: &str,
+    row: &Value,
+    reason: &str,
+) -> Result<bool, StoreError> {
+    let now = Utc::now();
+    let client = str_of(row, "client_id");
+    let flow = str_of(row, "flow_id");
+    let mut doc = json!({
+        "execution_id": id,
+        "client_id": client,
+        "flow_id": flow,
+        "status": CANCELLED,
+        "started_at": rfc3339(now),
+        "finished_at": rfc3339(now),
+        "reason": reason,
+        "output": {},
+        "tags": [],
+        "trace": [],
+        "steps_total": 0,
+        "expires_at": now.timestamp() + settings.retention_secs,
+    });
+    if let Some(v) = row.get("flow_version").and_then(Value::as_u64) {
+        doc["flow_version"] = json!(v);
+    }
+    if let Some(r) = row.get("rerun_of").and_then(Value::as_str) {
+        doc["rerun_of"] = json!(r);
+    }
+    let written = journal.start(&doc).await?;
+    if written {
+        emit::ended(client, flow, CANCELLED, Some(0.0));
+    }
+    Ok(written)
+}
+
 /// The steps that were decided (stop markers left out).
 fn decided(steps: Vec<Value>) -> Vec<Value> {
     steps
@@ -1645,13 +1712,21 @@ async fn end_if_stalled<J: Journal>(
         return Ok(false);
     }
     let why = match &last {
-        Some(s) => format!(
-            "no progress for {idle}s after step {} (rule `{}`, outcome `{}`): the step that follows never ran (its record may have reached the on-failure destination)",
-            s.get("seq").and_then(Value::as_u64).unwrap_or(0),
-            str_of(s, "rule"),
-            str_of(s, "outcome")
-        ),
-        None => format!("no progress for {idle}s: the first step never ran"),
+        Some(s) => {
+            let stuck = match s.pointer("/next/rule").and_then(Value::as_str) {
+                Some(next) => format!("rule `{next}`, which follows,"),
+                None => "the step that follows".to_string(),
+            };
+            format!(
+                "no progress for {idle}s after step {} (rule `{}`, outcome `{}`): {stuck} never ran (its record may have reached the on-failure destination)",
+                s.get("seq").and_then(Value::as_u64).unwrap_or(0),
+                str_of(s, "rule"),
+                str_of(s, "outcome")
+            )
+        }
+        None => {
+            format!("no progress for {idle}s: the first step (the flow's start rule) never ran")
+        }
     };
     // Claim the next seq with a stop marker first: if a late step took it meanwhile, the execution
     // is not stalled after all; if the marker wins, that late step finds it and runs nothing.
@@ -1735,7 +1810,7 @@ mod tests {
         let cut_len = e["conditions"][1]["actual"]
             .as_str()
             .map(|s| s.chars().count());
-        assert_eq!(cut_len, Some(EXPLAIN_VALUE_CHARS + 1));
+        assert_eq!(cut_len, Some(EXPLAIN_VALUE_CHARS));
     }
 
     #[test]

@@ -218,6 +218,24 @@ impl Quota {
     }
 }
 
+/// A look-back like `30s`, `15m`, `2h` or `7d` in seconds (a bare number counts minutes), as the
+/// CLI's `--since` and the API's `since` take it; `Err` says what is wrong.
+pub fn duration_secs(d: &str) -> Result<i64, String> {
+    let (num, unit) = d.split_at(d.find(|c: char| !c.is_ascii_digit()).unwrap_or(d.len()));
+    let n: i64 = num
+        .parse()
+        .map_err(|_| format!("`{d}`: expected a number and a unit (30s, 15m, 2h, 7d)"))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" | "" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("`{d}`: unknown unit `{unit}` (s, m, h, d)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{d}` is too long a look-back"))
+}
+
 /// Why an execution id is not acceptable for a client (SPEC section 3): `<client_id>:` followed by
 /// 1–128 characters of `[A-Za-z0-9._:-]`, client ids being `[a-z0-9][a-z0-9-]{0,62}`.
 pub fn check_execution_id(client_id: &str, execution_id: &str) -> Result<(), String> {

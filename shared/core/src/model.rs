@@ -406,8 +406,12 @@ pub struct Action {
     /// `set_field`: the `ctx` key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
-    /// `set_field`: the literal value.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `set_field`: the literal value (`null` is a value here, distinct from leaving it out).
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub value: Option<Value>,
 }
 
@@ -458,9 +462,9 @@ impl MasterKind {
     }
 }
 
-/// A reusable rule in the catalog (SPEC section 2).
+/// A reusable rule in the catalog (SPEC section 2). Attributes it does not know are ignored,
+/// in catalog source files as in the table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub struct MasterRule {
     /// Catalog id, used by a flow rule's `use`.
     pub rule_id: String,

@@ -235,6 +235,14 @@ pub trait Journal: Sync {
         row: &Value,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
+    /// The seq 0 trigger row of an execution in `table` (consistent read): an execution a client
+    /// has started but the orchestrator has not picked up yet has this row and no summary.
+    fn first_row(
+        &self,
+        table: &str,
+        execution_id: &str,
+    ) -> impl Future<Output = Result<Option<Value>, StoreError>> + Send;
+
     /// Claims delivery attempt `attempt` (1-based) of a step: on condition that the step's
     /// `delivery_attempts` is `attempt - 1` (absent counts as 0) and, for a later attempt, that
     /// something is still pending (`pending_due` present and past), sets it to `attempt` and

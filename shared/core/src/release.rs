@@ -218,7 +218,9 @@ pub fn guard_verdict(guard: &Guard, candidate: Counts, stable: Counts) -> Option
         }
     };
     let (cs, ss) = (share(candidate), share(stable));
-    (cs - ss > guard.max_failed_delta).then(|| {
+    // "More than the delta": a difference equal to it, give or take float rounding (110/200 -
+    // 100/200 is 0.050000000000000044), is not over it.
+    (cs - ss - guard.max_failed_delta > 1e-9).then(|| {
         format!(
             "guard: the candidate's FAILED share {:.1}% ({} of {}) exceeds stable's {:.1}% ({} of {}) by more than {:.1} points",
             cs * 100.0,
@@ -355,6 +357,12 @@ mod tests {
         );
         let why = guard_verdict(&g, c(200, 40), c(1000, 60)).expect("20% vs 6%");
         assert!(why.contains("20.0%") && why.contains("6.0%"), "{why}");
+        assert_eq!(
+            guard_verdict(&g, c(200, 110), c(200, 100)),
+            None,
+            "55% vs 50%: exactly the delta is not more than it"
+        );
+        assert!(guard_verdict(&g, c(200, 111), c(200, 100)).is_some());
     }
 
     #[test]

@@ -391,7 +391,7 @@ fn check_flow(flow: &Flow, out: &mut Vec<Finding>) {
                 "$.default_status",
                 "default_status must not be empty",
             ));
-        } else if status == crate::model::FAILED || status == "RUNNING" {
+        } else if RESERVED_STATUSES.contains(&status) {
             out.push(error(
                 "$.default_status",
                 format!("`{status}` is reserved by rulestream"),
@@ -399,7 +399,7 @@ fn check_flow(flow: &Flow, out: &mut Vec<Finding>) {
         }
     }
     for (i, s) in flow.terminal_statuses.iter().enumerate() {
-        if s == crate::model::FAILED || s == "RUNNING" {
+        if RESERVED_STATUSES.contains(&s.as_str()) {
             out.push(error(
                 format!("$.terminal_statuses[{i}]"),
                 format!("`{s}` is reserved by rulestream"),
@@ -409,10 +409,9 @@ fn check_flow(flow: &Flow, out: &mut Vec<Finding>) {
     check_graph(flow, out);
 }
 
-/// Successors of each rule in the flow graph; `n` (one past the last rule) is "ended".
-/// Where each rule can go (`n`: the end of the flow), from [`Rule::ways`]: every way for the
-/// rules the start reaches, and (with `designed_only`) without the ways only a `rules` subset
-/// opens, for the rules that can end.
+/// Where each rule can go (`n`, one past the last rule: the end of the flow), from
+/// [`Rule::ways`]: every way, or (with `designed_only`) without the ways only a `rules` subset
+/// opens.
 fn successors(flow: &Flow, index: &HashMap<&str, usize>, designed_only: bool) -> Vec<Vec<usize>> {
     let n = flow.rules.len();
     flow.rules
@@ -464,28 +463,15 @@ fn check_graph(flow: &Flow, out: &mut Vec<Finding>) {
             }
         }
     }
-    // Which rules the start reaches, a `rules` subset's skips included.
-    let succ = successors(flow, &index, false);
+    // Which rules the start reaches by the flow's own transitions, and which only through a
+    // `rules` subset's skips (a rule left out falls through to the next one).
     let start = flow
         .start
         .as_deref()
         .and_then(|s| index.get(s).copied())
         .unwrap_or(0);
-    let mut seen = vec![false; n + 1];
-    seen[start] = true;
-    let mut q = VecDeque::from([start]);
-    while let Some(i) = q.pop_front() {
-        if i >= n {
-            continue;
-        }
-        for &j in &succ[i] {
-            let j = j.min(n);
-            if !seen[j] {
-                seen[j] = true;
-                q.push_back(j);
-            }
-        }
-    }
+    let designed = reached(&successors(flow, &index, true), start);
+    let seen = reached(&successors(flow, &index, false), start);
     for (i, r) in flow.rules.iter().enumerate() {
         if !ends[i] {
             out.push(error(
@@ -501,9 +487,41 @@ fn check_graph(flow: &Flow, out: &mut Vec<Finding>) {
                 format!("$.rules[{i}]"),
                 format!("rule `{}` is never reached from the start rule", r.id),
             ));
+        } else if !designed[i] {
+            out.push(warning(
+                format!("$.rules[{i}]"),
+                format!(
+                    "rule `{}` is never reached by a transition from the start rule (only when a trigger row's `rules` subset passes over a rule before it)",
+                    r.id
+                ),
+            ));
         }
     }
 }
+
+/// Which of the rules (and `n`, the end) a breadth-first walk from `start` over `succ` reaches.
+fn reached(succ: &[Vec<usize>], start: usize) -> Vec<bool> {
+    let n = succ.len();
+    let mut seen = vec![false; n + 1];
+    seen[start] = true;
+    let mut q = VecDeque::from([start]);
+    while let Some(i) = q.pop_front() {
+        if i >= n {
+            continue;
+        }
+        for &j in &succ[i] {
+            let j = j.min(n);
+            if !seen[j] {
+                seen[j] = true;
+                q.push_back(j);
+            }
+        }
+    }
+    seen
+}
+
+/// Statuses rulestream gives an execution itself (SPEC section 3): a flow may not use them.
+pub const RESERVED_STATUSES: [&str; 3] = ["RUNNING", crate::model::FAILED, "CANCELLED"];
 
 /// The most rules a flow may have (SPEC section 1, Limits).
 pub const MAX_RULES: usize = 200;

@@ -158,3 +158,24 @@ fn invalid_flows_report_every_error_with_its_path() {
         failures.join("\n")
     );
 }
+
+#[test]
+fn dry_run_answers_show_webhook_urls_as_scheme_host_and_port_only() {
+    let flow = serde_json::json!({"client_id": "acme", "flow_id": "hooks", "version": 1,
+        "terminal_statuses": ["OK"],
+        "rules": [{"id": "a", "when": "true", "on": {"true": {"complete": "OK", "actions": [
+            {"type": "call_webhook", "url": "https://hooks.example.com:8443/T000/B000/secret-token?sig=x"},
+            {"type": "add_tag", "tag": "t"}]}}}]});
+    let report = common::dry_run(
+        &flow,
+        &Catalog::new(),
+        &serde_json::json!({}),
+        "2026-01-01T00:00:00Z",
+        "acme:1",
+        None,
+    );
+    let doc = report.spec_json();
+    assert_eq!(doc["actions"][0]["url"], "https://hooks.example.com:8443");
+    assert_eq!(doc["actions"][1]["tag"], "t");
+    assert!(!doc.to_string().contains("secret-token"), "{doc}");
+}

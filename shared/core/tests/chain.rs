@@ -140,6 +140,15 @@ impl Journal for Mem {
         rows.push((table.to_string(), row.clone()));
         Ok(true)
     }
+    async fn first_row(&self, table: &str, id: &str) -> Result<Option<Value>, StoreError> {
+        Ok(self
+            .rows
+            .lock()
+            .expect("lock")
+            .iter()
+            .find(|(t, r)| t == table && r["execution_id"] == id && r["seq"] == 0)
+            .map(|(_, r)| r.clone()))
+    }
     async fn claim_delivery(
         &self,
         id: &str,
@@ -836,6 +845,55 @@ fn a_cancelled_execution_ends_before_its_next_step_and_cancel_is_safe_to_repeat(
     assert_eq!(
         block(cancel(&c.journal, &c.settings, "acme:done", "x")),
         Ok(Cancel::AlreadyEnded("NO".into()))
+    );
+}
+
+#[test]
+fn an_execution_cancelled_before_the_orchestrator_picks_it_up_never_runs_a_step() {
+    use rulestream_core::chain::{Cancel, RUNNING, cancel, pending_summary};
+    let c = chain();
+    // A client inserted the seq 0 row; the orchestrator has not seen it yet.
+    let row = start("acme:early", json!({"n": 5}));
+    let table = c.settings.trigger_table.clone();
+    assert_eq!(block(c.journal.put_row(&table, &row)), Ok(true));
+    let shown = pending_summary(
+        &block(c.journal.first_row(&table, "acme:early"))
+            .expect("read")
+            .expect("the row is there"),
+    );
+    assert_eq!(shown["status"], RUNNING);
+    assert_eq!(shown["client_id"], "acme");
+    assert_eq!(shown["trace"], json!([]));
+    assert_eq!(
+        block(cancel(
+            &c.journal,
+            &c.settings,
+            "acme:early",
+            "changed my mind"
+        )),
+        Ok(Cancel::Cancelled { at_seq: 0 })
+    );
+    let s = summary(&c, "acme:early");
+    assert_eq!(s["status"], "CANCELLED");
+    assert_eq!(s["reason"], "changed my mind");
+    // Now the orchestrator gets the row: it runs nothing and the summary stays CANCELLED.
+    let rows = std::mem::take(&mut *c.journal.rows.lock().expect("lock"));
+    for (t, r) in rows {
+        assert_eq!(block(c.run_row(Some(&t), r)), Ok(()));
+    }
+    assert_eq!(summary(&c, "acme:early")["status"], "CANCELLED");
+    assert!(
+        block(c.journal.steps("acme:early"))
+            .expect("steps")
+            .is_empty()
+    );
+    assert!(
+        c.journal.rows.lock().expect("lock").is_empty(),
+        "no next row"
+    );
+    assert_eq!(
+        block(cancel(&c.journal, &c.settings, "acme:early", "again")),
+        Ok(Cancel::AlreadyEnded("CANCELLED".into()))
     );
 }
 

@@ -257,7 +257,15 @@ impl RunReport<'_> {
             "steps": steps,
             "ctx": self.ctx,
             "tags": self.tags,
-            "actions": self.actions,
+            "actions": self.actions.iter().map(|a| {
+                let mut a = serde_json::to_value(a).unwrap_or(Value::Null);
+                if let Some(url) = a.get_mut("url")
+                    && let Some(shown) = url.as_str().map(redact_url)
+                {
+                    *url = Value::String(shown);
+                }
+                a
+            }).collect::<Vec<Value>>(),
         });
         if let Some(route) = &self.route {
             doc["route"] = json!(route);
@@ -267,6 +275,17 @@ impl RunReport<'_> {
         }
         doc
     }
+}
+
+/// `scheme://host[:port]` of a URL: what traces, logs and dry-run answers show of it (paths and
+/// queries may hold secrets, e.g. a chat webhook's token).
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<not a url>".into();
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    format!("{scheme}://{host}")
 }
 
 /// Whether a condition's field reads client data (`client`, `client.x`, `client[...]`): its
@@ -295,15 +314,17 @@ pub fn sanitize_explain(explain: &mut Value) {
     }
 }
 
+/// A value over 256 characters becomes its first 255 and `…`: 256 in all (a list or an object
+/// counts the characters of its JSON text, and is shown as that text once cut).
 fn cut_value(v: &mut Value) {
     match v {
         Value::String(s) if s.chars().count() > EXPLAIN_VALUE_CHARS => {
-            *s = cut(s, EXPLAIN_VALUE_CHARS);
+            *s = cut(s, EXPLAIN_VALUE_CHARS - 1);
         }
         Value::Array(_) | Value::Object(_) => {
             let text = v.to_string();
-            if text.len() > EXPLAIN_VALUE_CHARS {
-                *v = Value::String(cut(&text, EXPLAIN_VALUE_CHARS));
+            if text.chars().count() > EXPLAIN_VALUE_CHARS {
+                *v = Value::String(cut(&text, EXPLAIN_VALUE_CHARS - 1));
             }
         }
         _ => {}
