@@ -41,9 +41,26 @@ async fn ctx() -> anyhow::Result<Ctx> {
     })
 }
 
+/// A user error: one line, exit 1.
 fn refuse(line: &str) -> anyhow::Result<Outcome> {
     eprintln!("rulestream: {line}");
     Ok(Outcome::UserFix)
+}
+
+/// Bad usage (a malformed argument or option): an error, which `main` prints on one line and
+/// turns into exit 2, like every other usage error.
+fn usage(line: String) -> anyhow::Result<Outcome> {
+    Err(anyhow!(line))
+}
+
+/// The usage error of a client id that SPEC section 3 does not allow.
+fn check_client_arg(client: &str) -> anyhow::Result<()> {
+    if valid_client_id(client) {
+        return Ok(());
+    }
+    Err(anyhow!(
+        "client id `{client}`: use 1-63 of a-z, 0-9 and `-`, starting with a letter or digit"
+    ))
 }
 
 fn ddb_err<E: std::error::Error + 'static, R: std::fmt::Debug>(
@@ -174,25 +191,21 @@ pub struct AddArgs {
 
 /// `client add CLIENT FLOW`.
 pub fn add(a: &AddArgs) -> anyhow::Result<Outcome> {
-    if !valid_client_id(&a.client) {
-        return refuse(&format!(
-            "client id `{}`: use 1-63 of a-z, 0-9 and `-`, starting with a letter or digit",
-            a.client
-        ));
-    }
+    // Malformed arguments and options are bad usage: exit 2.
+    check_client_arg(&a.client)?;
     if !valid_flow_id(&a.flow) {
-        return refuse(&format!(
+        return usage(format!(
             "flow id `{}`: use 1-128 of A-Z, a-z, 0-9, `-`, `_` and `.`",
             a.flow
         ));
     }
     if a.role_arn.is_some() != a.secret_id.is_some() {
-        return refuse("client data needs both --role-arn and --secret-id");
+        return usage("client data needs both --role-arn and --secret-id".to_string());
     }
     if let Some(q) = a.quota
         && !(q.is_finite() && q > 0.0)
     {
-        return refuse(&format!("--quota {q}: starts per second must be above 0"));
+        return usage(format!("--quota {q}: starts per second must be above 0"));
     }
     rt()?.block_on(async {
         let c = ctx().await?;
@@ -274,6 +287,7 @@ pub fn set_enabled(
     enabled: bool,
     json_out: bool,
 ) -> anyhow::Result<Outcome> {
+    check_client_arg(client)?;
     rt()?.block_on(async {
         let c = ctx().await?;
         let mut flows: Vec<String> = rows(&c, client).await?.iter().map(flow_of).collect();
@@ -327,6 +341,7 @@ pub fn set_enabled(
 /// `client rotate-key CLIENT [--finish]`: adds a new key (the old ones stay valid), or with
 /// `finish` removes every key but the newest.
 pub fn rotate_key(client: &str, finish: bool, json_out: bool) -> anyhow::Result<Outcome> {
+    check_client_arg(client)?;
     rt()?.block_on(async {
         let c = ctx().await?;
         let items = rows(&c, client).await?;

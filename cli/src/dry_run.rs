@@ -6,7 +6,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
-use rulestream_core::{ExecutionMeta, Mocked, validate_str};
+use rulestream_core::model::FAILED;
+use rulestream_core::{ExecutionMeta, Finding, Mocked, validate_str};
 use serde_json::{Value, json};
 
 use crate::Outcome;
@@ -93,15 +94,28 @@ pub fn run(a: &Args) -> anyhow::Result<Outcome> {
     };
     let v = validate_str(&text, &catalog);
     let Some(flow) = v.flow.as_ref().filter(|_| v.is_valid()) else {
+        let errors: Vec<&Finding> = v.errors().collect();
+        let (reason, error) = invalid_flow_reason(&errors);
         if a.json {
-            let errors: Vec<_> = v.errors().collect();
+            // The SPEC section 6 shape of an execution that ended FAILED, with the findings.
             println!(
                 "{}",
-                serde_json::to_string_pretty(&json!({"valid": false, "errors": errors}))?
+                serde_json::to_string_pretty(&json!({
+                    "status": FAILED,
+                    "reason": reason,
+                    "error": error,
+                    "errors": errors,
+                    "path": [],
+                    "steps": [],
+                    "ctx": {},
+                    "tags": [],
+                    "actions": [],
+                }))?
             );
+            eprintln!("rulestream: {}: {reason}", a.flow.display());
         } else {
             eprintln!("{} is not a valid flow:", a.flow.display());
-            for e in v.errors() {
+            for e in &errors {
                 eprintln!("  {e}");
             }
         }
@@ -139,9 +153,41 @@ pub fn run(a: &Args) -> anyhow::Result<Outcome> {
         }
         print!("{}", output::dry_run_table(flow.flow(), &report));
     }
-    Ok(if report.status == rulestream_core::model::FAILED {
-        Outcome::UserFix
-    } else {
-        Outcome::Ok
-    })
+    if report.status == FAILED {
+        let why = report
+            .reason
+            .as_deref()
+            .or(report.error.as_deref())
+            .unwrap_or("no reason recorded");
+        eprintln!(
+            "rulestream: execution ended FAILED: {}",
+            why.replace('\n', " ")
+        );
+        return Ok(Outcome::UserFix);
+    }
+    Ok(Outcome::Ok)
+}
+
+/// One finding on one line.
+fn finding_line(f: &Finding) -> String {
+    f.to_string().replace('\n', " ")
+}
+
+/// Why a flow is not valid: a one-line reason naming its first error (and how many more), and
+/// every error joined (the words `upload` uses: `invalid flow: …`).
+fn invalid_flow_reason(errors: &[&Finding]) -> (String, String) {
+    let Some(first) = errors.first() else {
+        let r = "invalid flow".to_string();
+        return (r.clone(), r);
+    };
+    let reason = match errors.len() {
+        1 => format!("invalid flow: {}", finding_line(first)),
+        n => format!(
+            "invalid flow: {} (and {} more error(s))",
+            finding_line(first),
+            n - 1
+        ),
+    };
+    let all: Vec<String> = errors.iter().map(|f| finding_line(f)).collect();
+    (reason, format!("invalid flow: {}", all.join("; ")))
 }

@@ -11,7 +11,7 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::AttributeValue;
 use rulestream_aws::config::Config;
 use rulestream_aws::dynamo::DynamoJournal;
-use rulestream_core::chain::{Cancel, RUNNING, cancel};
+use rulestream_core::chain::{Cancel, RUNNING, cancel, pending_summary};
 use rulestream_core::ports::{Journal, StoreError};
 use serde_json::{Value, json};
 
@@ -54,11 +54,27 @@ fn backend_error(e: StoreError) -> anyhow::Error {
     anyhow!("the backend cannot be reached or refused the call: {e}")
 }
 
+/// An execution's summary; for one that was started but that the orchestrator has not picked
+/// up yet (only its seq 0 trigger row exists), a `RUNNING` one with no step.
+fn summary_or_pending(
+    b: &Backend,
+    rt: &tokio::runtime::Runtime,
+    id: &str,
+) -> anyhow::Result<Option<Value>> {
+    if let Some(summary) = rt.block_on(b.journal.summary(id)).map_err(backend_error)? {
+        return Ok(Some(summary));
+    }
+    Ok(rt
+        .block_on(b.journal.first_row(&b.cfg.trigger_table, id))
+        .map_err(backend_error)?
+        .map(|row| pending_summary(&row)))
+}
+
 /// `status ID`.
 pub fn status(id: &str, json_out: bool) -> anyhow::Result<Outcome> {
     let b = Backend::connect()?;
     let rt = runtime()?;
-    let Some(mut summary) = rt.block_on(b.journal.summary(id)).map_err(backend_error)? else {
+    let Some(mut summary) = summary_or_pending(&b, &rt, id)? else {
         eprintln!("rulestream: no execution `{id}`");
         return Ok(Outcome::UserFix);
     };
@@ -119,7 +135,7 @@ fn status_text(e: &Value) -> String {
 pub fn trace(id: &str, json_out: bool) -> anyhow::Result<Outcome> {
     let b = Backend::connect()?;
     let rt = runtime()?;
-    let Some(mut summary) = rt.block_on(b.journal.summary(id)).map_err(backend_error)? else {
+    let Some(mut summary) = summary_or_pending(&b, &rt, id)? else {
         eprintln!("rulestream: no execution `{id}`");
         return Ok(Outcome::UserFix);
     };
@@ -263,10 +279,12 @@ pub fn cancel_cmd(id: &str, json_out: bool) -> anyhow::Result<Outcome> {
     };
     if json_out {
         println!("{}", serde_json::to_string_pretty(&doc)?);
-    } else if matches!(outcome, Outcome::Ok) {
-        println!("{text}");
-    } else {
+    }
+    if !matches!(outcome, Outcome::Ok) {
+        // The one-line reason of exit 1, on stderr also under --json.
         eprintln!("{text}");
+    } else if !json_out {
+        println!("{text}");
     }
     Ok(outcome)
 }
@@ -297,7 +315,7 @@ pub fn run(a: &RunArgs) -> anyhow::Result<Waited> {
     let b = Backend::connect()?;
     let rt = runtime()?;
     let mut row = json!({"execution_id": id, "seq": 0, "client_id": a.client, "flow_id": a.flow,
-        "input": input, "expires_at": chrono::Utc::now().timestamp() + 7 * 86_400});
+        "input": input, "expires_at": trigger_expires_at(&b)});
     if let Some(v) = a.flow_version {
         row["flow_version"] = json!(v);
     }
@@ -318,18 +336,50 @@ pub fn rerun(
 ) -> anyhow::Result<Waited> {
     let b = Backend::connect()?;
     let rt = runtime()?;
-    let Some(row) = rerun_row(&b, &rt, original, same_version, from, None)? else {
-        eprintln!(
-            "rulestream: no seq 0 row of `{original}` (unknown, or expired: trigger rows live {} days, and a rerun needs the original input)",
-            b.cfg.trigger_ttl.as_secs() / 86_400
-        );
-        return Ok(Waited::Done(Outcome::UserFix));
+    let row = match rerun_row(&b, &rt, original, same_version, from, None)? {
+        RerunRow::Row(row) => row,
+        RerunRow::NoInput => {
+            eprintln!(
+                "rulestream: no seq 0 row of `{original}` (unknown, or expired: trigger rows live {} days, and a rerun needs the original input)",
+                b.cfg.trigger_ttl.as_secs() / 86_400
+            );
+            return Ok(Waited::Done(Outcome::UserFix));
+        }
+        RerunRow::NoVersion => {
+            eprintln!("rulestream: {}", no_version(original));
+            return Ok(Waited::Done(Outcome::UserFix));
+        }
     };
     start_and_follow(&b, &rt, row, wait, timeout_secs, json_out)
 }
 
-/// The seq 0 row of a rerun of `original` (`None`: its seq 0 row is gone), with id `id` or a
-/// new `<client>:<uuid>`.
+/// When a trigger row written now expires: `RULESTREAM_TRIGGER_TTL_DAYS` (default 7), read as
+/// the functions read it (the sync API writes its rows with the same setting).
+fn trigger_expires_at(b: &Backend) -> i64 {
+    chrono::Utc::now()
+        .timestamp()
+        .saturating_add(b.cfg.chain_settings().trigger_ttl_secs)
+}
+
+/// What `rerun_row` found.
+enum RerunRow {
+    /// The new seq 0 row.
+    Row(Value),
+    /// The original's seq 0 row is gone (unknown id, or expired): its input cannot be read.
+    NoInput,
+    /// `--same-version`, but the original has no recorded flow version (a fact of the data, so
+    /// exit 1, not a usage error).
+    NoVersion,
+}
+
+/// The reason of a `--same-version` rerun whose original has no recorded flow version.
+fn no_version(original: &str) -> String {
+    format!(
+        "--same-version: `{original}` has no recorded flow version (it ended before one was picked); rerun it without --same-version"
+    )
+}
+
+/// The seq 0 row of a rerun of `original`, with id `id` or a new `<client>:<uuid>`.
 fn rerun_row(
     b: &Backend,
     rt: &tokio::runtime::Runtime,
@@ -337,7 +387,7 @@ fn rerun_row(
     same_version: bool,
     from: Option<&str>,
     id: Option<String>,
-) -> anyhow::Result<Option<Value>> {
+) -> anyhow::Result<RerunRow> {
     let got = rt
         .block_on(
             b.ddb
@@ -356,14 +406,14 @@ fn rerun_row(
             )
         })?;
     let Some(item) = got.item else {
-        return Ok(None);
+        return Ok(RerunRow::NoInput);
     };
     let first: Value = serde_dynamo::from_item(item).context("the original's seq 0 row")?;
     let client = first["client_id"].as_str().unwrap_or_default().to_string();
     let id = id.unwrap_or_else(|| format!("{client}:{}", uuid::Uuid::new_v4()));
     let mut row = json!({"execution_id": id, "seq": 0, "client_id": client,
         "flow_id": first["flow_id"], "input": first["input"], "rerun_of": original,
-        "expires_at": chrono::Utc::now().timestamp() + 7 * 86_400});
+        "expires_at": trigger_expires_at(b)});
     if let Some(rules) = first.get("rules").filter(|r| r.is_string()) {
         row["rules"] = rules.clone();
     }
@@ -380,10 +430,10 @@ fn rerun_row(
             .and_then(Value::as_u64)
         {
             Some(v) => row["flow_version"] = json!(v),
-            None => bail!("--same-version: `{original}` has no recorded flow version"),
+            None => return Ok(RerunRow::NoVersion),
         }
     }
-    Ok(Some(row))
+    Ok(RerunRow::Row(row))
 }
 
 /// `rerun --failed --client C [--since DUR] [--same-version]`: reruns every execution of the
@@ -447,9 +497,24 @@ pub fn rerun_failed(
         let hash = sha2::Sha256::digest(original.as_bytes());
         let hex: String = hash.iter().take(16).map(|b| format!("{b:02x}")).collect();
         let id = format!("{client}:redrive-{hex}");
-        let Some(row) = rerun_row(&b, &rt, original, same_version, None, Some(id.clone()))? else {
-            gone.push(original.clone());
-            continue;
+        let row = match rerun_row(&b, &rt, original, same_version, None, Some(id.clone()))? {
+            RerunRow::Row(row) => row,
+            RerunRow::NoInput => {
+                gone.push(original.clone());
+                continue;
+            }
+            RerunRow::NoVersion => {
+                // As before, the redrive stops here; exit 1 since it is about the data.
+                if !json_out && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                    eprintln!();
+                }
+                eprintln!(
+                    "rulestream: {} ({} rerun(s) started before it)",
+                    no_version(original),
+                    started.len()
+                );
+                return Ok(Outcome::UserFix);
+            }
         };
         if put_new_row(&b, &rt, &row)? {
             started.push(json!({"execution_id": id, "rerun_of": original}));
@@ -587,6 +652,17 @@ fn follow(
                         .map_or(String::new(), |r| format!("  ({r})"))
                 );
             }
+            if failed {
+                // The one-line reason of exit 1, on stderr also under --json.
+                eprintln!(
+                    "rulestream: {id} ended FAILED: {}",
+                    e.get("reason")
+                        .and_then(Value::as_str)
+                        .or_else(|| e.get("error").and_then(Value::as_str))
+                        .unwrap_or("no reason recorded")
+                        .replace('\n', " ")
+                );
+            }
             return Ok(Waited::Done(if failed {
                 Outcome::UserFix
             } else {
@@ -637,20 +713,9 @@ pub struct LogsArgs {
     pub json: bool,
 }
 
-/// `15m`, `2h`, `7d`, `30s` -> seconds.
+/// `15m`, `2h`, `7d`, `30s` -> seconds (as the sync API's `since` reads them).
 pub fn parse_duration(d: &str) -> anyhow::Result<i64> {
-    let (num, unit) = d.split_at(d.find(|c: char| !c.is_ascii_digit()).unwrap_or(d.len()));
-    let n: i64 = num
-        .parse()
-        .map_err(|_| anyhow!("--since {d}: expected a number and a unit (30s, 15m, 2h, 7d)"))?;
-    let mult = match unit {
-        "s" => 1,
-        "m" | "" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => bail!("--since {d}: unknown unit `{unit}` (s, m, h, d)"),
-    };
-    Ok(n * mult)
+    rulestream_core::execution::duration_secs(d).map_err(|why| anyhow!("--since {why}"))
 }
 
 /// Runs `logs`.

@@ -83,6 +83,12 @@ fn refuse(line: &str) -> anyhow::Result<Outcome> {
     Ok(Outcome::UserFix)
 }
 
+/// Bad usage (a malformed option or argument): an error, which `main` prints on one line and
+/// turns into exit 2, like every other usage error.
+fn usage<T>(line: String) -> anyhow::Result<T> {
+    Err(anyhow!(line))
+}
+
 /// Sends `msg` and waits until the bridge applied it or recorded why not.
 async fn send_and_wait(c: &Ctx, msg: &ReleaseMessage) -> anyhow::Result<Outcome> {
     let brokers =
@@ -164,7 +170,9 @@ fn report(
             describe(release),
             release.map_or(0, |r| r.generation)
         );
-    } else {
+    }
+    if outcome != "applied" {
+        // The one-line reason of exit 1, on stderr also under --json.
         eprintln!(
             "rulestream: {}: {} {outcome} by the release bridge: {}",
             msg.key(),
@@ -236,17 +244,17 @@ pub fn upload(
     if let Some(p) = percent
         && let Err(e) = check_percent(p)
     {
-        return refuse(&format!("--percent: {e}"));
+        return usage(format!("--percent: {e}"));
     }
     let guard: Option<Guard> = match guard {
         None => None,
         Some(g) => match serde_json::from_str::<Guard>(g) {
             Ok(g) => match g.check() {
                 Ok(()) => Some(g),
-                Err(e) => return refuse(&format!("--guard: {e}")),
+                Err(e) => return usage(format!("--guard: {e}")),
             },
             Err(e) => {
-                return refuse(&format!(
+                return usage(format!(
                     "--guard: {e} (expected {{\"max_failed_delta\": 0.05, \"min_executions\": 200}})"
                 ));
             }
@@ -325,7 +333,7 @@ pub fn change(
     if let Some(p) = percent
         && let Err(e) = check_percent(p)
     {
-        return refuse(&format!("PERCENT: {e}"));
+        return usage(format!("PERCENT: {e}"));
     }
     rt()?.block_on(async {
         let c = ctx(json_out).await?;
@@ -407,6 +415,12 @@ pub fn releases(client: &str, flow: &str, json_out: bool) -> anyhow::Result<Outc
 
 /// `diff CLIENT FLOW [V1 V2]`: default stable → candidate, else the two highest stored versions.
 pub fn diff(client: &str, flow: &str, versions: &[u64], json_out: bool) -> anyhow::Result<Outcome> {
+    if !matches!(versions.len(), 0 | 2) {
+        return usage(format!(
+            "diff takes two versions (V1 V2) or none, not {}",
+            versions.len()
+        ));
+    }
     rt()?.block_on(async {
         let c = ctx(json_out).await?;
         let (a, b) = match versions {
@@ -424,7 +438,7 @@ pub fn diff(client: &str, flow: &str, versions: &[u64], json_out: bool) -> anyho
                     }
                 }
             }
-            _ => return refuse("give two versions (V1 V2) or none"),
+            _ => return usage::<Outcome>("give two versions (V1 V2) or none".to_string()),
         };
         let mut texts = Vec::new();
         for v in [a, b] {

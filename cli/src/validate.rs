@@ -68,13 +68,14 @@ pub fn run(paths: &[PathBuf], catalog_dir: &Path, json: bool) -> anyhow::Result<
                     "{}",
                     json!({"valid": false, "catalog_error": e, "files": []})
                 );
-            } else {
-                eprintln!("catalog: error: {e}");
             }
+            eprintln!("catalog: error: {}", e.replace('\n', " "));
             return Ok(Outcome::UserFix);
         }
     };
     let mut all_valid = true;
+    // Errors in all, and files with at least one (for the one-line reason of exit 1).
+    let (mut error_count, mut bad_files) = (0usize, 0usize);
     let mut reports = Vec::new();
     for f in &files {
         let text =
@@ -84,6 +85,10 @@ pub fn run(paths: &[PathBuf], catalog_dir: &Path, json: bool) -> anyhow::Result<
         all_valid &= valid;
         let errors: Vec<&Finding> = v.errors().collect();
         let warnings: Vec<&Finding> = v.warnings().collect();
+        if !valid {
+            error_count += errors.len();
+            bad_files += 1;
+        }
         if json {
             reports.push(json!({
                 "path": f.display().to_string(),
@@ -127,11 +132,11 @@ pub fn run(paths: &[PathBuf], catalog_dir: &Path, json: bool) -> anyhow::Result<
             bad
         );
     }
-    Ok(if all_valid {
-        Outcome::Ok
-    } else {
-        Outcome::UserFix
-    })
+    if all_valid {
+        return Ok(Outcome::Ok);
+    }
+    eprintln!("rulestream: {error_count} error(s) in {bad_files} file(s)");
+    Ok(Outcome::UserFix)
 }
 
 fn reports_count(files: &[PathBuf], all_valid: bool) -> &'static str {

@@ -65,12 +65,77 @@ fn validate_rejects_an_invalid_flow_with_exit_1_and_paths() {
     assert!(text.contains("$.rules[0].whenn"), "{text}");
     assert!(text.contains("$.rules[1].when"), "{text}");
     assert!(text.contains("$.rules[1].on.true.goto"), "{text}");
+    // The one-line reason of the non-zero exit, on stderr.
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("error(s) in 1 file(s)"), "{err}");
 
     let o = rulestream(&["validate", bad.to_str().expect("utf8"), "--json"]);
     assert_eq!(o.status.code(), Some(1));
     let doc = stdout_json(&o);
     let errors = doc["files"][0]["errors"].as_array().expect("errors");
     assert!(errors.len() >= 3, "{errors:?}");
+    // Under --json too (the JSON stays on stdout).
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("{} error(s) in 1 file(s)", errors.len())),
+        "{err}"
+    );
+}
+
+/// SPEC section 6: `dry-run --json` of a flow that fails validation answers the FAILED shape,
+/// with the findings, exit 1 and a one-line reason on stderr.
+#[test]
+fn dry_run_json_of_an_invalid_flow_is_failed_with_its_errors() {
+    let bad = tmp_file(
+        "dry-bad.json",
+        &json!({"client_id": "c", "flow_id": "f", "version": 1, "terminal_statuses": ["OK"],
+                "rules": [{"id": "a", "whenn": "true"},
+                          {"id": "b", "when": "true", "on": {"true": {"goto": "nowhere"}}}]})
+        .to_string(),
+    );
+    let o = rulestream(&[
+        "dry-run",
+        "--flow",
+        bad.to_str().expect("utf8"),
+        "--input",
+        "{}",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let doc = stdout_json(&o);
+    assert_eq!(doc["status"], json!("FAILED"), "{doc}");
+    assert!(doc.get("valid").is_none(), "{doc}");
+    let reason = doc["reason"].as_str().expect("a reason");
+    assert!(reason.starts_with("invalid flow: "), "{doc}");
+    assert!(!reason.contains('\n'), "{doc}");
+    let errors = doc["errors"].as_array().expect("errors");
+    assert!(errors.len() >= 2, "{doc}");
+    assert!(
+        errors[0]["path"]
+            .as_str()
+            .is_some_and(|p| reason.contains(p)),
+        "the reason names the first error: {doc}"
+    );
+    assert!(
+        doc["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("$.rules[1].on.true.goto")),
+        "{doc}"
+    );
+    for (key, empty) in [
+        ("path", json!([])),
+        ("steps", json!([])),
+        ("ctx", json!({})),
+        ("tags", json!([])),
+        ("actions", json!([])),
+    ] {
+        assert_eq!(doc[key], empty, "{key}: {doc}");
+    }
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("invalid flow"), "{err}");
 }
 
 #[test]
@@ -155,6 +220,47 @@ fn dry_run_table_shows_conditions_and_exit_1_on_failed() {
             .is_some_and(|e| e.contains("rule `boom`")),
         "{doc}"
     );
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("execution ended FAILED"), "{err}");
+}
+
+/// A malformed option or argument is bad usage (exit 2, one line naming it), found before any
+/// backend is called.
+#[test]
+fn malformed_options_are_bad_usage_with_exit_2() {
+    let flow = tmp_file(
+        "upload-me.json",
+        &json!({"client_id": "c", "flow_id": "f", "version": 2,
+                "rules": [{"id": "a", "when": "true"}]})
+        .to_string(),
+    );
+    let flow = flow.to_str().expect("utf8");
+    let cases: [(&[&str], &str); 8] = [
+        (&["set-percent", "c", "f", "150"], "PERCENT"),
+        (&["upload", flow, "--percent", "101"], "--percent"),
+        (&["upload", flow, "--guard", "not json"], "--guard"),
+        (
+            &[
+                "upload",
+                flow,
+                "--guard",
+                r#"{"max_failed_delta": 2, "min_executions": 10}"#,
+            ],
+            "max_failed_delta",
+        ),
+        (&["diff", "c", "f", "1"], "two versions"),
+        (&["client", "add", "Not_A_Client", "f"], "client id"),
+        (&["client", "add", "c", "f", "--quota", "0"], "--quota"),
+        (&["client", "disable", "Bad_Client"], "client id"),
+    ];
+    for (args, names) in cases {
+        let o = rulestream(args);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(names), "{args:?} names {names}: {err}");
+    }
 }
 
 #[test]

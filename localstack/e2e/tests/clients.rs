@@ -38,8 +38,9 @@ async fn onboard_rotate_disable_and_redrive() {
     assert!(key1.starts_with("rs_"));
     let again = rs(&["client", "add", &client, "orders"]);
     assert_eq!(again.status.code(), Some(1), "registered twice");
+    // A malformed client id is bad usage: exit 2, named on one line.
     let bad = rs(&["client", "add", "Not_A_Client", "orders"]);
-    assert_eq!(bad.status.code(), Some(1));
+    assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("client id"));
     // Another flow of the same client shares its keys.
     let second = ok_json(&rs(&["client", "add", &client, "returns", "--json"]));

@@ -84,6 +84,36 @@ async fn run_wait_status_trace_and_logs() {
     ]));
     assert_eq!(none, json!([]));
 
+    // Right after a run without --wait, status and trace answer (RUNNING before the orchestrator
+    // has picked up the seq 0 row), never "no execution".
+    let o = rs(&["run", "e2e", &flow_id, "--input", r#"{"n": 40}"#, "--json"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let early = out_json(&o)["execution_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    for cmd in ["status", "trace"] {
+        let o = rs(&[cmd, &early, "--json"]);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let doc = out_json(&o);
+        // `trace --json` is {"execution": summary, "steps"}; `status --json` the summary.
+        let st = doc.get("execution").unwrap_or(&doc);
+        assert!(
+            st["status"] == "RUNNING" || st["status"] == "BIG",
+            "{cmd}: {doc}"
+        );
+    }
+
     // --wait that times out: exit 3 with a reason; a duplicate id: exit 1.
     let o = rs(&[
         "run",
@@ -135,6 +165,9 @@ async fn run_wait_status_trace_and_logs() {
     ]);
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(out_json(&o)["status"], "FAILED");
+    // Its one-line reason is on stderr, also under --json.
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(err.contains("ended FAILED"), "{err}");
     // Unknown ids.
     assert_eq!(rs(&["status", "e2e:nope-nope"]).status.code(), Some(1));
 
@@ -219,6 +252,12 @@ async fn cancel_ends_a_running_execution_and_is_safe_to_repeat() {
     // Again: still CANCELLED, exit 0; unknown: exit 1.
     assert_eq!(rs(&["cancel", &id]).status.code(), Some(0));
     assert_eq!(rs(&["cancel", "e2e:never-was"]).status.code(), Some(1));
+    // Under --json the document is on stdout and the one-line reason on stderr.
+    let o = rs(&["cancel", "e2e:never-was", "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(out_json(&o)["error"], "not found");
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(err.contains("no execution"), "{err}");
 }
 
 /// Runs `cmd` in a detached tmux session on a server of its own (so it gets this process's
