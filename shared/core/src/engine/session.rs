@@ -274,7 +274,7 @@ impl<'f> Session<'f> {
         }
         let started = Instant::now();
         let compiled = &flow.rules[idx];
-        let (outcome, explain, master_set) = self.decide(rule, compiled, fx).await;
+        let (mut outcome, mut explain, master_set) = self.decide(rule, compiled, fx).await;
         let note = (fx.dry_run() && rule.rate_limit.is_some() && &*outcome != SKIPPED).then(|| {
             "dry run: the rate limit was not applied (treated as granted, no token taken)"
                 .to_string()
@@ -287,7 +287,7 @@ impl<'f> Session<'f> {
             &outcome,
             errored,
         );
-        let transition = match way {
+        let mut transition = match way {
             Way::Take(t) => Some(t),
             Way::NextRule | Way::Fail => None,
         };
@@ -325,28 +325,56 @@ impl<'f> Session<'f> {
                 next: failed(error.clone(), Some(error)),
             };
         }
+        // A `set` that fails is an evaluation error of the rule (SPEC section 1): its `on_error`
+        // decides, as for a decision that fails (what the failed `set` wrote is undone first);
+        // without one, or when `on_error`'s own `set` fails, the execution ends FAILED.
+        let mut set_failed = None;
+        if let Some(t) = transition
+            && let Err(e) = self.apply_set(t, &mut set)
+        {
+            match compiled
+                .on_error
+                .as_ref()
+                .filter(|oe| !std::ptr::eq(*oe, t))
+            {
+                Some(on_error) => {
+                    outcome = shared(ERROR);
+                    explain = Explain::Error { message: e };
+                    if flow.reads_steps {
+                        self.state
+                            .steps
+                            .insert(rule.id.clone(), Value::String(ERROR.to_string()));
+                    }
+                    transition = Some(on_error);
+                    if let Err(e) = self.apply_set(on_error, &mut set) {
+                        set_failed = Some(e);
+                    }
+                }
+                None => set_failed = Some(e),
+            }
+        }
+        if let (Some(e), Some(t)) = (set_failed, transition) {
+            let error = format!("rule `{}`: {e}", rule.id);
+            let mut record = self.record(
+                seq,
+                &compiled.id,
+                outcome,
+                Arc::clone(&t.desc),
+                explain,
+                set,
+                vec![],
+                started,
+            );
+            record.note = note;
+            self.state.seq += 1;
+            return StepResult {
+                record: Some(record),
+                next: failed(error.clone(), Some(error)),
+            };
+        }
         let mut actions = Vec::new();
         let (desc, target) = match transition {
             Some(t) => {
-                if let Err(e) = self.apply_set(t, &mut set) {
-                    let error = format!("rule `{}`: {e}", rule.id);
-                    let mut record = self.record(
-                        seq,
-                        &compiled.id,
-                        outcome.clone(),
-                        Arc::clone(&t.desc),
-                        explain,
-                        set,
-                        vec![],
-                        started,
-                    );
-                    record.note = note;
-                    self.state.seq += 1;
-                    return StepResult {
-                        record: Some(record),
-                        next: failed(error.clone(), Some(error)),
-                    };
-                }
                 for (ai, a) in t.source.actions.iter().enumerate() {
                     self.apply_action(a, &mut set);
                     actions.push(PlannedAction {
@@ -574,21 +602,38 @@ impl<'f> Session<'f> {
         }
     }
 
+    /// Evaluates a transition's `set` in order, each value written into `ctx` before the next
+    /// is evaluated. On an error, what this `set` wrote is undone (`ctx` and `set` as before).
     fn apply_set(
         &mut self,
         t: &CompiledTransition,
         set: &mut Map<String, Value>,
     ) -> Result<(), String> {
+        let mut undo: Vec<(&String, Option<Value>, Option<Value>)> = Vec::new();
         for (k, e) in &t.set {
             let v = match self.direct(e, fast::to_json) {
-                Some(v) => v,
+                Some(v) => Ok(v),
                 None => e
                     .eval(self.cel())
                     .map_err(|m| format!("set `{k}` failed: {m}"))
-                    .and_then(|v| expr::cel_to_json(&v).map_err(|m| format!("set `{k}`: {m}")))?,
+                    .and_then(|v| expr::cel_to_json(&v).map_err(|m| format!("set `{k}`: {m}"))),
             };
-            self.state.ctx.insert(k.clone(), v.clone());
-            set.insert(k.clone(), v);
+            let v = match v {
+                Ok(v) => v,
+                Err(m) => {
+                    for (k, ctx_was, set_was) in undo.into_iter().rev() {
+                        restore(&mut self.state.ctx, k, ctx_was);
+                        restore(set, k, set_was);
+                    }
+                    self.ctx_dirty = true;
+                    return Err(m);
+                }
+            };
+            let ctx_was = self.state.ctx.insert(k.clone(), v.clone());
+            let set_was = set.insert(k.clone(), v);
+            if t.set.len() > 1 {
+                undo.push((k, ctx_was, set_was));
+            }
             self.ctx_dirty = true;
         }
         Ok(())
@@ -626,6 +671,18 @@ fn failed(reason: String, error: Option<String>) -> Next {
         status: FAILED.to_string(),
         error: error.or_else(|| Some(reason.clone())),
         reason: Some(reason),
+    }
+}
+
+/// Puts back a map entry as it was before an insert: the old value, or no entry.
+fn restore(map: &mut Map<String, Value>, key: &str, was: Option<Value>) {
+    match was {
+        Some(v) => {
+            map.insert(key.to_string(), v);
+        }
+        None => {
+            map.shift_remove(key);
+        }
     }
 }
 
