@@ -209,12 +209,15 @@ impl CompiledFlow {
                 .is_some_and(|r| r.rate_limit.is_some())
     }
 
-    /// The catalog version each `use` rule resolved to (its `use_version`, or the latest): what
-    /// an execution pins at its seq 0 (SPEC section 2).
+    /// The catalog version each unpinned `use` (no `use_version`) resolved to, the latest: what
+    /// an execution pins at its seq 0 (SPEC section 2). A `use` with a `use_version` needs no
+    /// pin, and would otherwise stand in for an unpinned `use` of the same master rule.
     pub fn master_versions(&self) -> std::collections::BTreeMap<String, u64> {
         self.rules
             .iter()
-            .filter_map(|c| match &c.decide {
+            .zip(&self.flow.rules)
+            .filter(|(_, r)| r.use_version.is_none())
+            .filter_map(|(c, _)| match &c.decide {
                 Decide::Master {
                     rule_id, version, ..
                 } => Some((rule_id.clone(), *version)),
