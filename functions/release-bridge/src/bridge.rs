@@ -116,16 +116,41 @@ impl Bridge {
             Err(e) => return Err(e),
         };
         let release = current.release.as_ref();
+        // A duplicate of a message applied before is a recorded no-op (SPEC section 3): one
+        // `ignored` entry per duplicated message, however often it comes again.
+        let duplicate = || {
+            let mut e = entry("ignored");
+            e.reason = Some(format!(
+                "duplicate: message `{}` was applied before",
+                msg.message_id
+            ));
+            e.from = Some(describe(release));
+            e
+        };
         if release.and_then(|r| r.last_message_id.as_deref()) == Some(msg.message_id.as_str()) {
-            // Redelivered after it was applied: make sure its audit record exists, nothing else.
+            // Redelivered after it was applied: make sure its audit record exists (the first
+            // delivery may have stopped before writing it); if it did, this is a duplicate.
             let mut e = entry("applied");
             e.to = Some(describe(release));
-            self.store.audit(&e).await?;
+            if !self.store.audit(&e).await? {
+                self.store.audit(&duplicate()).await?;
+                tracing::info!(
+                    subject,
+                    message_id = msg.message_id,
+                    "duplicate release message ignored"
+                );
+            }
             return Ok(Fate::AlreadyApplied);
         }
         let next = match apply(release, msg) {
             Ok(n) => n,
             Err(Refusal::Stale { .. }) if self.applied_before(msg).await? => {
+                self.store.audit(&duplicate()).await?;
+                tracing::info!(
+                    subject,
+                    message_id = msg.message_id,
+                    "duplicate release message ignored"
+                );
                 return Ok(Fate::AlreadyApplied);
             }
             Err(r @ Refusal::Stale { .. }) => {

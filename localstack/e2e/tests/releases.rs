@@ -272,6 +272,16 @@ async fn gray_publish_raise_promote_rollback_and_bad_messages() {
     let e = wait_audit(&flow_id, &stale_id);
     assert_eq!(e["outcome"], "ignored", "{e}");
     assert!(e["reason"].as_str().unwrap_or("").contains("stale"), "{e}");
+    // The duplicate (same partition, so handled before the stale one) is a recorded no-op too.
+    let h = ok_json(&rs(&["releases", "e2e", &flow_id, "--json"]));
+    assert!(
+        h["history"].as_array().expect("history").iter().any(|e| {
+            e["message_id"] == applied_promote["message_id"]
+                && e["outcome"] == "ignored"
+                && e["reason"].as_str().unwrap_or("").contains("duplicate")
+        }),
+        "the duplicated promote is recorded as ignored: {h}"
+    );
     assert_eq!(
         release_of(&stack, &flow_id).await,
         before,
@@ -433,6 +443,26 @@ async fn a_guard_rolls_back_a_candidate_that_fails_more() {
         text.contains("guard") && text.contains("FAILED share"),
         "{text}"
     );
+    // The sweeper counted it in the metric the template's automatic-rollback alarm reads (an
+    // EMF line in the functions' output, flushed when its invocation ends).
+    let state = std::env::var("RULESTREAM_STATE").expect("RULESTREAM_STATE is set by env.sh");
+    let start = Instant::now();
+    loop {
+        let log = std::fs::read_to_string(format!("{state}/lambda.log")).unwrap_or_default();
+        let counted = log
+            .lines()
+            .filter(|l| l.contains("\"_aws\"") && l.contains("AutomaticRollbacks"))
+            .filter_map(|l| serde_json::from_str::<Value>(l.trim()).ok())
+            .any(|d| d["flow_id"] == flow_id.as_str() && d["AutomaticRollbacks"] == json!(1));
+        if counted {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no AutomaticRollbacks EMF line for {flow_id}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

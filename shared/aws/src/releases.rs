@@ -225,7 +225,7 @@ impl ReleaseStore {
     }
 
     /// Appends `entry` (writing the same entry again changes nothing).
-    pub async fn audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+    pub async fn audit(&self, entry: &AuditEntry) -> Result<bool, StoreError> {
         let item = serde_dynamo::to_item(entry)
             .map_err(|e| StoreError::Invalid(format!("audit entry: {e}")))?;
         let r = self
@@ -236,8 +236,8 @@ impl ReleaseStore {
             .condition_expression("attribute_not_exists(subject)")
             .send()
             .await;
-        // Written before (the same entry again): nothing to do.
-        crate::dynamo::outcome("audit table", r).map(|_| ())
+        // Written before (the same entry again): nothing to do, `Ok(false)`.
+        crate::dynamo::outcome("audit table", r)
     }
 
     /// Every audit entry of `subject`, oldest first.

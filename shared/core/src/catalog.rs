@@ -160,7 +160,11 @@ mod tests {
         .expect("flow");
         let v = crate::CompiledFlow::compile(&flow, &c).expect("compiles");
         let pins = v.master_versions();
-        assert_eq!(pins.get("r"), Some(&2), "the unpinned use resolved to the latest");
+        assert_eq!(
+            pins.get("r"),
+            Some(&2),
+            "the unpinned use resolved to the latest"
+        );
         c.insert(rule(3, "false"));
         let moved = crate::CompiledFlow::compile(&flow, &c).expect("compiles");
         assert!(!moved.agrees_with(&pins), "the catalog moved on for `a`");
@@ -204,7 +208,11 @@ mod tests {
         let v2 = crate::CompiledFlow::compile(&flow, &c).expect("compiles");
         assert!(!v2.agrees_with(&pins), "the catalog moved on");
         let pinned = v2.pinned_flow(&pins);
-        assert_eq!(pinned.rules[0].use_version, Some(1), "pinned back to seq 0's");
+        assert_eq!(
+            pinned.rules[0].use_version,
+            Some(1),
+            "pinned back to seq 0's"
+        );
         let again = crate::CompiledFlow::compile(&pinned, &c).expect("pinned");
         assert!(again.agrees_with(&pins));
     }
