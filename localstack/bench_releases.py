@@ -18,7 +18,7 @@ them at the end. It measures:
 3. rule kinds: one-rule flows deciding with a `when` rule, a `lambda` master rule (the Rust
    example, functions/rules/score) and an `http` master rule (the Python example,
    functions/rules/risk); each run E times one after another; figure: the step's duration as the
-   step item records it (`duration_us`, the decision including the call out), p50 and p95, and
+   step item records it (`duration`, in ms, the decision including the call out), p50 and p95, and
    the extra latency of lambda and http over when.
 """
 
@@ -183,7 +183,7 @@ def rule_kinds(executions, risk_url):
             step = ddb.get_item(TableName=f"{PREFIX}-steps", ConsistentRead=True,
                                 Key={"execution_id": {"S": eid}, "seq": {"N": "0"}})["Item"]
             if i >= 2:  # the first two warm the function and the caches
-                durations.append(int(step["duration_us"]["N"]) / 1000)
+                durations.append(float(step["duration"]["N"]))
         out[kind] = durations
     return out
 

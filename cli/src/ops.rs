@@ -168,11 +168,9 @@ pub fn trace(id: &str, json_out: bool) -> anyhow::Result<Outcome> {
             .map(|t| t.to_string())
             .unwrap_or_else(|| "-".into());
         let dur = st
-            .get("duration_us")
-            .and_then(Value::as_u64)
-            .map_or("-".to_string(), |us| {
-                format!("{:.1} ms", us as f64 / 1000.0)
-            });
+            .get("duration")
+            .and_then(Value::as_f64)
+            .map_or("-".to_string(), |ms| format!("{ms:.1} ms"));
         println!(
             "{:>4}  {:<20} {:<10} {:<28} {:>9}",
             s(st, "seq"),

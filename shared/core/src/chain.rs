@@ -1071,7 +1071,7 @@ where
             outcome = %view.outcome,
             next = %match &view.next { Next::Rule { rule } => format!("goto {rule}"), Next::Done { status, .. } => format!("complete {status}") },
             redelivered,
-            duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            duration = started.elapsed().as_micros() as f64 / 1000.0,
             "step"
         );
         if let Some(next) = fuse_into {

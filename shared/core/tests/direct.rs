@@ -209,7 +209,7 @@ fn run(flow: &CompiledFlow, input: &Value, direct: bool) -> Vec<Value> {
         let r = pollster::block_on(s.step(&DryRun, taken));
         let mut rec = serde_json::to_value(&r.record).expect("a record serializes");
         if let Some(o) = rec.as_object_mut() {
-            o.remove("duration_us");
+            o.remove("duration");
         }
         out.push(unordered(rec));
         out.push(unordered(

@@ -96,8 +96,10 @@ pub struct StepRecord<'v> {
     /// Actions of this step.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub actions: Vec<PlannedAction>,
-    /// Time spent in the engine, microseconds.
-    pub duration_us: u64,
+    /// Time spent deciding the step, in milliseconds (microsecond precision): `duration` in the
+    /// trace and the step item (SPEC section 1).
+    #[serde(rename = "duration")]
+    pub duration_ms: f64,
     /// What a dry run did differently here (a rate limit treated as granted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
@@ -114,7 +116,7 @@ impl StepRecord<'_> {
             explain: self.explain.into_owned(),
             set: self.set,
             actions: self.actions,
-            duration_us: self.duration_us,
+            duration_ms: self.duration_ms,
             note: self.note,
         }
     }
