@@ -123,12 +123,16 @@ pub fn dry_run_table(flow: &Flow, r: &RunReport) -> String {
         out.push_str(&format!("route:  {route}\n"));
     }
     for a in &r.actions {
+        // A URL shows as scheme://host[:port] only, as in traces (its path may hold a token).
+        let url = a
+            .action
+            .url
+            .as_deref()
+            .map(rulestream_core::chain::redact_url);
         out.push_str(&format!(
             "action: {} {}  key {}\n",
             a.action.kind.as_str(),
-            a.action
-                .url
-                .as_deref()
+            url.as_deref()
                 .or(a.action.tag.as_deref())
                 .or(a.action.queue.as_deref())
                 .or(a.action.channel.as_deref())
