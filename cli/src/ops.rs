@@ -11,7 +11,7 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::AttributeValue;
 use rulestream_aws::config::Config;
 use rulestream_aws::dynamo::DynamoJournal;
-use rulestream_core::chain::{Cancel, RUNNING, cancel, pending_summary};
+use rulestream_core::chain::{self, Cancel, RUNNING, cancel};
 use rulestream_core::ports::{Journal, StoreError};
 use serde_json::{Value, json};
 
@@ -54,20 +54,19 @@ fn backend_error(e: StoreError) -> anyhow::Error {
     anyhow!("the backend cannot be reached or refused the call: {e}")
 }
 
-/// An execution's summary; for one that was started but that the orchestrator has not picked
-/// up yet (only its seq 0 trigger row exists), a `RUNNING` one with no step.
+/// An execution's summary, or `RUNNING` with no step right after a start (see
+/// [`rulestream_core::chain::summary_or_pending`]).
 fn summary_or_pending(
     b: &Backend,
     rt: &tokio::runtime::Runtime,
     id: &str,
 ) -> anyhow::Result<Option<Value>> {
-    if let Some(summary) = rt.block_on(b.journal.summary(id)).map_err(backend_error)? {
-        return Ok(Some(summary));
-    }
-    Ok(rt
-        .block_on(b.journal.first_row(&b.cfg.trigger_table, id))
-        .map_err(backend_error)?
-        .map(|row| pending_summary(&row)))
+    rt.block_on(chain::summary_or_pending(
+        &b.journal,
+        &b.cfg.trigger_table,
+        id,
+    ))
+    .map_err(backend_error)
 }
 
 /// `status ID`.
@@ -170,6 +169,12 @@ pub fn trace(id: &str, json_out: bool) -> anyhow::Result<Outcome> {
         let dur = st
             .get("duration")
             .and_then(Value::as_f64)
+            // Steps recorded before `duration` (milliseconds) carried `duration_us`.
+            .or_else(|| {
+                st.get("duration_us")
+                    .and_then(Value::as_f64)
+                    .map(|us| us / 1000.0)
+            })
             .map_or("-".to_string(), |ms| format!("{ms:.1} ms"));
         println!(
             "{:>4}  {:<20} {:<10} {:<28} {:>9}",
@@ -354,9 +359,7 @@ pub fn rerun(
 /// When a trigger row written now expires: `RULESTREAM_TRIGGER_TTL_DAYS` (default 7), read as
 /// the functions read it (the sync API writes its rows with the same setting).
 fn trigger_expires_at(b: &Backend) -> i64 {
-    chrono::Utc::now()
-        .timestamp()
-        .saturating_add(b.cfg.chain_settings().trigger_ttl_secs)
+    b.cfg.chain_settings().row_expires_at()
 }
 
 /// What `rerun_row` found.
@@ -491,6 +494,7 @@ pub fn rerun_failed(
         }
     }
     let (mut started, mut already, mut gone) = (Vec::new(), 0usize, Vec::new());
+    let mut unversioned = Vec::new();
     for original in &failed {
         let hash = sha2::Sha256::digest(original.as_bytes());
         let hex: String = hash.iter().take(16).map(|b| format!("{b:02x}")).collect();
@@ -502,16 +506,10 @@ pub fn rerun_failed(
                 continue;
             }
             RerunRow::NoVersion => {
-                // As before, the redrive stops here; exit 1 since it is about the data.
-                if !json_out && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-                    eprintln!();
-                }
-                eprintln!(
-                    "rulestream: {} ({} rerun(s) started before it)",
-                    no_version(original),
-                    started.len()
-                );
-                return Ok(Outcome::UserFix);
+                // It failed before a version was picked: --same-version cannot rerun it, and
+                // the others are redriven all the same.
+                unversioned.push(original.clone());
+                continue;
             }
         };
         if put_new_row(&b, &rt, &row)? {
@@ -531,7 +529,7 @@ pub fn rerun_failed(
         println!(
             "{}",
             json!({"failed": failed.len(), "started": started, "already_redriven": already,
-                   "without_input": gone})
+                   "without_input": gone, "without_version": unversioned})
         );
     } else {
         if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
@@ -550,6 +548,9 @@ pub fn rerun_failed(
             started.len(),
             gone.len()
         );
+        for u in &unversioned {
+            println!("not rerun: {}", no_version(u));
+        }
     }
     Ok(Outcome::Ok)
 }

@@ -13,7 +13,7 @@ use base64::Engine;
 use lambda_http::{Body, Request, RequestExt, Response};
 use rulestream_aws::config::Config;
 use rulestream_aws::{AwsEffects, AwsFlowSource, Http, StateSealer};
-use rulestream_core::chain::{Cancel, Chain, RUNNING, bounded_trace, cancel, pending_summary};
+use rulestream_core::chain::{Cancel, Chain, RUNNING, bounded_trace, cancel, summary_or_pending};
 use rulestream_core::execution::{check_execution_id, duration_secs};
 use rulestream_core::ports::{FlowSource, Journal, StoreError};
 use rulestream_core::{ExecutionMeta, Mocked};
@@ -377,10 +377,9 @@ impl App {
             }
             Some(_) => return Err(ApiError::bad("`execution_id` must be a string")),
         };
-        if self
-            .chain
-            .journal
-            .summary(&id)
+        // An id in use: a summary, or a seq 0 row the orchestrator has not picked up yet (an
+        // inline run of it would fork the execution).
+        if summary_or_pending(&self.chain.journal, &self.cfg.trigger_table, &id)
             .await
             .map_err(|e| store("reading the execution", e))?
             .is_some()
@@ -393,25 +392,21 @@ impl App {
         }
         let mut row = json!({"execution_id": id, "seq": 0, "client_id": client, "flow_id": flow,
             "input": input,
-            "expires_at": chrono::Utc::now().timestamp() + self.chain.settings.trigger_ttl_secs});
+            "expires_at": self.chain.settings.row_expires_at()});
         if let Some(v) = version {
             row["flow_version"] = json!(v);
         }
         let started = Instant::now();
-        if inline {
-            // The start rule calls out or takes a token in a version the execution may run:
-            // the chain runs it, as it runs any such step (see `run_inline`).
-            let handed_off = if self
+        // Inline runs here, unless the start rule calls out or takes a token in a version the
+        // execution may run: the chain runs that, as it runs any such step (see `run_inline`).
+        let inline = inline
+            && !self
                 .starts_with_effects(&client, &flow, version, &cf.release)
-                .await
-            {
-                self.put_row(&row, true).await?;
-                true
-            } else {
-                // A wait shorter than the inline budget bounds the inline run too.
-                let budget = timeout.map_or(INLINE_BUDGET, |t| t.min(INLINE_BUDGET));
-                self.run_inline(&id, row, budget).await?
-            };
+                .await;
+        if inline {
+            // A wait shorter than the inline budget bounds the inline run too.
+            let budget = timeout.map_or(INLINE_BUDGET, |t| t.min(INLINE_BUDGET));
+            let handed_off = self.run_inline(&id, row, budget).await?;
             if let Some(answer) = self.ended(&id).await? {
                 return Ok(answer);
             }
@@ -681,24 +676,12 @@ impl App {
 
     async fn get(&self, req: &Request, id: &str) -> Answer {
         self.for_execution(req, id).await?;
-        let Some(mut e) = self
-            .chain
-            .journal
-            .summary(id)
+        // Right after a start, before the orchestrator has picked up its seq 0 row: RUNNING.
+        let Some(mut e) = summary_or_pending(&self.chain.journal, &self.cfg.trigger_table, id)
             .await
             .map_err(|e| store("reading the execution", e))?
         else {
-            // Started, not yet picked up by the orchestrator: only its trigger row exists.
-            return match self
-                .chain
-                .journal
-                .first_row(&self.cfg.trigger_table, id)
-                .await
-                .map_err(|e| store("reading the trigger row", e))?
-            {
-                Some(row) => Ok((200, pending_summary(&row))),
-                None => Err(ApiError::not_found(format!("no execution `{id}`"))),
-            };
+            return Err(ApiError::not_found(format!("no execution `{id}`")));
         };
         if e["status"] == RUNNING {
             let steps: Vec<Value> = self

@@ -89,6 +89,11 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// When a trigger row written now expires (`expires_at`, Unix seconds).
+    pub fn row_expires_at(&self) -> i64 {
+        Utc::now().timestamp().saturating_add(self.trigger_ttl_secs)
+    }
+
     /// Wait after failed attempt `attempt` (1-based).
     pub fn backoff_after(&self, attempt: u32) -> i64 {
         let i = usize::try_from(attempt.saturating_sub(1)).unwrap_or(usize::MAX);
@@ -1071,7 +1076,7 @@ where
             outcome = %view.outcome,
             next = %match &view.next { Next::Rule { rule } => format!("goto {rule}"), Next::Done { status, .. } => format!("complete {status}") },
             redelivered,
-            duration = started.elapsed().as_micros() as f64 / 1000.0,
+            duration = crate::execution::millis_since(started),
             "step"
         );
         if let Some(next) = fuse_into {
@@ -1100,7 +1105,7 @@ where
             client_id: h.client_id.clone(),
             flow_id: h.flow_id.clone(),
             flow_version: h.flow_version,
-            expires_at: Some(Utc::now().timestamp() + self.settings.trigger_ttl_secs),
+            expires_at: Some(self.settings.row_expires_at()),
             sealed: String::new(),
         };
         row.sealed = match self.sealer.seal(&row.aad(), &plain).await {
@@ -1489,6 +1494,13 @@ pub async fn end_at<J: Journal>(
     why: &str,
 ) -> Result<bool, StoreError> {
     let Some(summary) = journal.summary(id).await? else {
+        // The seq 0 record itself was given up on before the orchestrator recorded the start.
+        if seq == 0
+            && let Some(row) = pending_row(journal, &settings.trigger_table, id).await?
+        {
+            tracing::warn!(execution_id = %id, reason = %why, "execution ended: it never started");
+            return end_before_start(journal, settings, &row, FAILED, why).await;
+        }
         return Ok(false);
     };
     if str_of(&summary, "status") != RUNNING {
@@ -1557,10 +1569,10 @@ pub async fn cancel<J: Journal>(
         let Some(summary) = journal.summary(id).await? else {
             // Started by a trigger row that the orchestrator has not picked up yet: a CANCELLED
             // summary written first makes the orchestrator pass over that row.
-            let Some(row) = journal.first_row(&settings.trigger_table, id).await? else {
+            let Some(row) = pending_row(journal, &settings.trigger_table, id).await? else {
                 return Ok(Cancel::NotFound);
             };
-            if cancel_before_start(journal, settings, id, &row, reason).await? {
+            if end_before_start(journal, settings, &row, CANCELLED, reason).await? {
                 return Ok(Cancel::Cancelled { at_seq: 0 });
             }
             continue;
@@ -1622,14 +1634,45 @@ pub async fn cancel<J: Journal>(
     )))
 }
 
-/// What `GET` and `status` show for an execution that has a seq 0 trigger row and no summary
-/// yet (the orchestrator has not picked it up): `RUNNING`, with no step.
-pub fn pending_summary(row: &Value) -> Value {
+/// The seq 0 row that started `id` in `table`, if the orchestrator may still pick it up: a
+/// client's unsealed row whose id carries its client (anything else it never runs, or ends with a
+/// summary of its own).
+pub async fn pending_row<J: Journal>(
+    journal: &J,
+    table: &str,
+    id: &str,
+) -> Result<Option<Value>, StoreError> {
+    Ok(journal.first_row(table, id).await?.filter(|r| {
+        r.get("sealed").is_none()
+            && str_of(r, "execution_id") == id
+            && check_execution_id(str_of(r, "client_id"), id).is_ok()
+    }))
+}
+
+/// An execution's summary; for one that a client has started but the orchestrator has not
+/// picked up yet (only its seq 0 row exists), a `RUNNING` one with no step (what `GET` and
+/// `status` show right after a start).
+pub async fn summary_or_pending<J: Journal>(
+    journal: &J,
+    table: &str,
+    id: &str,
+) -> Result<Option<Value>, StoreError> {
+    if let Some(summary) = journal.summary(id).await? {
+        return Ok(Some(summary));
+    }
+    Ok(pending_row(journal, table, id)
+        .await?
+        .map(|row| header_before_start(&row, RUNNING)))
+}
+
+/// The summary fields a seq 0 row gives before any step: id, client, flow, status, the pinned
+/// version and `rerun_of` if any, an empty trace.
+fn header_before_start(row: &Value, status: &str) -> Value {
     let mut doc = json!({
         "execution_id": str_of(row, "execution_id"),
         "client_id": str_of(row, "client_id"),
         "flow_id": str_of(row, "flow_id"),
-        "status": RUNNING,
+        "status": status,
         "trace": [],
         "steps_total": 0,
     });
@@ -1642,41 +1685,35 @@ pub fn pending_summary(row: &Value) -> Value {
     doc
 }
 
-/// Ends an execution whose seq 0 row no step has run yet: a `CANCELLED` summary, on condition
-/// that none exists. `Ok(false)`: the orchestrator wrote its summary first.
-async fn cancel_before_start<J: Journal>(
+/// Ends an execution whose seq 0 row no step has run yet (`CANCELLED`, or `FAILED` when its
+/// record reached the on-failure destination): its final summary, on condition that none
+/// exists. `Ok(false)`: the orchestrator wrote its summary first.
+async fn end_before_start<J: Journal>(
     journal: &J,
     settings: &Settings,
-    id: &str,
     row: &Value,
+    status: &str,
     reason: &str,
 ) -> Result<bool, StoreError> {
-    let now = Utc::now();
-    let client = str_of(row, "client_id");
-    let flow = str_of(row, "flow_id");
-    let mut doc = json!({
-        "execution_id": id,
-        "client_id": client,
-        "flow_id": flow,
-        "status": CANCELLED,
-        "started_at": rfc3339(now),
-        "finished_at": rfc3339(now),
-        "reason": reason,
-        "output": {},
-        "tags": [],
-        "trace": [],
-        "steps_total": 0,
-        "expires_at": now.timestamp() + settings.retention_secs,
-    });
-    if let Some(v) = row.get("flow_version").and_then(Value::as_u64) {
-        doc["flow_version"] = json!(v);
+    let now = rfc3339(Utc::now());
+    let mut doc = header_before_start(row, status);
+    doc["started_at"] = json!(now);
+    doc["finished_at"] = json!(now);
+    doc["reason"] = json!(reason);
+    if status == FAILED {
+        doc["error"] = json!(reason);
     }
-    if let Some(r) = row.get("rerun_of").and_then(Value::as_str) {
-        doc["rerun_of"] = json!(r);
-    }
+    doc["output"] = json!({});
+    doc["tags"] = json!([]);
+    doc["expires_at"] = json!(Utc::now().timestamp() + settings.retention_secs);
     let written = journal.start(&doc).await?;
     if written {
-        emit::ended(client, flow, CANCELLED, Some(0.0));
+        emit::ended(
+            str_of(row, "client_id"),
+            str_of(row, "flow_id"),
+            status,
+            Some(0.0),
+        );
     }
     Ok(written)
 }

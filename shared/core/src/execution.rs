@@ -218,6 +218,11 @@ impl Quota {
     }
 }
 
+/// Milliseconds since `started`, to the microsecond: a step's `duration`.
+pub fn millis_since(started: std::time::Instant) -> f64 {
+    started.elapsed().as_micros() as f64 / 1000.0
+}
+
 /// A look-back like `30s`, `15m`, `2h` or `7d` in seconds (a bare number counts minutes), as the
 /// CLI's `--since` and the API's `since` take it; `Err` says what is wrong.
 pub fn duration_secs(d: &str) -> Result<i64, String> {

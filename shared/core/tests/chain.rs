@@ -850,17 +850,15 @@ fn a_cancelled_execution_ends_before_its_next_step_and_cancel_is_safe_to_repeat(
 
 #[test]
 fn an_execution_cancelled_before_the_orchestrator_picks_it_up_never_runs_a_step() {
-    use rulestream_core::chain::{Cancel, RUNNING, cancel, pending_summary};
+    use rulestream_core::chain::{Cancel, RUNNING, cancel, end_at, summary_or_pending};
     let c = chain();
     // A client inserted the seq 0 row; the orchestrator has not seen it yet.
     let row = start("acme:early", json!({"n": 5}));
     let table = c.settings.trigger_table.clone();
     assert_eq!(block(c.journal.put_row(&table, &row)), Ok(true));
-    let shown = pending_summary(
-        &block(c.journal.first_row(&table, "acme:early"))
-            .expect("read")
-            .expect("the row is there"),
-    );
+    let shown = block(summary_or_pending(&c.journal, &table, "acme:early"))
+        .expect("read")
+        .expect("shown while pending");
     assert_eq!(shown["status"], RUNNING);
     assert_eq!(shown["client_id"], "acme");
     assert_eq!(shown["trace"], json!([]));
@@ -895,6 +893,37 @@ fn an_execution_cancelled_before_the_orchestrator_picks_it_up_never_runs_a_step(
         block(cancel(&c.journal, &c.settings, "acme:early", "again")),
         Ok(Cancel::AlreadyEnded("CANCELLED".into()))
     );
+
+    // A row that does not carry its client, or a sealed one, is no pending start.
+    let forged = json!({"execution_id": "acme:forged", "seq": 0, "client_id": "other",
+                        "flow_id": "f", "input": {}});
+    assert_eq!(block(c.journal.put_row(&table, &forged)), Ok(true));
+    assert_eq!(
+        block(summary_or_pending(&c.journal, &table, "acme:forged")),
+        Ok(None)
+    );
+    assert_eq!(
+        block(cancel(&c.journal, &c.settings, "acme:forged", "x")),
+        Ok(Cancel::NotFound)
+    );
+
+    // The seq 0 record of a start was given up on before any summary: the sweeper ends it
+    // FAILED, and a late delivery of the row then runs nothing.
+    let lost = start("acme:lost", json!({"n": 5}));
+    assert_eq!(block(c.journal.put_row(&table, &lost)), Ok(true));
+    assert_eq!(
+        block(end_at(&c.journal, &c.settings, "acme:lost", 0, "gave up")),
+        Ok(true)
+    );
+    assert_eq!(summary(&c, "acme:lost")["status"], "FAILED");
+    assert_eq!(summary(&c, "acme:lost")["reason"], "gave up");
+    assert_eq!(block(c.run_row(Some(&table), lost)), Ok(()));
+    assert!(
+        block(c.journal.steps("acme:lost"))
+            .expect("steps")
+            .is_empty()
+    );
+    assert_eq!(summary(&c, "acme:lost")["status"], "FAILED");
 }
 
 #[test]

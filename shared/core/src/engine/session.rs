@@ -449,7 +449,7 @@ impl<'f> Session<'f> {
             explain,
             set,
             actions,
-            duration_ms: millis(started),
+            duration_ms: crate::execution::millis_since(started),
             note: None,
         }
     }
@@ -672,11 +672,6 @@ fn failed(reason: String, error: Option<String>) -> Next {
         error: error.or_else(|| Some(reason.clone())),
         reason: Some(reason),
     }
-}
-
-/// Milliseconds since `started`, to the microsecond.
-fn millis(started: Instant) -> f64 {
-    started.elapsed().as_micros() as f64 / 1000.0
 }
 
 /// Puts back a map entry as it was before an insert: the old value, or no entry.
