@@ -68,9 +68,13 @@ pub fn run(a: &Args) -> anyhow::Result<Outcome> {
         None => serde_json::Map::new(),
     };
     for (rule, answer) in &mocks {
-        if !answer.get("outcome").is_some_and(Value::is_string) {
+        // As a real answer: a bool or a non-empty string.
+        if !answer
+            .get("outcome")
+            .is_some_and(|o| o.is_boolean() || o.as_str().is_some_and(|s| !s.is_empty()))
+        {
             bail!(
-                "--mock: the answer for rule `{rule}` needs a string `outcome` (and optionally `set`)"
+                "--mock: the answer for rule `{rule}` needs an `outcome` (a bool or a non-empty string) and optionally `set`"
             );
         }
     }

@@ -1,6 +1,6 @@
 //! Rendering: the JSON documents of `--json` and the human tables.
 
-use rulestream_core::engine::Explain;
+use rulestream_core::engine::{Explain, shown_value};
 use rulestream_core::{Flow, RunReport};
 use serde_json::Value;
 
@@ -42,11 +42,15 @@ fn explain_text(e: &Explain) -> Vec<String> {
                     c.group,
                     c.field,
                     c.op,
-                    c.value.as_deref().map(compact).unwrap_or_default(),
+                    c.value
+                        .as_deref()
+                        .map(|v| compact(&shown_value(v)))
+                        .unwrap_or_default(),
                     if rulestream_core::engine::reads_client(&c.field) {
                         "\"<client data>\"".to_string()
                     } else {
-                        compact(&c.actual)
+                        // Cut to 256 characters, as in a trace.
+                        compact(&shown_value(&c.actual))
                     }
                 )
             })
@@ -77,6 +81,10 @@ pub fn dry_run_table(flow: &Flow, r: &RunReport) -> String {
     let mut extra: Vec<Vec<String>> = vec![vec![]];
     for s in &r.steps {
         let mut why = explain_text(&s.explain);
+        // What a dry run did differently here (a rate limit treated as granted).
+        if let Some(note) = &s.note {
+            why.push(format!("note: {note}"));
+        }
         let first = if why.is_empty() {
             String::new()
         } else {

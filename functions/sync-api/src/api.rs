@@ -863,12 +863,14 @@ impl App {
         let mocks = match body.get("mocks") {
             None | Some(Value::Null) => Map::new(),
             Some(Value::Object(m)) => {
-                if let Some((rule, _)) = m
-                    .iter()
-                    .find(|(_, a)| !a.get("outcome").is_some_and(Value::is_string))
-                {
+                // As a real answer: a bool or a non-empty string.
+                if let Some((rule, _)) = m.iter().find(|(_, a)| {
+                    !a.get("outcome").is_some_and(|o| {
+                        o.is_boolean() || o.as_str().is_some_and(|s| !s.is_empty())
+                    })
+                }) {
                     return Err(ApiError::bad(format!(
-                        "`mocks.{rule}` needs a string `outcome` (and optionally `set`)"
+                        "`mocks.{rule}` needs an `outcome` (a bool or a non-empty string) and optionally `set`"
                     )));
                 }
                 m.clone()

@@ -99,7 +99,8 @@ pub enum CompileError {
 
 /// The longest CEL expression, in characters (SPEC section 1, Limits).
 pub const MAX_EXPR_CHARS: usize = 4096;
-/// The deepest nesting of parentheses, brackets, braces and calls.
+/// The deepest nesting of parentheses, brackets, braces, calls and conditionals (`? :`, which
+/// nests its `else` branch as deep as a call would).
 pub const MAX_NESTING: usize = 64;
 
 /// Checks the size limits before the parser sees the text, so no expression can exhaust the
@@ -117,7 +118,7 @@ pub fn check_limits(source: &str) -> Result<(), CompileError> {
     if depth > MAX_NESTING {
         return Err(CompileError::TooLarge {
             message: format!(
-                "the expression nests parentheses, brackets, braces and calls {depth} deep; the limit is {MAX_NESTING}"
+                "the expression nests parentheses, brackets, braces, calls and conditionals (`? :`) {depth} deep; the limit is {MAX_NESTING}"
             ),
         });
     }
@@ -136,10 +137,14 @@ fn with_stack<R>(f: impl FnOnce() -> R) -> R {
     stacker::maybe_grow(STACK_RED_ZONE, STACK_SEGMENT, f)
 }
 
-/// How deep `(`, `[` and `{` nest in `src`, outside string literals.
+/// How deep `(`, `[`, `{` and conditionals nest in `src`, outside string literals. A `?` (not
+/// the `.?`/`[?` of optional selection) opens a level that lasts to the end of the group it is
+/// in: `a ? b : c ? d : e` nests two deep, as the parser sees it.
 pub fn nesting(src: &str) -> usize {
     let b = src.as_bytes();
     let (mut i, mut depth, mut max) = (0usize, 0usize, 0usize);
+    // Conditionals opened in each group that is open (the outermost is the whole text).
+    let mut ternaries: Vec<usize> = vec![0];
     while i < b.len() {
         match b[i] {
             q @ (b'"' | b'\'') => {
@@ -167,8 +172,23 @@ pub fn nesting(src: &str) -> usize {
             b'(' | b'[' | b'{' => {
                 depth += 1;
                 max = max.max(depth);
+                ternaries.push(0);
             }
-            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            b')' | b']' | b'}' => {
+                let opened = if ternaries.len() > 1 {
+                    ternaries.pop().unwrap_or(0)
+                } else {
+                    0
+                };
+                depth = depth.saturating_sub(1 + opened);
+            }
+            b'?' if i == 0 || !matches!(b[i - 1], b'.' | b'[') => {
+                depth += 1;
+                max = max.max(depth);
+                if let Some(n) = ternaries.last_mut() {
+                    *n += 1;
+                }
+            }
             _ => {}
         }
         i += 1;
@@ -374,11 +394,27 @@ impl Expr {
     pub fn eval(&self, ctx: &cel::Context<'_, '_>) -> Result<CelValue, String> {
         with_stack(|| {
             cel::budget::run(EVAL_MAX_ITERATIONS, EVAL_MAX_TIME, || {
-                CelValue::resolve(&self.ast, ctx).map_err(|e| e.to_string())
+                CelValue::resolve(&self.ast, ctx).map_err(|e| self.error_text(e.to_string()))
             })
             .map_err(|spent| spent.to_string())
             .and_then(|r| r)
         })
+    }
+
+    /// An evaluation error as it may be shown. `cel` names the values it failed on
+    /// (`Unsupported binary operator 'add': String("gold"), Int(1)`); when the expression reads
+    /// client data, only the kind of error is kept, so client data never reaches an error, a
+    /// trace or a log (SPEC section 1, Trace).
+    fn error_text(&self, message: String) -> String {
+        if !self
+            .paths
+            .iter()
+            .any(|p| p.first().is_some_and(|r| r == "client"))
+        {
+            return message;
+        }
+        let kind = message.split(':').next().unwrap_or_default().trim();
+        format!("{kind} (the values are not shown: the expression reads client data)")
     }
 }
 

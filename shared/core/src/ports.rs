@@ -74,8 +74,13 @@ impl Effects for DryRun {
         _payload: &Value,
         _timeout_ms: Option<u64>,
     ) -> Result<Value, EffectError> {
+        // A URL shows as scheme://host[:port] only: its path or query may hold a key.
+        let shown = match kind {
+            MasterKind::Http => crate::engine::redact_url(target),
+            _ => target.to_string(),
+        };
         Err(EffectError::Unsupported(format!(
-            "a dry run does not call {} `{target}` (give rule `{rule}` an answer in the mocks)",
+            "a dry run does not call {} `{shown}` (give rule `{rule}` an answer in the mocks)",
             kind.target_name()
         )))
     }

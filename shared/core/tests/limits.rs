@@ -42,11 +42,23 @@ fn shapes() -> Vec<(&'static str, String)> {
                 "]".repeat(MAX_NESTING - 1)
             ),
         ),
-        // The CEL parser refuses more than 96 nested ternaries with a clean syntax error (see
-        // the test below); up to there they evaluate.
+        // A conditional nests its `else` branch: 64 of them are the limit, like brackets.
         (
             "ternary chain",
-            format!("{}true", "true ? false : ".repeat(90)),
+            format!("{}true", "true ? false : ".repeat(MAX_NESTING)),
+        ),
+        (
+            "ternaries in brackets",
+            format!(
+                "{}{}true{}",
+                "(".repeat(MAX_NESTING / 2),
+                "false ? false : ".repeat(MAX_NESTING / 2),
+                ")".repeat(MAX_NESTING / 2)
+            ),
+        ),
+        (
+            "ternaries side by side",
+            format!("{} == 0", vec!["(true ? 0 : 1)"; 100].join(" + ")),
         ),
     ]
 }
@@ -124,10 +136,17 @@ fn beyond_the_limits_is_a_validation_error_never_a_crash() {
         });
         assert!(err.contains(why), "{err}");
     }
-    // The parser's own recursion limit is an error, not a crash.
-    let ternaries = format!("{}true", "true ? false : ".repeat(200));
-    let err = on_small_stack(move || Expr::compile(&ternaries).err().map(|e| e[0].to_string()));
-    assert!(err.is_some_and(|e| e.contains("Recursion limit")));
+    // Conditionals count as nesting: past the limit, the limit's error (never the parser's own
+    // recursion limit, which 96 of them reached, with an unreadable message).
+    for n in [MAX_NESTING + 1, 96, 200] {
+        let ternaries = format!("{}true", "true ? false : ".repeat(n));
+        let err = on_small_stack(move || Expr::compile(&ternaries).err().map(|e| e[0].to_string()));
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("nests") && e.contains("conditionals")),
+            "{n}: {err:?}"
+        );
+    }
     // Brackets inside strings do not count.
     assert!(Expr::compile(&format!("'{}' == ''", "(".repeat(200))).is_ok());
 }
@@ -239,4 +258,48 @@ fn matches_patterns_are_checked_with_the_flow_and_compiled_once() {
                    "on": {"true": {"complete": "OK"}, "false": {"complete": "NO"}}}]});
     assert_eq!(run_flow(&f, &json!({"s": "abc-123"})).status, "OK");
     assert_eq!(run_flow(&f, &json!({"s": "abc-12"})).status, "NO");
+}
+
+#[test]
+fn evaluation_errors_never_show_client_data() {
+    let flow = json!({"client_id": "c", "flow_id": "f", "version": 1, "terminal_statuses": ["A"],
+        "rules": [{"id": "r", "when": "client.tier + 1 > 1", "on": {"true": {"complete": "A"}}},
+                  {"id": "s", "when": "input.tier + 1 > 1", "on": {"true": {"complete": "A"}}}]});
+    let v = validate_value(&flow, &Catalog::new());
+    let f = v.flow.expect("valid");
+    let meta = ExecutionMeta {
+        execution_id: "c:1".into(),
+        client_id: "c".into(),
+        flow_id: "f".into(),
+        flow_version: 1,
+    };
+    let client = json!({"tier": "SEKRIT-gold"});
+    let input = json!({"tier": "plain-input"});
+    let r = pollster::block_on(run(
+        &f,
+        meta.clone(),
+        &input,
+        Some(&client),
+        chrono::Utc::now(),
+        None,
+        &DryRun,
+    ));
+    let shown = serde_json::to_string(&r.spec_json()).expect("json");
+    assert_eq!(r.status, "FAILED");
+    assert!(!shown.contains("SEKRIT"), "{shown}");
+    assert!(
+        shown.contains("Unsupported binary operator") && shown.contains("client data"),
+        "the kind of error stays: {shown}"
+    );
+    // An expression that does not read client data keeps the values it failed on.
+    let r = pollster::block_on(run(
+        &f,
+        meta,
+        &input,
+        Some(&client),
+        chrono::Utc::now(),
+        Some(vec!["s".to_string()]),
+        &DryRun,
+    ));
+    assert!(r.error.unwrap_or_default().contains("plain-input"));
 }

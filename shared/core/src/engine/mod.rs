@@ -15,7 +15,7 @@ pub use compile::{CompileIssue, CompiledFlow};
 pub use session::{Session, gray_key_value, run};
 pub use trace::{
     CLIENT_DATA, EXPLAIN_VALUE_CHARS, Explain, Next, PlannedAction, RunReport, StepRecord,
-    StepResult, reads_client, redact_url, sanitize_explain,
+    StepResult, reads_client, redact_url, sanitize_explain, shown_value,
 };
 
 pub use crate::execution::{ExecutionMeta, RunState};

@@ -316,6 +316,13 @@ pub fn sanitize_explain(explain: &mut Value) {
     }
 }
 
+/// A value as a trace shows it: cut to 256 characters (see below).
+pub fn shown_value(v: &Value) -> Value {
+    let mut v = v.clone();
+    cut_value(&mut v);
+    v
+}
+
 /// A value over 256 characters becomes its first 255 and `…`: 256 in all (a list or an object
 /// counts the characters of its JSON text, and is shown as that text once cut).
 fn cut_value(v: &mut Value) {
