@@ -18,8 +18,10 @@ package is installed under the cache directory by this script (npm), never commi
 The rate is taken over the standard language and the string extension, which is what a flow's
 CEL offers (docs/flows.md). The suites of extensions rulestream does not enable (`math_ext`,
 `bindings_ext`, `block_ext`, and `macros2`: two-variable comprehensions) are run and shown too,
-outside the rate. Exits 1 when the rate falls under --min-rate: 0.968, just under today's
-747 of 771 (96.9%), so one case lost fails the run and no drop goes unnoticed.
+outside the rate. Exits 1 when the rate falls under --min-rate: 0.967, just under today's
+746 of 771 (96.76%), so one case lost fails the run and no drop goes unnoticed. (747 until an
+undeclared function became a validation error, like an unknown variable: cel-spec's
+`functions/unbound_is_runtime_error` expects a run-time error instead.)
 """
 from __future__ import annotations
 
@@ -123,7 +125,7 @@ def main() -> int:
     default_cli = Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache/rulestream/target")) / "debug" / "rulestream"
     ap.add_argument("--rulestream", default=str(default_cli))
     ap.add_argument("--cache", default=str(Path.home() / ".cache" / "rulestream"))
-    ap.add_argument("--min-rate", type=float, default=0.968)
+    ap.add_argument("--min-rate", type=float, default=0.967)
     ap.add_argument("--show-failures", action="store_true")
     ap.add_argument("--jobs", type=int, default=2)
     a = ap.parse_args()

@@ -49,6 +49,9 @@ const BUILTIN_NAMES: [&str; 14] = [
     "math",
 ];
 
+/// Macros CEL expands when it parses (`has(x.y)`, `l.all(x, p)`): names, not functions.
+const MACROS: [&str; 6] = ["has", "all", "exists", "exists_one", "map", "filter"];
+
 /// The process-wide CEL environment (standard library plus the string extensions).
 pub fn env() -> &'static Arc<Env> {
     static ENV: OnceLock<Arc<Env>> = OnceLock::new();
@@ -88,6 +91,12 @@ pub enum CompileError {
     InvalidPattern {
         /// The regex compiler's explanation.
         message: String,
+    },
+    /// The expression calls a function CEL does not have.
+    #[error("unknown function `{name}` (CEL's standard functions and the string extension)")]
+    UnknownFunction {
+        /// The function.
+        name: String,
     },
     /// The expression reads a variable that no rule can see.
     #[error("unknown variable `{name}` (known: input, ctx, client, params, steps, execution, now)")]
@@ -336,6 +345,25 @@ impl Expr {
             return Err(unknown
                 .into_iter()
                 .map(|name| CompileError::UnknownVariable { name })
+                .collect());
+        }
+        // Calls of functions CEL does not have fail at compile time, not at their first call.
+        // Operators (`_+_`, `!_`, `@in`) and macro internals are not functions by name.
+        let mut undeclared: Vec<String> = program
+            .expression()
+            .references()
+            .functions()
+            .into_iter()
+            .filter(|f| f.starts_with(|c: char| c.is_ascii_alphabetic()))
+            .filter(|f| !env().declares_function(f) && !MACROS.contains(f))
+            .map(str::to_string)
+            .collect();
+        if !undeclared.is_empty() {
+            undeclared.sort();
+            undeclared.dedup();
+            return Err(undeclared
+                .into_iter()
+                .map(|name| CompileError::UnknownFunction { name })
                 .collect());
         }
         let mut patterns = Vec::new();

@@ -303,3 +303,25 @@ fn evaluation_errors_never_show_client_data() {
     ));
     assert!(r.error.unwrap_or_default().contains("plain-input"));
 }
+
+#[test]
+fn a_call_of_an_undeclared_function_is_a_validation_error() {
+    let v = validate_value(&flow("sizee(input.l) > 0"), &Catalog::new());
+    assert!(
+        v.findings
+            .iter()
+            .any(|f| f.path == "$.rules[0].when" && f.message.contains("unknown function `sizee`")),
+        "{:?}",
+        v.findings
+    );
+    // Standard, member, namespaced and macro calls are declared.
+    for ok in [
+        "size(input.l) > 0 && input.l.size() > 0",
+        "input.s.startsWith('a') || input.s.lowerAscii() == 'a' || strings.quote(input.s) == ''",
+        "has(input.x) && input.l.all(v, v > 0) && input.l.exists_one(v, v > 0)",
+        "int(input.x) == 1 && timestamp('2026-01-01T00:00:00Z') < now && duration('1s') > duration('0s')",
+    ] {
+        let v = validate_value(&flow(ok), &Catalog::new());
+        assert!(v.is_valid(), "{ok}: {:?}", v.findings);
+    }
+}

@@ -307,6 +307,18 @@ impl Env {
         self.namespaces.contains(namespace)
     }
 
+    /// Whether the environment declares a function (global or member) of this name, plain or
+    /// in a namespace (`quote` of `strings.quote`, which a parsed call names `quote`).
+    /// rulestream patch: lets a host refuse a call to an undeclared function when the
+    /// expression is compiled, not at its first call.
+    pub fn declares_function(&self, name: &str) -> bool {
+        self.functions.contains_key(name)
+            || self
+                .functions
+                .keys()
+                .any(|k| k.rsplit_once('.').is_some_and(|(_, f)| f == name))
+    }
+
     /// Finds a global function overload that matches the given name and arguments.
     pub fn find_overload(&self, name: &str, args: &[CowVal<'_, '_>]) -> Option<Function> {
         match self.functions.get(name) {
