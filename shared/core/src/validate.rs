@@ -302,6 +302,9 @@ fn best_effort_flow(doc: &Value) -> (Option<Flow>, Vec<usize>) {
             .iter()
             .enumerate()
             .map(|(i, r)| {
+                // Fields the structural layer reported as unknown are left out, so the rest of
+                // the rule is still checked (one pass: an unknown field hides nothing).
+                let r = &without_unknown_fields(r);
                 if serde_json::from_value::<Rule>(r.clone()).is_ok() {
                     r.clone()
                 } else {
@@ -317,6 +320,79 @@ fn best_effort_flow(doc: &Value) -> (Option<Flow>, Vec<usize>) {
         cleaned.insert("rules".into(), Value::Array(fixed));
     }
     (serde_json::from_value(Value::Object(cleaned)).ok(), bad)
+}
+
+/// A rule without the fields a rule, its transitions and its actions do not have (the
+/// structural layer reports them).
+fn without_unknown_fields(rule: &Value) -> Value {
+    const RULE: [&str; 12] = [
+        "id",
+        "description",
+        "when",
+        "conditions",
+        "use",
+        "use_version",
+        "params",
+        "gray",
+        "rate_limit",
+        "on",
+        "default",
+        "on_error",
+    ];
+    const TRANSITION: [&str; 6] = ["next", "goto", "complete", "reason", "set", "actions"];
+    const ACTION: [&str; 10] = [
+        "type",
+        "url",
+        "secret_id",
+        "timeout_ms",
+        "channel",
+        "template",
+        "tag",
+        "queue",
+        "field",
+        "value",
+    ];
+    fn keep(v: &mut Value, known: &[&str]) {
+        if let Value::Object(m) = v {
+            m.retain(|k, _| known.contains(&k.as_str()));
+        }
+    }
+    fn transition(t: &mut Value) {
+        keep(t, &TRANSITION);
+        if let Some(Value::Array(actions)) = t.get_mut("actions") {
+            for a in actions {
+                keep(a, &ACTION);
+            }
+        }
+    }
+    let mut r = rule.clone();
+    keep(&mut r, &RULE);
+    if let Some(Value::Array(groups)) = r.get_mut("conditions") {
+        for g in groups {
+            if let Value::Array(conds) = g {
+                for c in conds {
+                    keep(c, &["field", "op", "value"]);
+                }
+            }
+        }
+    }
+    if let Some(g) = r.get_mut("gray") {
+        keep(g, &["percent"]);
+    }
+    if let Some(l) = r.get_mut("rate_limit") {
+        keep(l, &["per_second", "burst", "fail_open"]);
+    }
+    if let Some(Value::Object(on)) = r.get_mut("on") {
+        for t in on.values_mut() {
+            transition(t);
+        }
+    }
+    for k in ["default", "on_error"] {
+        if let Some(t) = r.get_mut(k) {
+            transition(t);
+        }
+    }
+    r
 }
 
 /// Layer 3 checks that need the whole flow (the compiler checks each rule).
