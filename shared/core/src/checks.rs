@@ -71,20 +71,25 @@ pub fn check_op_value(c: &Condition) -> Result<(), String> {
 }
 
 /// Checks that an action has the fields its type needs and no others; a signing secret must be
-/// one of the flow's own client (`rulestream/<client_id>/…`, SPEC section 3).
-pub fn check_action(a: &Action, client_id: &str) -> Result<(), String> {
+/// one of the flow's own client (`rulestream/<client_id>/…`, SPEC section 3). The error names
+/// the action's field it is about, when it is about one.
+pub fn check_action(a: &Action, client_id: &str) -> Result<(), (Option<&'static str>, String)> {
     if let Some(t) = a.timeout_ms
         && (t == 0 || t > MAX_TIMEOUT_MS)
     {
-        return Err(format!(
-            "`timeout_ms` must be 1 to {MAX_TIMEOUT_MS}, got {t}"
+        return Err((
+            Some("timeout_ms"),
+            format!("`timeout_ms` must be 1 to {MAX_TIMEOUT_MS}, got {t}"),
         ));
     }
     if let Some(secret) = &a.secret_id {
         let own = format!("rulestream/{client_id}/");
         if !secret.starts_with(&own) || secret.len() == own.len() {
-            return Err(format!(
-                "`secret_id` `{secret}` is not a secret of client `{client_id}`: it must be named `{own}<name>`"
+            return Err((
+                Some("secret_id"),
+                format!(
+                    "`secret_id` `{secret}` is not a secret of client `{client_id}`: it must be named `{own}<name>`"
+                ),
             ));
         }
     }
@@ -94,7 +99,7 @@ pub fn check_action(a: &Action, client_id: &str) -> Result<(), String> {
     let missing: Vec<_> = required.iter().filter(|f| !present.contains(f)).collect();
     if !missing.is_empty() {
         let list: Vec<String> = missing.iter().map(|f| format!("`{f}`")).collect();
-        return Err(format!("`{kind}` needs {}", list.join(" and ")));
+        return Err((None, format!("`{kind}` needs {}", list.join(" and "))));
     }
     let extra: Vec<_> = present
         .iter()
@@ -102,19 +107,25 @@ pub fn check_action(a: &Action, client_id: &str) -> Result<(), String> {
         .collect();
     if !extra.is_empty() {
         let list: Vec<String> = extra.iter().map(|f| format!("`{f}`")).collect();
-        return Err(format!("{} is not a field of `{kind}`", list.join(", ")));
+        return Err((
+            None,
+            format!("{} is not a field of `{kind}`", list.join(", ")),
+        ));
     }
     if a.kind == ActionType::CallWebhook
         && let Some(url) = &a.url
         && !(url.starts_with("https://") || url.starts_with("http://"))
     {
-        return Err(format!("`url` must be an http(s) URL, got `{url}`"));
+        return Err((
+            Some("url"),
+            format!("`url` must be an http(s) URL, got `{url}`"),
+        ));
     }
     if a.kind == ActionType::SetField
         && let Some(f) = &a.field
         && f.is_empty()
     {
-        return Err("`field` must not be empty".into());
+        return Err((Some("field"), "`field` must not be empty".into()));
     }
     Ok(())
 }

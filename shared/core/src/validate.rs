@@ -215,11 +215,40 @@ fn structural(doc: &Value) -> Vec<Finding> {
             }
             _ => {
                 let instance = value_at(doc, &pointer);
-                out.push(error(path, friendly(&e.to_string(), instance)));
+                let message = match one_of_names(&path) {
+                    Some((what, names)) if e.to_string().contains("'oneOf'") => format!(
+                        "unknown {what} {} (one of: {})",
+                        instance.map_or_else(String::new, ToString::to_string),
+                        names.join(", ")
+                    ),
+                    _ => friendly(&e.to_string(), instance),
+                };
+                out.push(error(path, message));
             }
         }
     }
     out
+}
+
+/// For a field whose values are a fixed list (a condition's `op`, an action's `type`): what it is
+/// called and its values, from the flow schema.
+fn one_of_names(path: &str) -> Option<(&'static str, Vec<String>)> {
+    let (what, def) = if path.ends_with(".op") && path.contains(".conditions[") {
+        ("op", "Op")
+    } else if path.ends_with(".type") && path.contains(".actions[") {
+        ("action type", "ActionType")
+    } else {
+        return None;
+    };
+    static SCHEMA: OnceLock<Value> = OnceLock::new();
+    let schema = SCHEMA.get_or_init(crate::model::flow_schema);
+    let names: Vec<String> = schema
+        .pointer(&format!("/definitions/{def}/oneOf"))?
+        .as_array()?
+        .iter()
+        .filter_map(|v| v.get("const").and_then(Value::as_str).map(str::to_string))
+        .collect();
+    (!names.is_empty()).then_some((what, names))
 }
 
 fn friendly(msg: &str, instance: Option<&Value>) -> String {

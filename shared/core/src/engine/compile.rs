@@ -361,6 +361,19 @@ fn compile_rule(
                                 c.field
                             ),
                         ));
+                    } else if fpath.iter().any(|seg| {
+                        seg.is_empty()
+                            || seg.chars().any(|ch| {
+                                ch.is_whitespace() || "+*/%()[]{}<>=!&|?,'\"".contains(ch)
+                            })
+                    }) {
+                        issues.push(issue(
+                            &format!("{cpath}.field"),
+                            format!(
+                                "`{}` is not a field path: keys joined by dots, e.g. input.trade.amount (an expression goes in `when`)",
+                                c.field
+                            ),
+                        ));
                     }
                     if let Err(m) = crate::checks::check_op_value(c) {
                         issues.push(issue(&format!("{cpath}.value"), m));
@@ -619,8 +632,9 @@ fn compile_transition(
         }
     }
     for (ai, a) in t.actions.iter().enumerate() {
-        if let Err(m) = crate::checks::check_action(a, &flow.client_id) {
-            issues.push(issue(&format!("{path}.actions[{ai}]"), m));
+        if let Err((field, m)) = crate::checks::check_action(a, &flow.client_id) {
+            let at = field.map_or(String::new(), |f| format!(".{f}"));
+            issues.push(issue(&format!("{path}.actions[{ai}]{at}"), m));
         }
     }
     (issues.len() == before).then(|| CompiledTransition {
