@@ -86,6 +86,10 @@ pub fn status(id: &str, json_out: bool) -> anyhow::Result<Outcome> {
     if let Some(o) = summary.as_object_mut() {
         o.remove("trace");
         o.remove("running_shard");
+        // Every summary field, null where it has no value yet (as `GET` answers).
+        for k in chain::SUMMARY_FIELDS {
+            o.entry(k).or_insert(Value::Null);
+        }
         o.insert("steps_so_far".into(), json!(steps.len()));
         if let Some(last) = steps.last() {
             o.insert("last_rule".into(), last["rule"].clone());
@@ -342,10 +346,19 @@ pub fn rerun(
     let row = match rerun_row(&b, &rt, original, same_version, from, None)? {
         RerunRow::Row(row) => row,
         RerunRow::NoInput => {
-            eprintln!(
-                "rulestream: no seq 0 row of `{original}` (unknown, or expired: trigger rows live {} days, and a rerun needs the original input)",
-                b.cfg.trigger_ttl.as_secs() / 86_400
-            );
+            // A rerun needs the original input, which only the seq 0 trigger row holds.
+            let known = rt
+                .block_on(b.journal.summary(original))
+                .map_err(backend_error)?
+                .is_some();
+            if known {
+                eprintln!(
+                    "rulestream: `{original}` has no seq 0 trigger row to take its input from: it ran inline through the sync API (which writes no trigger row), or its row expired (trigger rows live {} days)",
+                    b.cfg.trigger_ttl.as_secs() / 86_400
+                );
+            } else {
+                eprintln!("rulestream: no execution `{original}`");
+            }
             return Ok(Waited::Done(Outcome::UserFix));
         }
         RerunRow::NoVersion => {

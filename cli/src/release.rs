@@ -367,6 +367,11 @@ pub fn releases(client: &str, flow: &str, json_out: bool) -> anyhow::Result<Outc
         let c = ctx(json_out).await?;
         let cur = c.store.current(client, flow).await;
         let history = c.store.history(&format!("{client}/{flow}")).await.map_err(backend)?;
+        // A flow that is not registered and never was: nothing to show, and the user must fix
+        // the name (exit 1), as `promote` or `set-percent` on it would.
+        if let (Err(StoreError::NotFound(m)), true) = (&cur, history.is_empty()) {
+            return refuse(m);
+        }
         if json_out {
             let release = cur.as_ref().ok().and_then(|c| c.release.clone());
             println!("{}", json!({"client_id": client, "flow_id": flow, "release": release, "history": history}));

@@ -106,6 +106,13 @@ fn respond(status: u16, body: &Value) -> Response<Body> {
         "content-type",
         lambda_http::http::HeaderValue::from_static("application/json"),
     );
+    if status == 429 {
+        // Start quotas refill every second.
+        r.headers_mut().insert(
+            "retry-after",
+            lambda_http::http::HeaderValue::from_static("1"),
+        );
+    }
     r
 }
 
@@ -151,6 +158,17 @@ fn body_json(req: &Request) -> Result<Map<String, Value>, ApiError> {
         Ok(_) => Err(ApiError::bad("the body must be a JSON object")),
         Err(e) => Err(ApiError::bad(format!("the body is not valid JSON: {e}"))),
     }
+}
+
+/// A summary with every field SPEC section 3 lists, `null` where it has no value yet (a
+/// `reason` of an execution that completed without one, a `finished_at` while it runs).
+fn with_summary_fields(mut e: Value) -> Value {
+    if let Some(o) = e.as_object_mut() {
+        for k in rulestream_core::chain::SUMMARY_FIELDS {
+            o.entry(k).or_insert(Value::Null);
+        }
+    }
+    e
 }
 
 /// The versions an execution may run: the pinned one, else stable and the candidate.
@@ -333,9 +351,22 @@ impl App {
             .await
             .map_err(|e| store("reading the client's flow", e))?;
         if !cf.enabled {
-            return Err(ApiError::not_found(format!(
-                "flow `{flow}` of client `{client}` is disabled"
-            )));
+            // The flow exists, and this caller may not start it now.
+            return Err(ApiError::new(
+                403,
+                "forbidden",
+                format!("flow `{flow}` of client `{client}` is disabled"),
+            ));
+        }
+        if let Some(v) = version {
+            // A pinned version that does not exist is a 404 now (as for a dry run), rather than
+            // an execution that ends FAILED. One that exists but is invalid still starts, and
+            // ends FAILED with its validation errors (SPEC section 1).
+            if let Err(StoreError::NotFound(m)) =
+                self.chain.flows.flow_version(&client, &flow, v).await
+            {
+                return Err(ApiError::not_found(m));
+            }
         }
         let timeout = match &wait {
             None => None,
@@ -701,7 +732,7 @@ impl App {
             o.remove("running_shard");
             o.remove("expires_at");
         }
-        Ok((200, e))
+        Ok((200, with_summary_fields(e)))
     }
 
     async fn cancel(&self, req: &Request, id: &str) -> Answer {

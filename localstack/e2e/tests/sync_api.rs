@@ -4,7 +4,7 @@
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use rulestream_e2e::api::call;
-use rulestream_e2e::{Stack, new_id};
+use rulestream_e2e::{Stack, new_id, ok_json, rs};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -122,6 +122,23 @@ async fn start_wait_read_list_cancel_and_dry_run_with_auth() {
         Some(&json!({"client_id": client, "flow_id": "nope", "input": {}}).to_string()),
     );
     assert_eq!((s, error_code(&v)), (404, "not_found"), "{v}");
+    // A pinned version that does not exist: 404 at once, not an execution that ends FAILED.
+    let (s, v) = call(
+        "POST",
+        "/v1/executions",
+        k,
+        Some(
+            &json!({"client_id": client, "flow_id": "score", "input": {}, "flow_version": 99})
+                .to_string(),
+        ),
+    );
+    assert_eq!((s, error_code(&v)), (404, "not_found"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no version 99") && !m.contains("s3://")),
+        "{v}"
+    );
     let big =
         json!({"client_id": client, "flow_id": "score", "input": {"blob": "x".repeat(300_000)}})
             .to_string();
@@ -145,6 +162,23 @@ async fn start_wait_read_list_cancel_and_dry_run_with_auth() {
     let (s, v) = call("GET", &format!("/v1/executions/{id}"), k, None);
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["trace"].as_array().map(Vec::len), Some(2));
+    // Every summary field is there, null where it has no value (no reason, route or rerun_of).
+    for f in [
+        "client_id",
+        "flow_id",
+        "flow_version",
+        "status",
+        "started_at",
+        "finished_at",
+        "output",
+        "reason",
+        "error",
+        "tags",
+        "route",
+        "rerun_of",
+    ] {
+        assert!(v.get(f).is_some(), "{f} missing: {v}");
+    }
     let (s, _) = call(
         "GET",
         &format!("/v1/executions/{id}"),
@@ -354,6 +388,17 @@ async fn an_execution_is_read_and_cancelled_right_after_its_start() {
     assert_eq!(v["executions"].as_array().map(Vec::len), Some(3), "{v}");
     let (s, v) = call("GET", "/v1/executions?since=soon", k, None);
     assert_eq!((s, error_code(&v)), (400, "bad_request"), "{v}");
+
+    // A disabled flow exists, and may not be started now: 403.
+    ok_json(&rs(&["client", "disable", &client, "long", "--json"]));
+    let (s, v) = call("POST", "/v1/executions", k, Some(&start));
+    assert_eq!((s, error_code(&v)), (403, "forbidden"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("disabled")),
+        "{v}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -359,8 +359,7 @@ impl AwsFlowSource {
                 );
                 return Err(if missing {
                     StoreError::NotFound(format!(
-                        "flow {client_id}/{flow_id} version {version} is not in s3://{}/{s3_key}",
-                        self.cfg.bucket
+                        "flow {client_id}/{flow_id} has no version {version} (no {s3_key} in the configs bucket)"
                     ))
                 } else {
                     let msg = format!(

@@ -88,6 +88,22 @@ impl Default for Settings {
     }
 }
 
+/// The fields of an execution's summary (SPEC section 3), besides its id and its trace.
+pub const SUMMARY_FIELDS: [&str; 12] = [
+    "client_id",
+    "flow_id",
+    "flow_version",
+    "status",
+    "started_at",
+    "finished_at",
+    "output",
+    "reason",
+    "error",
+    "tags",
+    "route",
+    "rerun_of",
+];
+
 impl Settings {
     /// When a trigger row written now expires (`expires_at`, Unix seconds).
     pub fn row_expires_at(&self) -> i64 {
