@@ -230,9 +230,30 @@ fn structural(doc: &Value) -> Vec<Finding> {
     out
 }
 
+/// The names of the flow schema's enum `def` (`Op`, `ActionType`).
+fn enum_names(def: &str) -> Vec<&'static str> {
+    static SCHEMA: OnceLock<Value> = OnceLock::new();
+    SCHEMA
+        .get_or_init(crate::model::flow_schema)
+        .pointer(&format!("/definitions/{def}/oneOf"))
+        .and_then(Value::as_array)
+        .map(|l| {
+            l.iter()
+                .filter_map(|c| c.get("const").and_then(Value::as_str))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether `v` is one of the names of the flow schema's enum `def`.
+fn known_name(def: &str, v: Option<&Value>) -> bool {
+    v.and_then(Value::as_str)
+        .is_some_and(|name| enum_names(def).contains(&name))
+}
+
 /// For a field whose values are a fixed list (a condition's `op`, an action's `type`): what it is
 /// called and its values, from the flow schema.
-fn one_of_names(path: &str) -> Option<(&'static str, Vec<String>)> {
+fn one_of_names(path: &str) -> Option<(&'static str, Vec<&'static str>)> {
     let (what, def) = if path.ends_with(".op") && path.contains(".conditions[") {
         ("op", "Op")
     } else if path.ends_with(".type") && path.contains(".actions[") {
@@ -240,14 +261,7 @@ fn one_of_names(path: &str) -> Option<(&'static str, Vec<String>)> {
     } else {
         return None;
     };
-    static SCHEMA: OnceLock<Value> = OnceLock::new();
-    let schema = SCHEMA.get_or_init(crate::model::flow_schema);
-    let names: Vec<String> = schema
-        .pointer(&format!("/definitions/{def}/oneOf"))?
-        .as_array()?
-        .iter()
-        .filter_map(|v| v.get("const").and_then(Value::as_str).map(str::to_string))
-        .collect();
+    let names = enum_names(def);
     (!names.is_empty()).then_some((what, names))
 }
 
@@ -391,6 +405,11 @@ fn without_unknown_fields(rule: &Value) -> Value {
         if let Some(Value::Array(actions)) = t.get_mut("actions") {
             for a in actions {
                 keep(a, &ACTION);
+                // An unknown `type` (reported by the structural layer) stands as a harmless
+                // action, so the rule's other errors still show.
+                if !known_name("ActionType", a.get("type")) {
+                    *a = serde_json::json!({"type": "add_tag", "tag": "-"});
+                }
             }
         }
     }
@@ -401,6 +420,13 @@ fn without_unknown_fields(rule: &Value) -> Value {
             if let Value::Array(conds) = g {
                 for c in conds {
                     keep(c, &["field", "op", "value"]);
+                    // Likewise an unknown `op`: `eq` takes any value.
+                    if !known_name("Op", c.get("op"))
+                        && let Value::Object(m) = c
+                    {
+                        m.insert("op".into(), Value::from("eq"));
+                        m.entry("value").or_insert(Value::Null);
+                    }
                 }
             }
         }
