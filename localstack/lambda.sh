@@ -112,6 +112,11 @@ start() {
   if [[ -d "$REPO/functions/release-bridge" ]]; then
     warm release-bridge '{"eventSource":"aws:kafka","eventSourceArn":"arn:aws:kafka:us-east-1:000000000000:cluster/rulestream-local/local","bootstrapServers":"127.0.0.1","records":{}}'
   fi
+  if [[ -d "$REPO/functions/rules/score" ]]; then
+    # The example Rust `lambda` master rule: its first start compiles it, which can take longer
+    # than a rule's 10 s timeout, so it is started here rather than by the first flow that uses it.
+    warm rulestream-rule-score '{"input": {"amount": 1}, "ctx": {}, "params": {"threshold": 1}, "execution": {}}'
+  fi
   if [[ -d "$REPO/functions/sync-api" ]]; then
     # An API Gateway HTTP API (payload v2) request, as the function receives it.
     warm sync-api '{"version":"2.0","routeKey":"GET /v1/health","rawPath":"/v1/health","rawQueryString":"","headers":{},"requestContext":{"http":{"method":"GET","path":"/v1/health","protocol":"HTTP/1.1","sourceIp":"127.0.0.1","userAgent":"warm-up"},"routeKey":"GET /v1/health","stage":"$default","requestId":"warm-up","accountId":"000000000000","apiId":"local","domainName":"localhost","domainPrefix":"localhost","time":"30/Nov/2026:00:00:00 +0000","timeEpoch":0},"isBase64Encoded":false}'
