@@ -308,7 +308,7 @@ impl<'f> Session<'f> {
                 unreachable!("errored implies an error explain")
             };
             let error = format!("rule `{}`: {message}", rule.id);
-            let mut record = self.record(
+            let record = self.record(
                 seq,
                 &compiled.id,
                 outcome,
@@ -318,12 +318,7 @@ impl<'f> Session<'f> {
                 vec![],
                 started,
             );
-            record.note = note;
-            self.state.seq += 1;
-            return StepResult {
-                record: Some(record),
-                next: failed(error.clone(), Some(error)),
-            };
+            return self.ends_failed(record, note, error);
         }
         // A `set` that fails is an evaluation error of the rule (SPEC section 1): its `on_error`
         // decides, as for a decision that fails (what the failed `set` wrote is undone first);
@@ -355,7 +350,7 @@ impl<'f> Session<'f> {
         }
         if let (Some(e), Some(t)) = (set_failed, transition) {
             let error = format!("rule `{}`: {e}", rule.id);
-            let mut record = self.record(
+            let record = self.record(
                 seq,
                 &compiled.id,
                 outcome,
@@ -365,12 +360,7 @@ impl<'f> Session<'f> {
                 vec![],
                 started,
             );
-            record.note = note;
-            self.state.seq += 1;
-            return StepResult {
-                record: Some(record),
-                next: failed(error.clone(), Some(error)),
-            };
+            return self.ends_failed(record, note, error);
         }
         let mut actions = Vec::new();
         let (desc, target) = match transition {
@@ -426,6 +416,21 @@ impl<'f> Session<'f> {
         StepResult {
             record: Some(record),
             next,
+        }
+    }
+
+    /// The step `record` (with its dry-run `note`) ends the execution `FAILED` with `error`.
+    fn ends_failed(
+        &mut self,
+        mut record: StepRecord<'f>,
+        note: Option<String>,
+        error: String,
+    ) -> StepResult<'f> {
+        record.note = note;
+        self.state.seq += 1;
+        StepResult {
+            record: Some(record),
+            next: failed(error.clone(), Some(error)),
         }
     }
 
