@@ -104,6 +104,74 @@ impl Stack {
             .expect("register client");
     }
 
+    /// Registers a copy of a registered flow under another flow id: every stored version (its
+    /// `flow_id` rewritten) and the clients row (release, client data, quota). A copy has token
+    /// buckets of its own, as they are keyed by client, flow and rule.
+    pub async fn register_copy(&self, client: &str, flow: &str, copy: &str) {
+        let bucket = self.table("configs");
+        let listed = self
+            .s3
+            .list_objects_v2()
+            .bucket(&bucket)
+            .prefix(format!("flows/{client}/{flow}/"))
+            .send()
+            .await
+            .expect("list flow versions");
+        for key in listed.contents().iter().filter_map(|o| o.key()) {
+            let body = self
+                .s3
+                .get_object()
+                .bucket(&bucket)
+                .key(key)
+                .send()
+                .await
+                .expect("get flow version")
+                .body
+                .collect()
+                .await
+                .expect("read flow version")
+                .into_bytes();
+            let mut doc: Value = serde_json::from_slice(&body).expect("flow json");
+            doc["flow_id"] = json!(copy);
+            let name = key.rsplit('/').next().expect("file name");
+            self.s3
+                .put_object()
+                .bucket(&bucket)
+                .key(format!("flows/{client}/{copy}/{name}"))
+                .body(doc.to_string().into_bytes().into())
+                .send()
+                .await
+                .expect("upload flow copy");
+        }
+        let item = self
+            .ddb
+            .get_item()
+            .table_name(self.table("clients"))
+            .key("client_id", AttributeValue::S(client.to_string()))
+            .key("flow_id", AttributeValue::S(flow.to_string()))
+            .consistent_read(true)
+            .send()
+            .await
+            .expect("get clients row")
+            .item
+            .expect("the flow is registered");
+        let mut row: Value = serde_dynamo::from_item(item).expect("clients row decodes");
+        row["flow_id"] = json!(copy);
+        if let Some(k) = row["config_key"].as_str() {
+            row["config_key"] = json!(k.replace(
+                &format!("flows/{client}/{flow}/"),
+                &format!("flows/{client}/{copy}/")
+            ));
+        }
+        self.ddb
+            .put_item()
+            .table_name(self.table("clients"))
+            .set_item(Some(serde_dynamo::to_item(row).expect("item")))
+            .send()
+            .await
+            .expect("register flow copy");
+    }
+
     /// Inserts a trigger row exactly as a client process does.
     pub async fn trigger(&self, table: &str, row: &Value) {
         self.ddb

@@ -88,8 +88,21 @@ fn normalized_raw(e: &Value) -> Value {
 async fn every_record_delivered_twice_changes_nothing() {
     let stack = Stack::from_env().await;
     let cases = examples();
+    // Each sample runs on a copy of its flow that only this test uses: a rule's token bucket is
+    // keyed by client, flow and rule, and other tests start the same samples at the same time.
+    // With the bucket shared, one of the two runs could be `limited` and the other not.
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let mut copies = HashSet::new();
+    for (client, flow, _) in &cases {
+        if copies.insert((client.clone(), flow.clone())) {
+            stack
+                .register_copy(client, flow, &format!("{flow}-redeliver-{run}"))
+                .await;
+        }
+    }
     let (mut once, mut twice, mut pairs) = (Vec::new(), Vec::new(), Vec::new());
     for (client, flow, c) in &cases {
+        let flow = format!("{flow}-redeliver-{run}");
         let a = new_id(client, "once");
         let b = new_id(client, "twice");
         once.push(json!({"execution_id": a, "seq": 0, "client_id": client, "flow_id": flow, "input": c["input"]}));
