@@ -144,7 +144,7 @@ def main():
         counter = [0]
         executions(a.batch, stream_arn, counter)  # warm-up: the flow into the cache, connections opened
         if a.perf:
-            perf = subprocess.Popen(["perf", "record", "-g", "-F", "4999", "-o", a.perf, "-p",
+            perf = subprocess.Popen(["perf", "record", "--call-graph", os.environ.get("PERF_CALLGRAPH", "fp"), "-F", "4999", "-o", a.perf, "-p",
                                      str(proc.pid)], stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL)
             time.sleep(1)

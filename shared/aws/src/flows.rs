@@ -288,12 +288,9 @@ impl FlowSource for AwsFlowSource {
         version: u64,
         pins: &std::collections::BTreeMap<String, u64>,
     ) -> Result<Arc<CompiledFlow>, StoreError> {
-        let current = self.flow_version(client_id, flow_id, version).await?;
-        if current.agrees_with(pins) {
-            return Ok(current);
-        }
-        // The catalog moved on since the execution started: compile the flow again with the
-        // versions of its seq 0 (versions are immutable, so this is cached for good).
+        // A flow version and the master-rule versions of its seq 0 decide the compiled flow for
+        // good (both are immutable): a later step needs neither the config epoch nor the
+        // catalog, so a hop makes no Redis round trip for them.
         let key = format!(
             "{client_id}/{flow_id}/v{version}/{}",
             pins.iter()
@@ -304,6 +301,13 @@ impl FlowSource for AwsFlowSource {
         if let Some(f) = self.pinned.lock().await.get(&key) {
             return Ok(Arc::clone(f));
         }
+        let current = self.flow_version(client_id, flow_id, version).await?;
+        if current.agrees_with(pins) {
+            self.pinned.lock().await.insert(key, Arc::clone(&current));
+            return Ok(current);
+        }
+        // The catalog moved on since the execution started: compile the flow again with the
+        // versions of its seq 0.
         let catalog = self.catalog(false).await?;
         let flow = current.pinned_flow(pins);
         match CompiledFlow::compile(&flow, &catalog) {
