@@ -15,7 +15,8 @@ orchestrator writes into the table `<prefix>-trigger-cpu` (no runner reads it) i
 and handed over as the next event, until the execution ends. Only the function's own process
 is measured: utime + stime from /proc over the measured executions (the first one, which loads
 the flow, is not measured), divided by the records. With --perf, `perf record -g` samples the
-process meanwhile (give it a build with symbols: see BENCHMARKS.md).
+process meanwhile (give it a build with symbols: see BENCHMARKS.md; PERF_CALLGRAPH=dwarf records
+whole stacks, the default is frame pointers).
 """
 import argparse
 import http.server
