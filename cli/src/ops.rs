@@ -353,7 +353,7 @@ pub fn rerun(
                 .is_some();
             if known {
                 eprintln!(
-                    "rulestream: `{original}` has no seq 0 trigger row to take its input from: it ran inline through the sync API (which writes no trigger row), or its row expired (trigger rows live {} days)",
+                    "rulestream: `{original}` has no seq 0 trigger row to take its input from: its row expired (trigger rows live {} days), or it ran inline on a sync API that kept no row",
                     b.cfg.trigger_ttl.as_secs() / 86_400
                 );
             } else {

@@ -13,7 +13,9 @@ use base64::Engine;
 use lambda_http::{Body, Request, RequestExt, Response};
 use rulestream_aws::config::Config;
 use rulestream_aws::{AwsEffects, AwsFlowSource, Http, StateSealer};
-use rulestream_core::chain::{Cancel, Chain, RUNNING, bounded_trace, cancel, summary_or_pending};
+use rulestream_core::chain::{
+    Cancel, Chain, INLINE_MARK, RUNNING, bounded_trace, cancel, summary_or_pending,
+};
 use rulestream_core::execution::{check_execution_id, duration_secs};
 use rulestream_core::ports::{FlowSource, Journal, StoreError};
 use rulestream_core::{ExecutionMeta, Mocked};
@@ -437,7 +439,8 @@ impl App {
         if inline {
             // A wait shorter than the inline budget bounds the inline run too.
             let budget = timeout.map_or(INLINE_BUDGET, |t| t.min(INLINE_BUDGET));
-            let handed_off = self.run_inline(&id, row, budget).await?;
+            let handed_off = self.run_inline(&id, row.clone(), budget).await?;
+            self.keep_input(row).await;
             if let Some(answer) = self.ended(&id).await? {
                 return Ok(answer);
             }
@@ -591,6 +594,23 @@ impl App {
                     self.hand_off(&t, &row).await?;
                     return Ok(true);
                 }
+            }
+        }
+    }
+
+    /// Keeps the input of an execution run inline where `rerun` reads every original's input:
+    /// its seq 0 row, written once the execution has its summary and marked so the orchestrator
+    /// passes over it. When the chain took the execution over at seq 0, its real row is there
+    /// already and stays. The execution has run whatever happens here, so a failure is only
+    /// logged: `rerun` of it then says that its input is gone.
+    async fn keep_input(&self, mut row: Value) {
+        row[INLINE_MARK] = json!(true);
+        match self.put_row(&row, true).await {
+            Ok(()) => {}
+            Err(e) if e.status == 409 => {}
+            Err(e) => {
+                tracing::warn!(execution_id = %row["execution_id"].as_str().unwrap_or_default(),
+                error = %e.message, "the input of an inline execution was not kept: it cannot be rerun")
             }
         }
     }

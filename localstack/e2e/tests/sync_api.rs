@@ -211,18 +211,30 @@ async fn start_wait_read_list_cancel_and_dry_run_with_auth() {
     let (s, v) = call("POST", "/v1/executions", k, Some(&json!({"client_id": client, "flow_id": "score", "input": {"n": 1}, "wait": {"timeout_ms": 0}}).to_string()));
     assert_eq!((s, v["status"].clone()), (202, json!("RUNNING")), "{v}");
 
-    // Inline: every step in the invocation, the same summary and steps, no trigger row.
+    // Inline: every step in the invocation, the same summary and steps. The only trigger row
+    // is the seq 0 row that keeps the input for a rerun, marked so the chain passes over it.
     let inline_id = new_id(&client, "inline");
     let (s, v) = call("POST", "/v1/executions", k, Some(&json!({"client_id": client, "flow_id": "score", "input": {"n": 4}, "execution_id": inline_id, "mode": "inline"}).to_string()));
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["status"], "LOW");
     assert_eq!(v["output"]["twice"], json!(8));
-    assert!(
-        stack
-            .items_of(&stack.table("trigger"), &inline_id)
-            .await
-            .is_empty(),
-        "no trigger rows inline"
+    let rows = stack.items_of(&stack.table("trigger"), &inline_id).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        (&rows[0]["seq"], &rows[0]["inline"], &rows[0]["input"]),
+        (&json!(0), &json!(true), &json!({"n": 4}))
+    );
+    let e = stack.execution(&inline_id).await.expect("summary");
+    assert_eq!(e["steps_total"], json!(2));
+    // A rerun of it: a new execution on its input; the original keeps its two steps and its
+    // summary (the kept row, which the orchestrator got meanwhile, ran nothing).
+    let again = ok_json(&rs(&["rerun", &inline_id, "--wait", "--json"]));
+    assert_eq!(again["status"], "LOW", "{again}");
+    assert_eq!(again["output"]["twice"], json!(8));
+    let rerun_id = again["execution_id"].as_str().expect("id").to_string();
+    assert_eq!(
+        stack.execution(&rerun_id).await.expect("rerun")["rerun_of"],
+        json!(inline_id)
     );
     assert_eq!(
         stack
@@ -231,8 +243,11 @@ async fn start_wait_read_list_cancel_and_dry_run_with_auth() {
             .len(),
         2
     );
-    let e = stack.execution(&inline_id).await.expect("summary");
-    assert_eq!(e["steps_total"], json!(2));
+    let after = stack.execution(&inline_id).await.expect("summary");
+    assert_eq!(
+        (&after["status"], &after["finished_at"]),
+        (&e["status"], &e["finished_at"])
+    );
 
     // Listing: newest first, this client's only.
     let (s, v) = call("GET", "/v1/executions?flow_id=score", k, None);

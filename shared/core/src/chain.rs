@@ -48,6 +48,9 @@ pub const CANCELLED: &str = "CANCELLED";
 pub const MAX_DELIVERY_ATTEMPTS: u32 = 8;
 /// Shards of the sparse `pending` and `running` indexes.
 pub const SHARDS: u32 = 16;
+/// The attribute that marks the seq 0 row the sync API writes for an execution it ran inline:
+/// it keeps the input for `rerun`, and the orchestrator passes over it (the execution has run).
+pub const INLINE_MARK: &str = "inline";
 /// What an `output` may weigh (JSON bytes); over it the execution ends `FAILED`.
 pub const OUTPUT_LIMIT_BYTES: usize = 64 * 1024;
 /// What the trace kept in the summary may weigh; past it, the first and last steps and a count.
@@ -494,6 +497,20 @@ where
             tracing::error!("trigger row without an execution_id dropped");
             return Ok(());
         };
+        // The sync API keeps the input of an execution it ran inline in a seq 0 row marked
+        // `inline`, written once the execution has its summary (for `rerun`): not a start. A
+        // marked row with no summary is a client's own row, and starts as any other.
+        if image.get(INLINE_MARK) == Some(&Value::Bool(true)) {
+            match self.journal.summary(&id).await {
+                Ok(Some(_)) => {
+                    tracing::info!(execution_id = %cut(&id, 200), "seq 0 row kept by the sync API for an execution it ran inline: passed over");
+                    return Ok(());
+                }
+                Ok(None) => {}
+                Err(StoreError::Transient(e)) => return Err(Retry(e)),
+                Err(e) => return Err(Retry(e.to_string())),
+            }
+        }
         let mut header = ExecutionHeader {
             execution_id: id.clone(),
             client_id: cut(str_of(&image, "client_id"), 63),

@@ -927,6 +927,43 @@ fn an_execution_cancelled_before_the_orchestrator_picks_it_up_never_runs_a_step(
 }
 
 #[test]
+fn the_row_kept_for_an_inline_execution_never_runs_it_again() {
+    use rulestream_core::chain::INLINE_MARK;
+    let marked = |id: &str| {
+        let mut row = start(id, json!({"n": 5}));
+        row[INLINE_MARK] = json!(true);
+        row
+    };
+    // An execution the API ran inline up to seq 1 and then handed to the chain: its summary
+    // says RUNNING, and the row of seq 1 is in the trigger table.
+    let c = chain();
+    block(c.run_row(None, start("acme:inl", json!({"n": 5})))).expect("start");
+    let handed = std::mem::take(&mut *c.journal.rows.lock().expect("lock"));
+    assert_eq!(handed.len(), 1);
+    assert_eq!(summary(&c, "acme:inl")["status"], "RUNNING");
+    let reads = *c.flows.data_reads.lock().expect("lock");
+    // The kept row comes through the stream: nothing is read, decided or written again.
+    assert_eq!(block(c.run_row(None, marked("acme:inl"))), Ok(()));
+    assert_eq!(*c.flows.data_reads.lock().expect("lock"), reads);
+    assert!(c.journal.rows.lock().expect("lock").is_empty(), "no row");
+    assert_eq!(block(c.journal.steps("acme:inl")).expect("steps").len(), 1);
+    // The chain goes on from the row the API handed over, once.
+    c.journal.rows.lock().expect("lock").extend(handed);
+    drain(&c, 1);
+    assert_eq!(summary(&c, "acme:inl")["status"], "OK");
+    assert_eq!(c.deliveries.sent.lock().expect("lock").len(), 1);
+    // Once it has ended, the kept row is passed over too.
+    assert_eq!(block(c.run_row(None, marked("acme:inl"))), Ok(()));
+    assert_eq!(block(c.journal.steps("acme:inl")).expect("steps").len(), 2);
+    assert_eq!(c.deliveries.sent.lock().expect("lock").len(), 1);
+
+    // A marked row with no summary is a client's own start: it runs as any other.
+    assert_eq!(block(c.run_row(None, marked("acme:own"))), Ok(()));
+    drain(&c, 1);
+    assert_eq!(summary(&c, "acme:own")["status"], "OK");
+}
+
+#[test]
 fn a_rerun_from_a_step_starts_there_with_the_originals_context() {
     let c = chain();
     block(c.run_row(None, start("acme:orig", json!({"n": 5})))).expect("start");
