@@ -63,13 +63,16 @@ fn check_client_arg(client: &str) -> anyhow::Result<()> {
     ))
 }
 
-fn ddb_err<E: std::error::Error + 'static, R: std::fmt::Debug>(
+fn ddb_err<
+    E: std::error::Error + aws_sdk_dynamodb::error::ProvideErrorMetadata + 'static,
+    R: std::fmt::Debug,
+>(
     what: &str,
     e: aws_sdk_dynamodb::error::SdkError<E, R>,
 ) -> anyhow::Error {
     anyhow!(
         "the backend cannot be reached or refused the call: {what}: {}",
-        aws_sdk_dynamodb::error::DisplayErrorContext(e)
+        rulestream_aws::errors::sdk_error_text(&e)
     )
 }
 

@@ -73,6 +73,7 @@ enum Command {
     /// to its end (exit 1 if it ends FAILED, 3 if --timeout passes first).
     Run {
         /// The client id.
+        #[arg(value_parser = client_id_arg)]
         client: String,
         /// The flow id.
         flow: String,
@@ -124,7 +125,7 @@ enum Command {
         #[arg(long, requires = "client", conflicts_with_all = ["from", "wait"])]
         failed: bool,
         /// With --failed: the client whose executions are rerun.
-        #[arg(long)]
+        #[arg(long, value_parser = client_id_arg)]
         client: Option<String>,
         /// With --failed: how far back (30s, 15m, 2h, 7d).
         #[arg(long, default_value = "24h", requires = "failed")]
@@ -157,7 +158,7 @@ enum Command {
     /// List a client's executions, newest first (an index query by client and start time).
     Logs {
         /// The client whose executions to list (default: every client's, merged).
-        #[arg(long)]
+        #[arg(long, value_parser = client_id_arg)]
         client: Option<String>,
         /// Only this flow.
         #[arg(long)]
@@ -195,6 +196,7 @@ enum Command {
     /// Change the share of executions that run the candidate version.
     SetPercent {
         /// Client id.
+        #[arg(value_parser = client_id_arg)]
         client: String,
         /// Flow id.
         flow: String,
@@ -207,6 +209,7 @@ enum Command {
     /// Make the candidate version stable: every new execution runs it.
     Promote {
         /// Client id.
+        #[arg(value_parser = client_id_arg)]
         client: String,
         /// Flow id.
         flow: String,
@@ -217,6 +220,7 @@ enum Command {
     /// Drop the candidate (or, with none, go back to the stable version before the last promote).
     Rollback {
         /// Client id.
+        #[arg(value_parser = client_id_arg)]
         client: String,
         /// Flow id.
         flow: String,
@@ -227,6 +231,7 @@ enum Command {
     /// The release history of a flow: who changed what, when, and automatic rollbacks.
     Releases {
         /// Client id.
+        #[arg(value_parser = client_id_arg)]
         client: String,
         /// Flow id.
         flow: String,
@@ -237,6 +242,7 @@ enum Command {
     /// What changed between two stored versions, rule by rule (default: stable -> candidate).
     Diff {
         /// Client id.
+        #[arg(value_parser = client_id_arg)]
         client: String,
         /// Flow id.
         flow: String,
@@ -260,7 +266,7 @@ enum Command {
     /// A live view of executions per second, statuses and latencies, from the executions index.
     Top {
         /// Only this client.
-        #[arg(long)]
+        #[arg(long, value_parser = client_id_arg)]
         client: Option<String>,
         /// Seconds between refreshes.
         #[arg(long, default_value_t = 2)]
@@ -376,6 +382,15 @@ pub enum Outcome {
     Ok,
     /// Exit 1: the user must fix a rule or a flow.
     UserFix,
+}
+
+/// A client id argument: one that SPEC section 3 does not allow is bad usage (exit 2).
+fn client_id_arg(s: &str) -> Result<String, String> {
+    if clients::valid_client_id(s) {
+        Ok(s.to_string())
+    } else {
+        Err("a client id is 1-63 of a-z, 0-9 and `-`, starting with a letter or digit".into())
+    }
 }
 
 fn main() -> ExitCode {

@@ -416,7 +416,7 @@ fn rerun_row(
             anyhow!(
                 "cannot read {}: {}",
                 b.cfg.trigger_table,
-                aws_sdk_dynamodb::error::DisplayErrorContext(&e)
+                rulestream_aws::errors::sdk_error_text(&e)
             )
         })?;
     let Some(item) = got.item else {
@@ -491,7 +491,7 @@ pub fn rerun_failed(
                 anyhow!(
                     "cannot query {} (index by-client): {}",
                     b.cfg.executions_table,
-                    aws_sdk_dynamodb::error::DisplayErrorContext(&e)
+                    rulestream_aws::errors::sdk_error_text(&e)
                 )
             })?;
         for item in page.items() {
@@ -613,7 +613,7 @@ fn put_new_row(b: &Backend, rt: &tokio::runtime::Runtime, row: &Value) -> anyhow
         Err(e) => bail!(
             "cannot insert the trigger row into {}: {}",
             b.cfg.trigger_table,
-            aws_sdk_dynamodb::error::DisplayErrorContext(&e)
+            rulestream_aws::errors::sdk_error_text(&e)
         ),
     }
 }
@@ -793,7 +793,7 @@ fn client_ids(b: &Backend, rt: &tokio::runtime::Runtime) -> anyhow::Result<Vec<S
                 anyhow!(
                     "cannot read {}: {}",
                     b.cfg.clients_table,
-                    aws_sdk_dynamodb::error::DisplayErrorContext(&e)
+                    rulestream_aws::errors::sdk_error_text(&e)
                 )
             })?;
         for item in page.items() {
@@ -866,7 +866,7 @@ fn list_client(
                 anyhow!(
                     "cannot query {} (index {index}): {}",
                     b.cfg.executions_table,
-                    aws_sdk_dynamodb::error::DisplayErrorContext(&e)
+                    rulestream_aws::errors::sdk_error_text(&e)
                 )
             })?;
         for item in page.items() {

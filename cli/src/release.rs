@@ -30,6 +30,8 @@ struct Ctx {
     sdk: aws_config::SdkConfig,
     store: ReleaseStore,
     json: bool,
+    /// Validation warnings of an uploaded flow, shown with the outcome.
+    warnings: Vec<String>,
 }
 
 fn rt() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -48,6 +50,7 @@ async fn ctx(json: bool) -> anyhow::Result<Ctx> {
         sdk,
         store,
         json,
+        warnings: Vec::new(),
     })
 }
 
@@ -61,7 +64,7 @@ async fn actor(sdk: &aws_config::SdkConfig) -> anyhow::Result<String> {
     let who = sts.get_caller_identity().send().await.map_err(|e| {
         anyhow!(
             "who is calling (STS GetCallerIdentity): {}",
-            aws_sdk_sts::error::DisplayErrorContext(e)
+            rulestream_aws::errors::sdk_error_text(&e)
         )
     })?;
     Ok(who.arn().unwrap_or("unknown").to_string())
@@ -159,7 +162,7 @@ fn report(
             json!({
                 "client_id": msg.client_id, "flow_id": msg.flow_id, "op": msg.op.as_str(),
                 "message_id": msg.message_id, "outcome": outcome, "reason": reason,
-                "release": release,
+                "release": release, "warnings": c.warnings,
             })
         );
     } else if outcome == "applied" {
@@ -248,7 +251,14 @@ pub fn upload(
     }
     let guard: Option<Guard> = match guard {
         None => None,
-        Some(g) => match serde_json::from_str::<Guard>(g) {
+        // An object only: serde would also read a struct from an array (`[0.05, 200]`).
+        Some(g) => match serde_json::from_str::<Value>(g).and_then(|v| match v {
+            Value::Object(_) => serde_json::from_value::<Guard>(v),
+            other => Err(serde::de::Error::custom(format!(
+                "a guard is a JSON object, not {}",
+                kind_of(&other)
+            ))),
+        }) {
             Ok(g) => match g.check() {
                 Ok(()) => Some(g),
                 Err(e) => return usage(format!("--guard: {e}")),
@@ -261,12 +271,16 @@ pub fn upload(
         },
     };
     rt()?.block_on(async {
-        let c = ctx(json_out).await?;
+        let mut c = ctx(json_out).await?;
         let key = format!("{client}/{flow}");
         say(&c, &format!("validating {} against the deployed catalog…", file.display()));
         let catalog = c.store.catalog().await.map_err(backend)?;
-        if let Err(why) = check_flow_text(&text, &catalog, client, flow, version) {
-            return refuse(&format!("{}: {why}", file.display()));
+        c.warnings = match check_flow_text(&text, &catalog, client, flow, version) {
+            Ok(w) => w,
+            Err(why) => return refuse(&format!("{}: {why}", file.display())),
+        };
+        for w in &c.warnings {
+            say(&c, &format!("      {w}"));
         }
         let cur = match c.store.current(client, flow).await {
             Ok(cur) => cur,
@@ -282,8 +296,25 @@ pub fn upload(
         {
             return refuse(&format!("{}: identical to v{cv}, the current version of {key}: nothing to upload", file.display()));
         }
+        // The highest stored version, with this file's content, whose publish never reached the
+        // bridge (Kafka was down): the audit has its upload and no publish after it. Publishing
+        // it now is what the user means; it is not stored again.
+        let unpublished = match stored.last() {
+            Some(&max) if max == version => {
+                let history = c.store.history(&key).await.map_err(backend)?;
+                let to = format!("v{max}");
+                let after_upload = history
+                    .iter()
+                    .rposition(|e| e.op == "upload" && e.outcome == "stored" && e.to.as_deref() == Some(to.as_str()))
+                    .map(|i| &history[i + 1..]);
+                after_upload.is_some_and(|rest| rest.iter().all(|e| e.op != "publish"))
+                    && c.store.version_text(client, flow, max).await.map_err(backend)?.is_some_and(|t| same_flow(&t, &text))
+            }
+            _ => false,
+        };
         if let Some(&max) = stored.last()
             && version <= max
+            && !unpublished
         {
             return refuse(&format!(
                 "{}: version {version} must exceed every stored version of {key} (highest: v{max}); bump `version`",
@@ -291,14 +322,20 @@ pub fn upload(
             ));
         }
         let who = actor(&c.sdk).await?;
-        if !c.store.put_version(client, flow, version, &text).await.map_err(backend)? {
-            return refuse(&format!("v{version} of {key} was stored meanwhile by someone else"));
-        }
-        say(&c, &format!("stored {}", rulestream_aws::releases::version_key(client, flow, version)));
-        let mut up = AuditEntry::new(&key, &now(), &who, "upload", "stored", &uuid::Uuid::new_v4().to_string());
-        up.to = Some(format!("v{version}"));
-        c.store.audit(&up).await.map_err(backend)?;
         let generation = cur.release.as_ref().map_or(0, |r| r.generation);
+        if unpublished {
+            say(&c, &format!("v{version} is stored already and was never published: publishing it"));
+        } else {
+            if !c.store.put_version(client, flow, version, &text).await.map_err(backend)? {
+                return refuse(&format!("v{version} of {key} was stored meanwhile by someone else"));
+            }
+            say(&c, &format!("stored {}", rulestream_aws::releases::version_key(client, flow, version)));
+            let mut up = AuditEntry::new(&key, &now(), &who, "upload", "stored", &uuid::Uuid::new_v4().to_string());
+            up.from = Some(stored.last().map_or_else(|| "none".to_string(), |v| format!("v{v}")));
+            up.to = Some(format!("v{version}"));
+            up.generation = Some(generation);
+            c.store.audit(&up).await.map_err(backend)?;
+        }
         let mut msg = message(&c, ReleaseOp::Publish, client, flow, generation, &who);
         msg.version = Some(version);
         msg.percent = Some(percent.unwrap_or(0.0));
@@ -438,6 +475,7 @@ pub fn diff(client: &str, flow: &str, versions: &[u64], json_out: bool) -> anyho
                         let stored = c.store.versions(client, flow).await.map_err(backend)?;
                         match stored.as_slice() {
                             [.., x, y] => (*x, *y),
+                            [] => return refuse(&format!("{client}/{flow} has no stored version (is the flow registered? rulestream client add {client} {flow})")),
                             _ => return refuse(&format!("{client}/{flow} has fewer than two stored versions")),
                         }
                     }
@@ -591,6 +629,9 @@ pub fn catalog_rollback(rule_id: &str, json_out: bool) -> anyhow::Result<Outcome
         let c = ctx(json_out).await?;
         let stored = c.store.rule_versions(rule_id).await.map_err(backend)?;
         let live: Vec<&MasterRule> = stored.iter().filter(|(_, r)| !r).map(|(m, _)| m).collect();
+        if stored.is_empty() {
+            return refuse(&format!("no master rule `{rule_id}` in the catalog"));
+        }
         let [.., before, current] = live.as_slice() else {
             return refuse(&format!("catalog rule `{rule_id}` has no earlier version to roll back to"));
         };
@@ -637,6 +678,18 @@ async fn bump(c: &Ctx) -> Option<u64> {
             );
             None
         }
+    }
+}
+
+/// What kind of JSON value `v` is, for messages.
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
     }
 }
 

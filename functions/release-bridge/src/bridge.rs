@@ -129,10 +129,11 @@ impl Bridge {
         };
         if release.and_then(|r| r.last_message_id.as_deref()) == Some(msg.message_id.as_str()) {
             // Redelivered after it was applied: make sure its audit record exists (the first
-            // delivery may have stopped before writing it); if it did, this is a duplicate.
+            // delivery may have stopped before writing it); if it does, this is a duplicate,
+            // whatever else the copy says (another `at` or `actor` is still the same message).
             let mut e = entry("applied");
             e.to = Some(describe(release));
-            if !self.store.audit(&e).await? {
+            if self.applied_before(msg).await? || !self.store.audit(&e).await? {
                 self.store.audit(&duplicate()).await?;
                 tracing::info!(
                     subject,
@@ -222,15 +223,15 @@ impl Bridge {
         Ok(Fate::Applied)
     }
 
-    /// Whether the audit already holds this message as applied (redelivered after later ones).
+    /// Whether the audit already holds a message with this id as applied (redelivered after
+    /// later ones, or a copy with another `at`).
     async fn applied_before(&self, msg: &ReleaseMessage) -> Result<bool, StoreError> {
-        let id = format!("{}#{}#applied", msg.at, msg.message_id);
         Ok(self
             .store
             .history(&msg.key())
             .await?
             .iter()
-            .any(|e| e.id == id))
+            .any(|e| e.outcome == "applied" && e.message_id.as_deref() == Some(&msg.message_id)))
     }
 }
 

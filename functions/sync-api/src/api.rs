@@ -551,7 +551,7 @@ impl App {
             }
             Err(e) => Err(ApiError::internal(
                 "writing the trigger row",
-                aws_sdk_dynamodb::error::DisplayErrorContext(&e),
+                rulestream_aws::errors::sdk_error_text(&e),
             )),
         }
     }
@@ -871,7 +871,7 @@ impl App {
             .map_err(|e| {
                 ApiError::internal(
                     "listing executions",
-                    aws_sdk_dynamodb::error::DisplayErrorContext(&e),
+                    rulestream_aws::errors::sdk_error_text(&e),
                 )
             })?;
         let items: Vec<Value> = page

@@ -86,7 +86,7 @@ impl ApiKeys {
                 .map_err(|e| {
                     format!(
                         "cannot read the clients table: {}",
-                        aws_sdk_dynamodb::error::DisplayErrorContext(&e)
+                        rulestream_aws::errors::sdk_error_text(&e)
                     )
                 })?;
             for item in page.items() {

@@ -265,6 +265,19 @@ async fn gray_publish_raise_promote_rollback_and_bad_messages() {
         "message_id": applied_promote["message_id"], "actor": "replayed", "at": applied_promote["at"],
         "generation": applied_promote["generation"]});
     send_raw(&stack, &dup).await;
+    // A copy of the last applied message (the rollback) that claims another time and actor is
+    // the same message: recorded as a duplicate, never as a second `applied`.
+    let applied_rollback = history["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .find(|e| e["op"] == "rollback" && e["outcome"] == "applied")
+        .expect("the rollback is in the audit")
+        .clone();
+    let copy = json!({"op": "rollback", "client_id": "e2e", "flow_id": flow_id,
+        "message_id": applied_rollback["message_id"], "actor": "replayed later",
+        "at": "2026-12-01T00:00:00.000Z", "generation": applied_rollback["generation"]});
+    send_raw(&stack, &copy).await;
     let stale_id = format!("stale-{tag}");
     let stale = json!({"op": "publish", "client_id": "e2e", "flow_id": flow_id, "message_id": stale_id,
         "actor": "someone late", "at": "2026-11-30T00:00:00.000Z", "generation": generation - 2, "version": 2, "percent": 90});
@@ -281,6 +294,25 @@ async fn gray_publish_raise_promote_rollback_and_bad_messages() {
                 && e["reason"].as_str().unwrap_or("").contains("duplicate")
         }),
         "the duplicated promote is recorded as ignored: {h}"
+    );
+    let of_rollback: Vec<&Value> = h["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter(|e| e["message_id"] == applied_rollback["message_id"])
+        .collect();
+    assert_eq!(
+        of_rollback
+            .iter()
+            .filter(|e| e["outcome"] == "applied")
+            .count(),
+        1,
+        "{of_rollback:?}"
+    );
+    assert!(
+        of_rollback.iter().any(|e| e["outcome"] == "ignored"
+            && e["reason"].as_str().unwrap_or("").contains("duplicate")),
+        "{of_rollback:?}"
     );
     assert_eq!(
         release_of(&stack, &flow_id).await,

@@ -64,10 +64,7 @@ where
     E: std::error::Error + aws_sdk_dynamodb::error::ProvideErrorMetadata + 'static,
     R: std::fmt::Debug,
 {
-    let msg = format!(
-        "{what}: {}",
-        aws_sdk_dynamodb::error::DisplayErrorContext(e)
-    );
+    let msg = format!("{what}: {}", crate::errors::sdk_error_text(e));
     let se = e.as_service_error();
     if crate::errors::is_permanent(se.and_then(|se| se.code()), se.and_then(|se| se.message())) {
         StoreError::Invalid(msg)

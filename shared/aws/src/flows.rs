@@ -366,10 +366,7 @@ impl AwsFlowSource {
                         "flow {client_id}/{flow_id} has no version {version} (no {s3_key} in the configs bucket)"
                     ))
                 } else {
-                    let msg = format!(
-                        "s3 get {s3_key}: {}",
-                        aws_sdk_s3::error::DisplayErrorContext(&e)
-                    );
+                    let msg = format!("s3 get {s3_key}: {}", crate::errors::sdk_error_text(&e));
                     if permanent {
                         StoreError::Invalid(msg)
                     } else {
@@ -445,7 +442,7 @@ impl AwsFlowSource {
                 let msg = format!(
                     "cannot assume role {}: {}",
                     source.role_arn,
-                    aws_sdk_sts::error::DisplayErrorContext(&e)
+                    crate::errors::sdk_error_text(&e)
                 );
                 if denied {
                     StoreError::Invalid(msg)

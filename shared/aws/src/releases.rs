@@ -469,6 +469,7 @@ impl ReleaseStore {
         let catalog = self.catalog().await?;
         Ok(
             check_flow_text(&text, &catalog, client_id, flow_id, version)
+                .map(|_| ())
                 .map_err(|e| format!("{key}: {e}")),
         )
     }
@@ -648,12 +649,13 @@ pub fn check_flow_text(
     client_id: &str,
     flow_id: &str,
     version: u64,
-) -> Result<(), String> {
+) -> Result<Vec<String>, String> {
     let v = rulestream_core::validate_str(text, catalog);
     if !v.is_valid() {
         let errs: Vec<String> = v.errors().take(5).map(ToString::to_string).collect();
         return Err(format!("invalid flow: {}", errs.join("; ")));
     }
+    let warnings = v.warnings().map(ToString::to_string).collect();
     let doc: Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
     let (c, f, n) = (
         doc.get("client_id").and_then(Value::as_str),
@@ -668,7 +670,7 @@ pub fn check_flow_text(
             n.map_or("?".into(), |n| n.to_string())
         ));
     }
-    Ok(())
+    Ok(warnings)
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ pub async fn secret_string(
             );
             let msg = format!(
                 "cannot read secret {secret_id}: {}",
-                aws_sdk_secretsmanager::error::DisplayErrorContext(&e)
+                crate::errors::sdk_error_text(&e)
             );
             if missing {
                 SecretError::Missing(msg)

@@ -222,7 +222,7 @@ pub fn guard_verdict(guard: &Guard, candidate: Counts, stable: Counts) -> Option
     // 100/200 is 0.050000000000000044), is not over it.
     (cs - ss - guard.max_failed_delta > 1e-9).then(|| {
         format!(
-            "guard: the candidate's FAILED share {:.1}% ({} of {}) exceeds stable's {:.1}% ({} of {}) by more than {:.1} points",
+            "the candidate's FAILED share {:.1}% ({} of {}) exceeds stable's {:.1}% ({} of {}) by more than {:.1} points",
             cs * 100.0,
             candidate.failed,
             candidate.finished,
