@@ -339,6 +339,10 @@ pub fn upload(
         let mut msg = message(&c, ReleaseOp::Publish, client, flow, generation, &who);
         msg.version = Some(version);
         msg.percent = Some(percent.unwrap_or(0.0));
+        if cur.release.is_none() && guard.is_some() {
+            c.warnings.push(format!("note: v{version} becomes stable (the first version of {key}); a guard watches a candidate, so --guard is not armed"));
+            say(&c, c.warnings.last().map_or("", String::as_str));
+        }
         msg.guard = guard;
         let out = send_and_wait(&c, &msg).await?;
         if cur.release.is_some() && percent.unwrap_or(0.0) == 0.0 && !c.json {

@@ -465,6 +465,12 @@ where
     async fn fail_start(&self, h: ExecutionHeader, reason: String) -> Result<(), Retry> {
         tracing::warn!(execution_id = %h.execution_id, client_id = %h.client_id, reason = %reason, "execution failed at start");
         let mut doc = self.summary_doc(&h, FAILED);
+        if h.flow_version == 0
+            && let Some(d) = doc.as_object_mut()
+        {
+            // Refused before a version was picked: it ran none (versions start at 1).
+            d.remove("flow_version");
+        }
         doc["finished_at"] = json!(rfc3339(Utc::now()));
         doc["reason"] = json!(reason);
         doc["error"] = json!(reason);

@@ -521,6 +521,9 @@ fn seq_0_rows_must_carry_their_client_and_be_well_formed() {
             "{id}: {}",
             s["reason"]
         );
+        // A version only where one was picked (here: pinned by the row); never a 0.
+        let version = (id == "acme:bv").then(|| json!(2));
+        assert_eq!(s.get("flow_version").cloned(), version, "{id}");
     }
     assert_eq!(*c.flows.data_reads.lock().expect("lock"), 0);
     assert!(c.journal.steps.lock().expect("lock").is_empty());
