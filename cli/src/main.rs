@@ -269,10 +269,10 @@ enum Command {
         #[arg(long, value_parser = client_id_arg)]
         client: Option<String>,
         /// Seconds between refreshes.
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
         interval: u64,
         /// The window the figures cover, in seconds.
-        #[arg(long, default_value_t = 60)]
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
         window: u64,
         /// Print one frame and exit.
         #[arg(long)]

@@ -591,11 +591,12 @@ pub fn catalog_publish(file: &Path, json_out: bool) -> anyhow::Result<Outcome> {
     rt()?.block_on(async {
         let c = ctx(json_out).await?;
         let who = actor(&c.sdk).await?;
-        let mut written = Vec::new();
+        let (mut written, mut unchanged) = (Vec::new(), Vec::new());
         for rule in &rules {
             let stored = c.store.rule_versions(&rule.rule_id).await.map_err(backend)?;
             if let Some((same, _)) = stored.iter().find(|(r, _)| r == rule) {
                 say(&c, &format!("{} v{}: unchanged, already published", same.rule_id, same.version));
+                unchanged.push(json!({"rule_id": same.rule_id, "version": same.version}));
                 continue;
             }
             if let Some((max, _)) = stored.last()
@@ -617,9 +618,10 @@ pub fn catalog_publish(file: &Path, json_out: bool) -> anyhow::Result<Outcome> {
             say(&c, &format!("published {} v{}", rule.rule_id, rule.version));
             written.push(json!({"rule_id": rule.rule_id, "version": rule.version}));
         }
-        let epoch = bump(&c).await;
+        // Nothing new: warm orchestrators have nothing to reload.
+        let epoch = if written.is_empty() { None } else { bump(&c).await };
         if json_out {
-            println!("{}", json!({"published": written, "epoch": epoch}));
+            println!("{}", json!({"published": written, "unchanged": unchanged, "epoch": epoch}));
         } else {
             println!("{} rule version(s) published{}", written.len(), epoch.map(|e| format!("; config epoch {e}: warm orchestrators reload")).unwrap_or_default());
         }

@@ -105,9 +105,15 @@ impl Stack {
     }
 
     /// Registers a copy of a registered flow under another flow id: every stored version (its
-    /// `flow_id` rewritten) and the clients row (release, client data, quota). A copy has token
-    /// buckets of its own, as they are keyed by client, flow and rule.
-    pub async fn register_copy(&self, client: &str, flow: &str, copy: &str) {
+    /// `flow_id` rewritten, then `edit`ed) and the clients row (release, client data, quota). A
+    /// copy has token buckets of its own, as they are keyed by client, flow and rule.
+    pub async fn register_copy(
+        &self,
+        client: &str,
+        flow: &str,
+        copy: &str,
+        edit: impl Fn(&mut Value),
+    ) {
         let bucket = self.table("configs");
         let listed = self
             .s3
@@ -133,6 +139,7 @@ impl Stack {
                 .into_bytes();
             let mut doc: Value = serde_json::from_slice(&body).expect("flow json");
             doc["flow_id"] = json!(copy);
+            edit(&mut doc);
             let name = key.rsplit('/').next().expect("file name");
             self.s3
                 .put_object()

@@ -88,15 +88,26 @@ fn normalized_raw(e: &Value) -> Value {
 async fn every_record_delivered_twice_changes_nothing() {
     let stack = Stack::from_env().await;
     let cases = examples();
-    // Each sample runs on a copy of its flow that only this test uses: a rule's token bucket is
-    // keyed by client, flow and rule, and other tests start the same samples at the same time.
-    // With the bucket shared, one of the two runs could be `limited` and the other not.
+    // Each sample runs on a copy of its flow that only this test uses, so that redelivery is
+    // the only difference between the two runs of a pair:
+    // - a rule's token bucket is keyed by client, flow and rule, and other runs of the samples
+    //   would take from the same bucket;
+    // - a rate limit fails open in the copy: a limiter call that times out (80 ms to connect,
+    //   50 ms to answer, easily missed on two busy cores) would make one run of the pair
+    //   `limited` and not the other. Its own bucket holds more tokens than the test takes.
     let run = uuid::Uuid::new_v4().simple().to_string();
     let mut copies = HashSet::new();
+    let fail_open = |doc: &mut Value| {
+        for rule in doc["rules"].as_array_mut().into_iter().flatten() {
+            if let Some(rl) = rule.get_mut("rate_limit").and_then(Value::as_object_mut) {
+                rl.insert("fail_open".into(), json!(true));
+            }
+        }
+    };
     for (client, flow, _) in &cases {
         if copies.insert((client.clone(), flow.clone())) {
             stack
-                .register_copy(client, flow, &format!("{flow}-redeliver-{run}"))
+                .register_copy(client, flow, &format!("{flow}-redeliver-{run}"), fail_open)
                 .await;
         }
     }

@@ -153,13 +153,16 @@ impl RedisLimiter {
                 Ok(c)
             }
             Err(e) => {
-                self.forget();
+                self.forget(&e);
                 Err(RedisError(e.to_string()))
             }
         }
     }
 
-    fn forget(&self) {
+    /// Drops the connection after `cause` and stops asking Redis for [`COOL_DOWN`]; says so once
+    /// (the calls refused meanwhile only say "cooling down").
+    fn forget(&self, cause: &redis::RedisError) {
+        tracing::warn!(error = %cause, cool_down_secs = COOL_DOWN.as_secs(), "redis call failed: not asked again until the cool-down ends");
         if let Ok(mut g) = self.conn.lock() {
             *g = None;
         }
@@ -182,7 +185,7 @@ impl RedisLimiter {
         match r {
             Ok(n) => Ok(n == 1),
             Err(e) => {
-                self.forget();
+                self.forget(&e);
                 Err(RedisError(e.to_string()))
             }
         }
@@ -198,7 +201,7 @@ impl RedisLimiter {
         match r {
             Ok(v) => Ok(v.unwrap_or(0)),
             Err(e) => {
-                self.forget();
+                self.forget(&e);
                 Err(RedisError(e.to_string()))
             }
         }
@@ -213,7 +216,7 @@ impl RedisLimiter {
             .query_async(&mut c)
             .await;
         r.map_err(|e| {
-            self.forget();
+            self.forget(&e);
             RedisError(e.to_string())
         })
     }
