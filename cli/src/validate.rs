@@ -15,6 +15,11 @@ const NOT_FLOWS: [&str; 3] = ["catalog", "schema", "examples"];
 pub fn load_catalog(dir: &Path) -> anyhow::Result<Result<Catalog, String>> {
     if !dir.exists() {
         if dir == Path::new("client-configs/catalog") {
+            // The default, relative to where the command runs: say so, as a flow that uses a
+            // master rule is then checked against no catalog at all.
+            eprintln!(
+                "note: no catalog at ./client-configs/catalog (the default); master rules (`use`) are checked against none (--catalog DIR names one)"
+            );
             return Ok(Ok(Catalog::new()));
         }
         bail!("catalog directory {} does not exist", dir.display());
