@@ -56,6 +56,10 @@ export REDIS_CA_FILE="${REDIS_CA_FILE:-$RULESTREAM_STATE/tls/ca.pem}"
 # A shell that sourced an older env.sh still holds its plain-text URL: replace that one.
 [[ "${REDIS_URL:-}" == "redis://127.0.0.1:$RULESTREAM_REDIS_PORT" ]] && unset REDIS_URL
 export REDIS_URL="${REDIS_URL:-rediss://:${RULESTREAM_REDIS_TOKEN}@127.0.0.1:$RULESTREAM_REDIS_PORT}"
+# A Redis command may take 250 ms here before it counts as failed (50 ms on AWS, the default):
+# debug builds of four function instances share two cores with LocalStack, and a command whose
+# answer waits behind a busy moment is not a Redis failure.
+export RULESTREAM_REDIS_TIMEOUT_MS="${RULESTREAM_REDIS_TIMEOUT_MS:-250}"
 # Hosts the orchestrator may call (webhooks, http master rules): only this machine. The samples'
 # example.com URLs are therefore recorded as blocked, never contacted.
 # `host` alone allows ports 80/443; `host:*` any port (the e2e receivers listen on random ports).

@@ -59,5 +59,12 @@ async fn concurrent_takers_never_get_more_than_the_burst() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_redis_is_an_error_not_a_grant() {
     let l = RedisLimiter::new(Some("redis://127.0.0.1:1"), None, None, "x").expect("valid url");
-    assert!(l.take("k", 1.0, 1.0).await.is_err());
+    // One failure fails its own call only; the second in a row starts the cool-down, during
+    // which Redis is not asked at all.
+    let first = l.take("k", 1.0, 1.0).await.expect_err("refused");
+    assert!(!first.to_string().contains("cooling down"), "{first}");
+    let second = l.take("k", 1.0, 1.0).await.expect_err("refused");
+    assert!(!second.to_string().contains("cooling down"), "{second}");
+    let third = l.take("k", 1.0, 1.0).await.expect_err("cooling down");
+    assert!(third.to_string().contains("cooling down"), "{third}");
 }

@@ -45,6 +45,9 @@ pub struct Config {
     pub redis_ca_file: Option<String>,
     /// `REDIS_AUTH_SECRET`: Secrets Manager id of Redis's AUTH token.
     pub redis_auth_secret: Option<String>,
+    /// How long a Redis command may take before it counts as failed
+    /// (`RULESTREAM_REDIS_TIMEOUT_MS`, default 50; connecting may take 80 or 1.6 times this).
+    pub redis_timeout: Duration,
     /// `RULESTREAM_STATE_KEY_SECRET` (default `<prefix>-system/state-key`): the key that seals
     /// the state carried between hops.
     pub state_key_secret: String,
@@ -117,6 +120,7 @@ impl Config {
             redis_url: get("REDIS_URL").filter(|u| !u.is_empty()),
             redis_ca_file: get("REDIS_CA_FILE").filter(|u| !u.is_empty()),
             redis_auth_secret: get("REDIS_AUTH_SECRET").filter(|u| !u.is_empty()),
+            redis_timeout: Duration::from_millis(num("RULESTREAM_REDIS_TIMEOUT_MS", 50)?.max(1)),
             state_key_secret: get("RULESTREAM_STATE_KEY_SECRET")
                 .filter(|u| !u.is_empty())
                 .unwrap_or_else(|| format!("{prefix}-system/state-key")),

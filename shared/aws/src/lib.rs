@@ -77,6 +77,7 @@ pub async fn redis_from_config(
         password.as_deref(),
         &cfg.prefix,
     )
+    .map(|l| l.with_timeout(cfg.redis_timeout))
     .map_err(|e| WiringError(e.to_string()))
 }
 

@@ -40,11 +40,16 @@ return allowed
 #[error("redis: {0}")]
 pub struct RedisError(String);
 
-/// After a failed connect or command, Redis is not asked again for this long: a blackholed
-/// Redis (accepts, never answers) costs one timeout per container per interval, not one per
-/// record.
+/// After [`FAILURES_BEFORE_COOL_DOWN`] failed connects or commands in a row, Redis is not asked
+/// again for this long: a blackholed Redis (accepts, never answers) costs a couple of timeouts
+/// per container per interval, not one per record.
 const COOL_DOWN: Duration = Duration::from_secs(5);
-/// Connect and command timeouts: a rule must not wait long on a limiter (`fail_open` decides).
+/// One slow answer (a busy moment) fails only its own call; a second failure in a row starts the
+/// cool-down.
+const FAILURES_BEFORE_COOL_DOWN: u32 = 2;
+/// Connect and command timeouts by default: a rule must not wait long on a limiter
+/// (`fail_open` decides). `RULESTREAM_REDIS_TIMEOUT_MS` sets the command timeout; connecting
+/// may take 1.6 times as long, and at least 80 ms.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(80);
 const RESPONSE_TIMEOUT: Duration = Duration::from_millis(50);
 
@@ -58,6 +63,10 @@ pub struct RedisLimiter {
     conn: std::sync::Mutex<Option<MultiplexedConnection>>,
     connecting: Mutex<()>,
     down_until: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Failed connects or commands since the last success.
+    failures: std::sync::atomic::AtomicU32,
+    connect_timeout: Duration,
+    response_timeout: Duration,
     script: Script,
 }
 
@@ -100,8 +109,23 @@ impl RedisLimiter {
             conn: std::sync::Mutex::new(None),
             connecting: Mutex::new(()),
             down_until: std::sync::Mutex::new(None),
+            failures: std::sync::atomic::AtomicU32::new(0),
+            connect_timeout: CONNECT_TIMEOUT,
+            response_timeout: RESPONSE_TIMEOUT,
             script: Script::new(TAKE),
         })
+    }
+
+    /// The same limiter with another command timeout (connecting may take 1.6 times as long,
+    /// and at least the default 80 ms).
+    pub fn with_timeout(mut self, response: Duration) -> RedisLimiter {
+        self.response_timeout = response;
+        self.connect_timeout = CONNECT_TIMEOUT.max(response.mul_f64(1.6));
+        self
+    }
+
+    fn succeeded(&self) {
+        self.failures.store(0, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn cached(&self) -> Option<MultiplexedConnection> {
@@ -140,8 +164,8 @@ impl RedisLimiter {
             ));
         }
         let cfg = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT));
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.response_timeout));
         match client
             .get_multiplexed_async_connection_with_config(&cfg)
             .await
@@ -159,13 +183,22 @@ impl RedisLimiter {
         }
     }
 
-    /// Drops the connection after `cause` and stops asking Redis for [`COOL_DOWN`]; says so once
-    /// (the calls refused meanwhile only say "cooling down").
+    /// Drops the connection after `cause`; after [`FAILURES_BEFORE_COOL_DOWN`] in a row, stops
+    /// asking Redis for [`COOL_DOWN`]. Says so each time (the calls refused meanwhile only say
+    /// "cooling down").
     fn forget(&self, cause: &redis::RedisError) {
-        tracing::warn!(error = %cause, cool_down_secs = COOL_DOWN.as_secs(), "redis call failed: not asked again until the cool-down ends");
+        let failures = self
+            .failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
         if let Ok(mut g) = self.conn.lock() {
             *g = None;
         }
+        if failures < FAILURES_BEFORE_COOL_DOWN {
+            tracing::warn!(error = %cause, "redis call failed");
+            return;
+        }
+        tracing::warn!(error = %cause, failures, cool_down_secs = COOL_DOWN.as_secs(), "redis call failed: not asked again until the cool-down ends");
         if let Ok(mut g) = self.down_until.lock() {
             *g = Some(std::time::Instant::now() + COOL_DOWN);
         }
@@ -183,7 +216,10 @@ impl RedisLimiter {
             .invoke_async(&mut c)
             .await;
         match r {
-            Ok(n) => Ok(n == 1),
+            Ok(n) => {
+                self.succeeded();
+                Ok(n == 1)
+            }
             Err(e) => {
                 self.forget(&e);
                 Err(RedisError(e.to_string()))
@@ -199,7 +235,10 @@ impl RedisLimiter {
             .query_async(&mut c)
             .await;
         match r {
-            Ok(v) => Ok(v.unwrap_or(0)),
+            Ok(v) => {
+                self.succeeded();
+                Ok(v.unwrap_or(0))
+            }
             Err(e) => {
                 self.forget(&e);
                 Err(RedisError(e.to_string()))
@@ -215,7 +254,7 @@ impl RedisLimiter {
             .arg(format!("{}:epoch", self.prefix))
             .query_async(&mut c)
             .await;
-        r.map_err(|e| {
+        r.inspect(|_| self.succeeded()).map_err(|e| {
             self.forget(&e);
             RedisError(e.to_string())
         })
