@@ -33,6 +33,9 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 pub const DEFAULT_WAIT_MS: u64 = 10_000;
 /// The largest `wait.timeout_ms`.
 pub const MAX_WAIT_MS: u64 = 25_000;
+/// How long an inline run that was cancelled meanwhile waits for the cancel's summary.
+const CANCEL_SETTLE: Duration = Duration::from_secs(2);
+
 /// How long an inline execution runs in the invocation before the chain takes the rest.
 pub const INLINE_BUDGET: Duration = Duration::from_secs(20);
 /// How long a start of a client with a quota looks for the orchestrator's verdict before
@@ -444,11 +447,11 @@ impl App {
             if let Some(answer) = self.ended(&id).await? {
                 return Ok(answer);
             }
-            if !handed_off {
-                return Err(ApiError::internal(
-                    "inline run",
-                    format!("{id} neither ended nor was handed to the chain"),
-                ));
+            // Neither ended nor handed off: it was ended from outside meanwhile (a cancel
+            // writes its stop marker, then the summary). The summary follows in a moment; the
+            // answer is then that end, else 202 like any execution that still runs.
+            if !handed_off && let Some(answer) = self.wait(&id, CANCEL_SETTLE).await? {
+                return Ok(answer);
             }
         } else {
             self.put_row(&row, true).await?;

@@ -417,6 +417,45 @@ async fn an_execution_is_read_and_cancelled_right_after_its_start() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inline_run_cancelled_while_it_runs_answers_its_end() {
+    let stack = Stack::from_env().await;
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let client = format!("inl{}", &tag[..8]);
+    let key = format!("key-{tag}");
+    // A long run of pure steps, all run inline (about a thousand steps take several seconds).
+    let flow = json!({"client_id": client, "flow_id": "loop", "version": 1,
+        "terminal_statuses": ["DONE"], "max_steps": 2000,
+        "rules": [{"id": "init", "when": "true", "on": {"true": {"next": true, "set": {"n": "0"}}}},
+                  {"id": "inc", "when": "ctx.n < input.n",
+                   "on": {"true": {"goto": "inc", "set": {"n": "ctx.n + 1"}},
+                          "false": {"complete": "DONE"}}}]});
+    register(&stack, &flow, &key).await;
+    wait_for_key(&client, &key);
+    let id = new_id(&client, "inline-cancel");
+    let body = json!({"client_id": client, "flow_id": "loop", "input": {"n": 1500},
+        "execution_id": id, "mode": "inline", "wait": {"timeout_ms": 20000}})
+    .to_string();
+    let start = std::thread::spawn(move || call("POST", "/v1/executions", Some(&key), Some(&body)));
+    // Once it has run a few steps, cancel it from the support CLI (straight to the tables).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while stack.items_of(&stack.table("steps"), &id).await.len() < 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the inline run never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let cancelled = ok_json(&rs(&["cancel", &id, "--json"]));
+    assert_eq!(cancelled["status"], "CANCELLED", "{cancelled}");
+    // The request that ran it answers the end it got, never a 500.
+    let (s, v) = start.join().expect("the start request");
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["status"], "CANCELLED", "{v}");
+    let e = stack.execution(&id).await.expect("summary");
+    assert_eq!(e["status"], "CANCELLED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starts_over_the_client_quota_are_answered_429_without_waiting() {
     let stack = Stack::from_env().await;
     let tag = uuid::Uuid::new_v4().simple().to_string();
