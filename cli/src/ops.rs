@@ -86,6 +86,7 @@ pub fn status(id: &str, json_out: bool) -> anyhow::Result<Outcome> {
     if let Some(o) = summary.as_object_mut() {
         o.remove("trace");
         o.remove("running_shard");
+        o.remove("expires_at");
         // Every summary field, null where it has no value yet (as `GET` answers).
         for k in chain::SUMMARY_FIELDS {
             o.entry(k).or_insert(Value::Null);
@@ -151,6 +152,7 @@ pub fn trace(id: &str, json_out: bool) -> anyhow::Result<Outcome> {
     if let Some(o) = summary.as_object_mut() {
         o.remove("trace");
         o.remove("running_shard");
+        o.remove("expires_at");
     }
     if json_out {
         println!(
@@ -158,6 +160,13 @@ pub fn trace(id: &str, json_out: bool) -> anyhow::Result<Outcome> {
             serde_json::to_string_pretty(&json!({"execution": summary, "steps": steps}))?
         );
         return Ok(Outcome::Ok);
+    }
+    // The header reads as `status` shows it.
+    if let Some(o) = summary.as_object_mut() {
+        o.insert("steps_so_far".into(), json!(steps.len()));
+        if let Some(last) = steps.last() {
+            o.insert("last_rule".into(), last["rule"].clone());
+        }
     }
     print!("{}", status_text(&summary));
     println!();
