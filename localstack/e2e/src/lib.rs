@@ -61,13 +61,7 @@ impl Stack {
     /// reload the catalog on their next record.
     pub async fn publish_catalog(&self, rules: &[Value]) {
         for r in rules {
-            self.ddb
-                .put_item()
-                .table_name(self.table("catalog"))
-                .set_item(Some(serde_dynamo::to_item(r).expect("item")))
-                .send()
-                .await
-                .expect("put catalog rule");
+            self.put_json("catalog", r, "put catalog rule").await;
         }
         let mut conn = redis_conn().await;
         let _: i64 = redis::cmd("INCR")
@@ -95,13 +89,7 @@ impl Stack {
         if let (Some(r), Value::Object(extra)) = (row.as_object_mut(), extra) {
             r.extend(extra);
         }
-        self.ddb
-            .put_item()
-            .table_name(self.table("clients"))
-            .set_item(Some(serde_dynamo::to_item(row).expect("item")))
-            .send()
-            .await
-            .expect("register client");
+        self.put_json("clients", &row, "register client").await;
     }
 
     /// Registers a copy of a registered flow under another flow id: every stored version (its
@@ -170,13 +158,18 @@ impl Stack {
                 &format!("flows/{client}/{copy}/")
             ));
         }
+        self.put_json("clients", &row, "register flow copy").await;
+    }
+
+    /// Puts `item` into the stack's table `name` (`<prefix>-<name>`); `what` names a failure.
+    async fn put_json(&self, name: &str, item: &Value, what: &str) {
         self.ddb
             .put_item()
-            .table_name(self.table("clients"))
-            .set_item(Some(serde_dynamo::to_item(row).expect("item")))
+            .table_name(self.table(name))
+            .set_item(Some(serde_dynamo::to_item(item).expect("item")))
             .send()
             .await
-            .expect("register flow copy");
+            .expect(what);
     }
 
     /// Inserts a trigger row exactly as a client process does.

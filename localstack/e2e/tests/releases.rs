@@ -253,13 +253,16 @@ async fn gray_publish_raise_promote_rollback_and_bad_messages() {
     // A duplicated and an out-of-order message change nothing.
     let before = release_of(&stack, &flow_id).await;
     let history = ok_json(&rs(&["releases", "e2e", &flow_id, "--json"]));
-    let applied_promote = history["history"]
-        .as_array()
-        .expect("history")
-        .iter()
-        .find(|e| e["op"] == "promote" && e["outcome"] == "applied")
-        .expect("the promote is in the audit")
-        .clone();
+    let applied = |op: &str| -> Value {
+        history["history"]
+            .as_array()
+            .expect("history")
+            .iter()
+            .find(|e| e["op"] == op && e["outcome"] == "applied")
+            .unwrap_or_else(|| panic!("the {op} is in the audit"))
+            .clone()
+    };
+    let applied_promote = applied("promote");
     let generation = before["generation"].as_u64().expect("generation");
     let dup = json!({"op": "promote", "client_id": "e2e", "flow_id": flow_id,
         "message_id": applied_promote["message_id"], "actor": "replayed", "at": applied_promote["at"],
@@ -267,13 +270,7 @@ async fn gray_publish_raise_promote_rollback_and_bad_messages() {
     send_raw(&stack, &dup).await;
     // A copy of the last applied message (the rollback) that claims another time and actor is
     // the same message: recorded as a duplicate, never as a second `applied`.
-    let applied_rollback = history["history"]
-        .as_array()
-        .expect("history")
-        .iter()
-        .find(|e| e["op"] == "rollback" && e["outcome"] == "applied")
-        .expect("the rollback is in the audit")
-        .clone();
+    let applied_rollback = applied("rollback");
     let copy = json!({"op": "rollback", "client_id": "e2e", "flow_id": flow_id,
         "message_id": applied_rollback["message_id"], "actor": "replayed later",
         "at": "2026-12-01T00:00:00.000Z", "generation": applied_rollback["generation"]});
