@@ -460,3 +460,29 @@ fn every_command_documents_itself_and_takes_json() {
         assert!(first.len() > 10, "{leaf:?} says what it does: {first}");
     }
 }
+
+#[test]
+fn a_malformed_client_id_or_a_guard_that_is_not_an_object_is_bad_usage() {
+    // Refused before any backend is asked: exit 2, one line naming the argument.
+    for args in [
+        vec!["promote", "BAD_ID", "f"],
+        vec!["releases", "BAD_ID", "f"],
+        vec!["logs", "--client", "BAD_ID"],
+        vec!["run", "Bad", "f", "--input", "{}"],
+    ] {
+        let o = rulestream(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("client id"),
+            "{args:?}"
+        );
+    }
+    let o = rulestream(&[
+        "upload",
+        "client-configs/shopco/coupon.json",
+        "--guard",
+        "[0.1, 10]",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("a guard is a JSON object"));
+}
