@@ -78,12 +78,7 @@ fn ddb_err<
 
 /// A client id as SPEC section 3 allows: `[a-z0-9][a-z0-9-]{0,62}`.
 pub fn valid_client_id(id: &str) -> bool {
-    let b = id.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+    rulestream_core::execution::is_client_id(id)
 }
 
 fn valid_flow_id(id: &str) -> bool {

@@ -172,9 +172,12 @@ pub fn run(a: &Args) -> anyhow::Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
-/// One finding on one line.
+/// One error on one line, without the word `error:` (the reason says `invalid flow:`).
 fn finding_line(f: &Finding) -> String {
-    f.to_string().replace('\n', " ")
+    let text = f.to_string();
+    text.strip_prefix("error: ")
+        .unwrap_or(&text)
+        .replace('\n', " ")
 }
 
 /// Why a flow is not valid: a one-line reason naming its first error (and how many more), and

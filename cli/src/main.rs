@@ -393,7 +393,27 @@ fn client_id_arg(s: &str) -> Result<String, String> {
     }
 }
 
+/// A reader that stops early (`rulestream schema | head`) closes the pipe, and printing then
+/// fails. That is not an error of the command: it ends quietly with exit 0, as other
+/// command-line tools do, instead of a panic and exit 101.
+fn quiet_on_closed_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let p = info.payload();
+        let msg = p
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| p.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if msg.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    quiet_on_closed_pipe();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) if !e.use_stderr() => {

@@ -108,7 +108,7 @@ fn dry_run_json_of_an_invalid_flow_is_failed_with_its_errors() {
     assert_eq!(doc["status"], json!("FAILED"), "{doc}");
     assert!(doc.get("valid").is_none(), "{doc}");
     let reason = doc["reason"].as_str().expect("a reason");
-    assert!(reason.starts_with("invalid flow: "), "{doc}");
+    assert!(reason.starts_with("invalid flow: $."), "{doc}");
     assert!(!reason.contains('\n'), "{doc}");
     let errors = doc["errors"].as_array().expect("errors");
     assert!(errors.len() >= 2, "{doc}");
@@ -485,4 +485,43 @@ fn a_malformed_client_id_or_a_guard_that_is_not_an_object_is_bad_usage() {
     ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("a guard is a JSON object"));
+}
+
+/// `rulestream dry-run … --json | head -c 10`: the reader closes the pipe early. The command
+/// ends quietly (exit 0, nothing on stderr), not with a panic and exit 101.
+#[test]
+fn a_reader_that_closes_the_pipe_early_ends_the_command_quietly() {
+    use std::io::Read;
+    use std::process::Stdio;
+    // An answer well over a pipe's buffer (64 KB), so the writer meets the closed pipe: 150
+    // steps, each explain holding its 1,000-character expression.
+    let when = format!("input.x == 1{}", " || input.x == 1".repeat(62));
+    let rules: Vec<Value> = (0..150)
+        .map(|i| json!({"id": format!("r{i}"), "when": when, "default": {"next": true}}))
+        .collect();
+    let flow = json!({"client_id": "c", "flow_id": "big", "version": 1,
+                      "terminal_statuses": ["OK"], "max_steps": 200, "rules": rules});
+    let flow = tmp_file("big-answer.json", &flow.to_string());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rulestream"))
+        .args([
+            "dry-run",
+            "--flow",
+            flow.to_str().expect("utf8"),
+            "--input",
+            r#"{"x": 1}"#,
+            "--json",
+        ])
+        .current_dir(repo())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut first = [0u8; 10];
+    stdout.read_exact(&mut first).expect("some output");
+    drop(stdout);
+    let o = child.wait_with_output().expect("it ends");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
 }

@@ -51,8 +51,7 @@ pub const SHARDS: u32 = 16;
 /// The attribute that marks the seq 0 row the sync API writes for an execution it ran inline:
 /// it keeps the input for `rerun`, and the orchestrator passes over it (the execution has run).
 pub const INLINE_MARK: &str = "inline";
-/// What an `output` may weigh (JSON bytes); over it the execution ends `FAILED`.
-pub const OUTPUT_LIMIT_BYTES: usize = 64 * 1024;
+pub use crate::execution::OUTPUT_LIMIT_BYTES;
 /// What the trace kept in the summary may weigh; past it, the first and last steps and a count.
 pub const TRACE_LIMIT_BYTES: usize = 200 * 1024;
 
@@ -1209,16 +1208,16 @@ pub async fn finish<J: Journal>(
         Err(_) => Vec::new(),
     };
     let (trace, total) = bounded_trace(&steps);
-    let output = Value::Object(state.ctx.clone());
-    let output_len = output.to_string().len();
-    let (status, reason, error, output) = if output_len > OUTPUT_LIMIT_BYTES {
-        let why = format!(
-            "output is {output_len} bytes, over the {OUTPUT_LIMIT_BYTES}-byte bound (status would have been {status})"
-        );
-        (FAILED.to_string(), Some(why.clone()), Some(why), json!({}))
-    } else {
-        (status.to_string(), reason, error, output)
-    };
+    let (status, reason, error, output) =
+        match crate::execution::output_over_bound(&state.ctx, status) {
+            Some(why) => (FAILED.to_string(), Some(why.clone()), Some(why), json!({})),
+            None => (
+                status.to_string(),
+                reason,
+                error,
+                Value::Object(state.ctx.clone()),
+            ),
+        };
     let now = Utc::now();
     let mut doc = json!({
         "execution_id": h.execution_id,

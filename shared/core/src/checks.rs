@@ -114,12 +114,8 @@ pub fn check_action(a: &Action, client_id: &str) -> Result<(), (Option<&'static 
     }
     if a.kind == ActionType::CallWebhook
         && let Some(url) = &a.url
-        && !(url.starts_with("https://") || url.starts_with("http://"))
     {
-        return Err((
-            Some("url"),
-            format!("`url` must be an http(s) URL, got `{url}`"),
-        ));
+        check_http_url(url).map_err(|m| (Some("url"), m))?;
     }
     if a.kind == ActionType::SetField
         && let Some(f) = &a.field
@@ -161,7 +157,97 @@ pub fn check_master_rule(r: &MasterRule) -> Result<(), String> {
         MasterKind::Http if r.url.as_deref().is_none_or(str::is_empty) => {
             return Err("an `http` rule needs `url`".into());
         }
+        MasterKind::Http => {
+            if let Some(url) = r.url.as_deref() {
+                check_http_url(url)?;
+            }
+        }
         _ => {}
     }
     Ok(())
+}
+
+/// Why `url` is not an absolute `http`/`https` URL with a host (and a port, if any, in
+/// 1-65535). The message shows the URL as a trace does, `scheme://host[:port]`: its path, query
+/// and user info may hold secrets (SPEC section 1, Trace).
+pub fn check_http_url(url: &str) -> Result<(), String> {
+    let shown = redact_url(url);
+    let bad = |why: &str| {
+        Err(format!(
+            "`url` must be an http(s) URL with a host{why}, got `{shown}`"
+        ))
+    };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return bad("");
+    };
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return bad("");
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return bad(" and no spaces");
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit('@').next().unwrap_or_default();
+    let (host, port) = match host_port.rsplit_once(':') {
+        // `[::1]:8080`, `host:8080`; a bare IPv6 literal `[::1]` has no port after its `]`.
+        Some((h, p)) if !p.contains(']') => (h, Some(p)),
+        _ => (host_port, None),
+    };
+    if host.is_empty() {
+        return bad("");
+    }
+    if let Some(p) = port
+        && !p.parse::<u16>().is_ok_and(|n| n > 0)
+    {
+        return bad(" (a port is 1-65535)");
+    }
+    Ok(())
+}
+
+/// `scheme://host[:port]` of a URL: what traces, logs and dry-run answers show of it (paths and
+/// queries may hold secrets, e.g. a chat webhook's token).
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<not a url>".into();
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    format!("{scheme}://{host}")
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::check_http_url;
+
+    #[test]
+    fn http_urls_need_a_host_and_a_real_port_and_errors_show_no_secrets() {
+        for ok in [
+            "https://hooks.example.com/x?token=1",
+            "HTTPS://H.EXAMPLE.COM:443/x",
+            "http://127.0.0.1:8080",
+            "http://[::1]:9000/a",
+            "http://[::1]/a",
+        ] {
+            assert!(check_http_url(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "https://",
+            "https:///path",
+            "http://h.example.com:99999/",
+            "http://h.example.com:0/",
+            "http://h.example.com:x/",
+            "hooks.example.com/x",
+            "http://h.example.com/a b",
+        ] {
+            assert!(check_http_url(bad).is_err(), "{bad}");
+        }
+        let Err(e) = check_http_url("ftp://user:pw@h.example.com/secret?token=abc") else {
+            panic!("an ftp URL is refused");
+        };
+        assert!(e.contains("ftp://h.example.com"), "{e}");
+        assert!(
+            !e.contains("pw") && !e.contains("token") && !e.contains("secret"),
+            "{e}"
+        );
+    }
 }

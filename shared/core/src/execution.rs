@@ -9,6 +9,20 @@ use serde_json::{Map, Value};
 
 use crate::gray;
 
+/// What an `output` may weigh (JSON bytes); over it the execution ends `FAILED`.
+pub const OUTPUT_LIMIT_BYTES: usize = 64 * 1024;
+
+/// Why an execution that ends with `ctx` as its output ends `FAILED` instead of `status`: its
+/// output is over [`OUTPUT_LIMIT_BYTES`] (the same bound for the chain, inline runs and dry runs).
+pub fn output_over_bound(ctx: &Map<String, Value>, status: &str) -> Option<String> {
+    let len = serde_json::to_string(ctx).map_or(0, |t| t.len());
+    (len > OUTPUT_LIMIT_BYTES).then(|| {
+        format!(
+            "output is {len} bytes, over the {OUTPUT_LIMIT_BYTES}-byte bound (status would have been {status})"
+        )
+    })
+}
+
 /// Who and what an execution is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExecutionMeta {
@@ -241,16 +255,19 @@ pub fn duration_secs(d: &str) -> Result<i64, String> {
         .ok_or_else(|| format!("`{d}` is too long a look-back"))
 }
 
+/// Whether `s` is a client id: `[a-z0-9][a-z0-9-]{0,62}` (SPEC section 3).
+pub fn is_client_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+}
+
 /// Why an execution id is not acceptable for a client (SPEC section 3): `<client_id>:` followed by
 /// 1–128 characters of `[A-Za-z0-9._:-]`, client ids being `[a-z0-9][a-z0-9-]{0,62}`.
 pub fn check_execution_id(client_id: &str, execution_id: &str) -> Result<(), String> {
-    let ok_client = !client_id.is_empty()
-        && client_id.len() <= 63
-        && client_id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !client_id.starts_with('-');
-    if !ok_client {
+    if !is_client_id(client_id) {
         return Err(format!(
             "client_id `{}` is not a client id ([a-z0-9][a-z0-9-]{{0,62}})",
             cut(client_id, 70)

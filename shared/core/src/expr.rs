@@ -326,7 +326,8 @@ impl Expr {
                 .iter()
                 .map(|e| CompileError::Syntax {
                     line: u32::try_from(e.pos.0.max(1)).unwrap_or(1),
-                    column: u32::try_from(e.pos.1 + 1).unwrap_or(1).max(1),
+                    // The parser's positions are 1-based already.
+                    column: u32::try_from(e.pos.1.max(1)).unwrap_or(1),
                     message: e.msg.clone(),
                 })
                 .collect::<Vec<_>>()

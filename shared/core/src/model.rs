@@ -135,25 +135,33 @@ pub enum Way<'a, T> {
     Fail,
 }
 
+/// How a rule's outcome came about, which decides the transitions it may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reached {
+    /// The rule decided it (`true`/`false`, or a label, whatever its text: a `when` that gives
+    /// `"skipped"` is a label like any other).
+    Decided,
+    /// A gate passed the rule over (`skipped`: gray share or rules subset) or its token bucket
+    /// was empty (`limited`).
+    Gated,
+    /// Evaluating it failed.
+    Errored,
+}
+
 /// The way the engine leaves a rule (generic over the transition type, so the engine picks its
 /// compiled transitions by the same rule). An error takes `on_error`; a rule passed over
-/// (`skipped`) or limited takes only its own `on` entry; any other outcome takes
+/// (`skipped`) or limited takes only its own `on` entry; any outcome the rule decided takes
 /// `on.<outcome>`, then `default`; with none of them, the next rule.
 pub fn way<'a, T>(
     on_outcome: Option<&'a T>,
     default: Option<&'a T>,
     on_error: Option<&'a T>,
-    outcome: &str,
-    errored: bool,
+    reached: Reached,
 ) -> Way<'a, T> {
-    if errored {
-        return on_error.map_or(Way::Fail, Way::Take);
-    }
-    let gated = outcome == SKIPPED || outcome == LIMITED;
-    let t = if gated {
-        on_outcome
-    } else {
-        on_outcome.or(default)
+    let t = match reached {
+        Reached::Errored => return on_error.map_or(Way::Fail, Way::Take),
+        Reached::Gated => on_outcome,
+        Reached::Decided => on_outcome.or(default),
     };
     t.map_or(Way::NextRule, Way::Take)
 }
@@ -179,7 +187,14 @@ impl Rule {
     /// that validation walks, built on [`way`] so it never disagrees with the engine.
     pub fn ways(&self) -> Vec<(Way<'_, Transition>, Because)> {
         let mut out: Vec<(Way<'_, Transition>, Because)> = Vec::new();
-        let decided = |o: &str| way(self.on.get(o), self.default.as_ref(), None, o, false);
+        let decided = |o: &str| {
+            way(
+                self.on.get(o),
+                self.default.as_ref(),
+                None,
+                Reached::Decided,
+            )
+        };
         for o in self.on.keys() {
             if o != SKIPPED && o != LIMITED {
                 out.push((decided(o), Because::Outcome));
@@ -189,15 +204,15 @@ impl Rule {
         let bool_covered = self.on.contains_key("true") && self.on.contains_key("false");
         if !bool_covered {
             out.push((
-                way(None, self.default.as_ref(), None, "", false),
+                way(None, self.default.as_ref(), None, Reached::Decided),
                 Because::Outcome,
             ));
         }
         out.push((
-            way(None, None, self.on_error.as_ref(), ERROR, true),
+            way(None, None, self.on_error.as_ref(), Reached::Errored),
             Because::Error,
         ));
-        let gated = |o: &str| way(self.on.get(o), self.default.as_ref(), None, o, false);
+        let gated = |o: &str| way(self.on.get(o), self.default.as_ref(), None, Reached::Gated);
         if self.gray.is_some() {
             out.push((gated(SKIPPED), Because::Gray));
         }

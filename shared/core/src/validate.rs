@@ -43,10 +43,11 @@ pub struct Finding {
     pub severity: Severity,
     /// JSON path, e.g. `$.rules[2].on.true.goto` (`$` for the document).
     pub path: String,
-    /// 1-based line, for syntax errors.
+    /// 1-based line, for syntax errors: of the file for JSON syntax, of the expression that
+    /// `path` names for CEL syntax.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub line: Option<usize>,
-    /// 1-based column, for syntax errors.
+    /// 1-based column, for syntax errors (of the file, or of the expression, as `line`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub column: Option<usize>,
     /// What is wrong and, where it helps, how to fix it.
@@ -161,7 +162,17 @@ pub fn validate_value(doc: &Value, catalog: &Catalog) -> Validation {
         check_flow(&flow, &mut semantic);
         match CompiledFlow::compile(&flow, catalog) {
             Ok(c) => compiled = Some(c),
-            Err(issues) => semantic.extend(issues.into_iter().map(|i| error(i.path, i.message))),
+            Err(issues) => semantic.extend(issues.into_iter().map(|i| {
+                let Some((line, column)) = i.position else {
+                    return error(i.path, i.message);
+                };
+                // The position moves out of the message into the finding (`path:line:column`).
+                let message = i.message.replacen(&format!(" at {line}:{column}"), "", 1);
+                let mut f = error(i.path, message);
+                f.line = usize::try_from(line).ok();
+                f.column = usize::try_from(column).ok();
+                f
+            })),
         }
         // Rules that failed the structural layer stand in as placeholders: drop what they caused.
         let rules_missing = !doc.get("rules").is_some_and(Value::is_array);
@@ -467,13 +478,21 @@ fn check_flow(flow: &Flow, out: &mut Vec<Finding>) {
     if flow.max_steps == Some(0) {
         out.push(error("$.max_steps", "max_steps must be 1 or more"));
     }
-    for (field, v) in [("client_id", &flow.client_id), ("flow_id", &flow.flow_id)] {
-        if v.is_empty() || v.contains('/') || v.chars().any(char::is_whitespace) {
-            out.push(error(
-                format!("$.{field}"),
-                format!("{field} must be non-empty, without `/` or spaces"),
-            ));
-        }
+    if !crate::execution::is_client_id(&flow.client_id) {
+        out.push(error(
+            "$.client_id",
+            format!(
+                "client_id `{}` is not a client id: 1-63 characters of lower-case letters, digits and `-`, not starting with `-`",
+                crate::execution::cut(&flow.client_id, 70)
+            ),
+        ));
+    }
+    let f = &flow.flow_id;
+    if f.is_empty() || f.contains('/') || f.chars().any(char::is_whitespace) {
+        out.push(error(
+            "$.flow_id",
+            "flow_id must be non-empty, without `/` or spaces",
+        ));
     }
     let mut first: HashMap<&str, usize> = HashMap::new();
     for (i, r) in flow.rules.iter().enumerate() {

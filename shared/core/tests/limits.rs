@@ -325,3 +325,23 @@ fn a_call_of_an_undeclared_function_is_a_validation_error() {
         assert!(v.is_valid(), "{ok}: {:?}", v.findings);
     }
 }
+
+/// SPEC section 3: an output over the bound ends the execution FAILED. A dry run says what
+/// would happen, so it ends the same way rather than answering the whole output.
+#[test]
+fn an_output_over_the_bound_ends_failed_in_a_dry_run_too() {
+    let f = json!({"client_id": "c", "flow_id": "f", "version": 1, "terminal_statuses": ["OK"],
+        "rules": [{"id": "r", "when": "true", "on": {"true": {"complete": "OK", "set": {"big": "input.s"}}}}]});
+    let big = "x".repeat(rulestream_core::chain::OUTPUT_LIMIT_BYTES);
+    let r = run_flow(&f, &json!({ "s": big }));
+    assert_eq!(r.status, "FAILED");
+    let reason = r.reason.unwrap_or_default();
+    assert!(
+        reason.contains("over the") && reason.contains("OK"),
+        "{reason}"
+    );
+    assert!(r.ctx.is_empty());
+    // Just under the bound, the flow's own end.
+    let r = run_flow(&f, &json!({ "s": "x".repeat(1000) }));
+    assert_eq!(r.status, "OK");
+}

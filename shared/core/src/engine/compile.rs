@@ -107,6 +107,8 @@ pub struct CompileIssue {
     pub path: String,
     /// What is wrong.
     pub message: String,
+    /// For a CEL syntax error, its line and column within the expression.
+    pub position: Option<(u32, u32)>,
 }
 
 impl CompiledFlow {
@@ -292,6 +294,7 @@ fn issue(path: &str, message: String) -> CompileIssue {
     CompileIssue {
         path: path.to_string(),
         message,
+        position: None,
     }
 }
 
@@ -316,7 +319,11 @@ fn compile_expr(
         }
         Err(errs) => {
             for e in errs {
-                issues.push(issue(path, e.to_string()));
+                let mut i = issue(path, e.to_string());
+                if let expr::CompileError::Syntax { line, column, .. } = e {
+                    i.position = Some((line, column));
+                }
+                issues.push(i);
             }
             None
         }
@@ -612,10 +619,15 @@ fn compile_transition(
         },
         (_, _, Some(status)) => {
             if !flow.terminal_statuses.iter().any(|s| s == status) {
+                let hint = if flow.default_status.as_deref().unwrap_or("COMPLETED") == status {
+                    " (it is the default status, which only ends a flow that falls off its last rule; list it in terminal_statuses to complete with it here)"
+                } else {
+                    ""
+                };
                 issues.push(issue(
                     &format!("{path}.complete"),
                     format!(
-                        "status `{status}` is not in terminal_statuses [{}]",
+                        "status `{status}` is not in terminal_statuses [{}]{hint}",
                         flow.terminal_statuses.join(", ")
                     ),
                 ));

@@ -279,13 +279,16 @@ impl<'f> Session<'f> {
             "dry run: the rate limit was not applied (treated as granted, no token taken)"
                 .to_string()
         });
-        let errored = matches!(explain, Explain::Error { .. });
+        let reached = match explain {
+            Explain::Error { .. } => model::Reached::Errored,
+            Explain::Skipped { .. } | Explain::Limited { .. } => model::Reached::Gated,
+            _ => model::Reached::Decided,
+        };
         let way = model::way(
             compiled.on.get(&*outcome),
             compiled.default.as_ref(),
             compiled.on_error.as_ref(),
-            &outcome,
-            errored,
+            reached,
         );
         let mut transition = match way {
             Way::Take(t) => Some(t),
@@ -782,7 +785,16 @@ pub async fn run<'a, E: Effects>(
             error,
         } = r.next
         {
-            let state = session.state;
+            let mut state = session.state;
+            // The same bound on the output as when the execution ends in the chain.
+            let (status, reason, error) =
+                match crate::execution::output_over_bound(&state.ctx, &status) {
+                    Some(why) => {
+                        state.ctx = Map::new();
+                        (FAILED.to_string(), Some(why.clone()), Some(why))
+                    }
+                    None => (status, reason, error),
+                };
             return RunReport {
                 status,
                 reason,

@@ -279,16 +279,7 @@ impl RunReport<'_> {
     }
 }
 
-/// `scheme://host[:port]` of a URL: what traces, logs and dry-run answers show of it (paths and
-/// queries may hold secrets, e.g. a chat webhook's token).
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "<not a url>".into();
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let host = authority.rsplit('@').next().unwrap_or_default();
-    format!("{scheme}://{host}")
-}
+pub use crate::checks::redact_url;
 
 /// Whether a condition's field reads client data (`client`, `client.x`, `client[...]`): its
 /// actual value is never shown (SPEC section 1, Trace).
