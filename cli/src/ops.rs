@@ -148,6 +148,7 @@ pub fn trace(id: &str, json_out: bool) -> anyhow::Result<Outcome> {
         .map_err(backend_error)?
         .into_iter()
         .filter(|s| s.get("stop").is_none())
+        .map(|s| rulestream_core::chain::trace_line(&s))
         .collect();
     if let Some(o) = summary.as_object_mut() {
         o.remove("trace");

@@ -737,7 +737,10 @@ impl App {
         else {
             return Err(ApiError::not_found(format!("no execution `{id}`")));
         };
-        if e["status"] == RUNNING {
+        // While it runs, and while a delivery of an ended execution is still being retried
+        // (its results land on the step items, not on the summary), the trace is read from
+        // the steps.
+        if e["status"] == RUNNING || has_open_delivery(&e["trace"]) {
             let steps: Vec<Value> = self
                 .chain
                 .journal
@@ -996,6 +999,21 @@ fn decode_cursor(c: &str) -> Option<HashMap<String, AttributeValue>> {
     v.into_iter()
         .map(|(k, v)| v.as_str().map(|s| (k, AttributeValue::S(s.to_string()))))
         .collect()
+}
+
+/// Whether a trace holds a delivery that has not reached its end (`delivered` or `failed`).
+fn has_open_delivery(trace: &Value) -> bool {
+    trace.as_array().is_some_and(|lines| {
+        lines.iter().any(|l| {
+            l["actions"].as_array().is_some_and(|acts| {
+                acts.iter().any(|a| {
+                    a["delivery"]["status"]
+                        .as_str()
+                        .is_some_and(|s| s != "delivered" && s != "failed")
+                })
+            })
+        })
+    })
 }
 
 #[cfg(test)]

@@ -136,7 +136,10 @@ async fn client_data_and_secrets_never_land_in_an_item_a_row_or_a_log() {
             {"id": "tier", "conditions": [[{"field": "client.tier", "op": "starts_with", "value": "gold-"}]],
              "on": {"true": {"next": true}, "false": {"complete": "NO"}}},
             {"id": "limit", "when": "client.limit > input.amount ? 'ok' : 'over'",
-             "on": {"ok": {"complete": "DONE", "set": {"checked": "true"}}, "over": {"complete": "NO"}}}]});
+             "on": {"ok": {"next": true, "set": {"checked": "true", "copied": "client.limit"}}, "over": {"complete": "NO"}}},
+            // Client data copied into ctx is used by the next hop, and shown nowhere.
+            {"id": "echo", "when": "string(ctx.copied)",
+             "default": {"complete": "DONE", "actions": [{"type": "add_tag", "tag": "echoed"}]}}]});
     stack
         .register_flow_with_data(&flow, rulestream_e2e::ACME_ROLE, &secret_id)
         .await;
@@ -158,6 +161,10 @@ async fn client_data_and_secrets_never_land_in_an_item_a_row_or_a_log() {
         step0["explain"]["conditions"][0]["expected"], "gold-",
         "{step0}"
     );
+
+    assert_eq!(e["output"]["copied"], "<client data>", "{e}");
+    assert_eq!(e["output"]["checked"], true, "{e}");
+    assert_eq!(e["trace"][2]["outcome"], "<client data>", "{e}");
 
     // Everything the run left: the summary, its steps, its trigger rows (sealed) and the logs.
     let mut everything = e.to_string();

@@ -33,7 +33,8 @@ use crate::engine::{
     ExecutionMeta, Next, RunState, Session, StepRecord, gray_key_value, sanitize_explain,
 };
 use crate::execution::{
-    Carried, ExecutionHeader, Quota, SealedRow, TriggerRow, check_execution_id, cut, subset_of,
+    CLIENT_DATA, Carried, ExecutionHeader, Quota, SealedRow, TriggerRow, check_execution_id, cut,
+    subset_of,
 };
 use crate::model::{ActionType, FAILED};
 use crate::ports::{
@@ -271,6 +272,12 @@ struct StepView {
     outcome: String,
     #[serde(default)]
     set: Map<String, Value>,
+    /// The sealed values of client data of `set` (see [`StepView::open_client_set`]).
+    #[serde(default)]
+    client_set: Option<String>,
+    /// Keys of `set` that hold client data.
+    #[serde(skip)]
+    client_keys: Vec<String>,
     #[serde(default)]
     actions: Vec<ActionView>,
     next: Next,
@@ -287,13 +294,59 @@ struct ActionView {
 }
 
 impl StepView {
+    /// The view of a stored step item. Its values of client data read `"<client data>"` until
+    /// [`StepView::open_client_set`] puts them back.
+    fn read(item: &Value) -> Result<StepView, serde_json::Error> {
+        let mut view = StepView::deserialize(item)?;
+        view.client_keys = view
+            .set
+            .iter()
+            .filter(|(_, v)| v.as_str() == Some(CLIENT_DATA))
+            .map(|(k, _)| k.clone())
+            .collect();
+        Ok(view)
+    }
+
+    /// What the sealed values of client data of step `seq` are bound to.
+    fn client_set_aad(execution_id: &str, seq: u64) -> Vec<u8> {
+        format!("client_set\n{execution_id}\n{seq}").into_bytes()
+    }
+
+    /// Puts back the values of client data that the step item keeps sealed.
+    async fn open_client_set<S: Sealer>(
+        &mut self,
+        sealer: &S,
+        execution_id: &str,
+    ) -> Result<(), StoreError> {
+        let Some(sealed) = self.client_set.take() else {
+            return Ok(());
+        };
+        let plain = sealer
+            .open(&StepView::client_set_aad(execution_id, self.seq), &sealed)
+            .await?;
+        let values: Map<String, Value> = serde_json::from_slice(&plain)
+            .map_err(|e| StoreError::Invalid(format!("sealed client data of a step: {e}")))?;
+        for (k, v) in values {
+            self.set.insert(k, v);
+        }
+        Ok(())
+    }
+
     /// The view of a step just decided (no round trip through its JSON document).
     fn of(record: &StepRecord, next: Next) -> StepView {
         StepView {
             seq: record.seq,
             rule: record.rule.to_string(),
             outcome: record.outcome.to_string(),
-            set: record.set.clone(),
+            set: {
+                let mut set = record.set.clone();
+                for (k, v) in &record.client_set {
+                    set.insert(k.clone(), v.clone());
+                }
+                set
+            },
+            client_set: None,
+            client_keys: record.client_set.keys().cloned().collect(),
             actions: record
                 .actions
                 .iter()
@@ -314,6 +367,7 @@ fn advance(before: &RunState, step: &StepView, reads_steps: bool) -> RunState {
     let mut s = before.clone();
     for (k, v) in &step.set {
         s.ctx.insert(k.clone(), v.clone());
+        s.mark_client(k, step.client_keys.contains(k));
     }
     if reads_steps {
         s.steps
@@ -340,8 +394,9 @@ fn advance(before: &RunState, step: &StepView, reads_steps: bool) -> RunState {
 }
 
 /// Fields of a step item that are bookkeeping, not trace.
-const NOT_TRACE: [&str; 9] = [
+const NOT_TRACE: [&str; 10] = [
     "execution_id",
+    "client_set",
     "client_id",
     "flow_id",
     "flow_version",
@@ -394,7 +449,7 @@ pub fn bounded_trace(steps: &[Value]) -> (Vec<Value>, usize) {
 fn replay(steps: &[Value], reads_steps: bool) -> RunState {
     let mut state = RunState::default();
     for s in steps {
-        if let Ok(view) = serde_json::from_value::<StepView>(s.clone()) {
+        if let Ok(view) = StepView::read(s) {
             state = advance(&state, &view, reads_steps);
         }
     }
@@ -706,7 +761,19 @@ where
                 flow.flow().version
             )));
         }
-        let mut state = replay(&steps[..at], flow.reads_steps());
+        // The context the original had there, its client data included (opened from the seals).
+        let mut state = RunState::default();
+        for item in &steps[..at] {
+            let Ok(mut view) = StepView::read(item) else {
+                continue;
+            };
+            match view.open_client_set(&self.sealer, original).await {
+                Ok(()) => {}
+                Err(StoreError::Transient(e)) => return Err(Retry(e)),
+                Err(e) => return Ok(Err(format!("rerun from `{from}`: {e}"))),
+            }
+            state = advance(&state, &view, flow.reads_steps());
+        }
         state.seq = 0;
         state.rule = Some(Arc::from(rule));
         Ok(Ok(state))
@@ -865,6 +932,23 @@ where
             carried.client.as_ref(),
             now,
         )?;
+        let mut doc = doc;
+        if !record.client_set.is_empty() {
+            let plain = serde_json::to_vec(&record.client_set)
+                .map_err(|e| Retry(format!("cannot encode step: {e}")))?;
+            match self
+                .sealer
+                .seal(&StepView::client_set_aad(&id, seq), &plain)
+                .await
+            {
+                Ok(sealed) => doc["client_set"] = json!(sealed),
+                Err(StoreError::Transient(e)) => return Err(Retry(e)),
+                Err(e) => {
+                    let why = format!("cannot seal the client data of step {seq}: {e}");
+                    return self.end_failed(&header, &carried.state, why).await;
+                }
+            }
+        }
         let view = StepView::of(&record, result.next);
         match self.journal.put_step(&doc).await {
             Ok(true) => {
@@ -929,7 +1013,7 @@ where
                         "outcome": record.outcome,
                         "status": status,
                         "reason": reason,
-                        "output": after.ctx,
+                        "output": after.shown_ctx(),
                         "tags": after.tags,
                     });
                     let channel = planned.action.channel.clone().unwrap_or_default();
@@ -979,7 +1063,7 @@ where
                     "outcome": record.outcome,
                     "status": status,
                     "reason": reason,
-                    "output": after.ctx,
+                    "output": after.shown_ctx(),
                     "tags": after.tags,
                 });
                 a["delivery"] = json!({"status": "pending", "attempts": 0});
@@ -1026,7 +1110,18 @@ where
                 "the execution was ended from outside its chain (stop marker): step not run");
             return Ok(());
         }
-        match StepView::deserialize(&step) {
+        let view = match StepView::read(&step) {
+            Ok(mut view) => match view
+                .open_client_set(&self.sealer, &header.execution_id)
+                .await
+            {
+                Ok(()) => Ok(view),
+                Err(StoreError::Transient(e)) => return Err(Retry(e)),
+                Err(e) => Err(e.to_string()),
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        match view {
             Ok(view) => {
                 self.after_step(table, header, flow, carried, view, &step, started, true)
                     .await
@@ -1215,7 +1310,7 @@ pub async fn finish<J: Journal>(
                 status.to_string(),
                 reason,
                 error,
-                Value::Object(state.ctx.clone()),
+                Value::Object(state.shown_ctx()),
             ),
         };
     let now = Utc::now();

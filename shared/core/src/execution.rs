@@ -56,6 +56,39 @@ pub struct RunState {
     /// Route set by `route_to`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<String>,
+    /// Keys of `ctx` that hold client data: written by a `set` whose expression read `client`
+    /// (or such a key). Their values are used as they are, and shown as `"<client data>"`
+    /// wherever `ctx` is shown (SPEC section 1, Trace).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub client_keys: Vec<String>,
+}
+
+/// How client data shows in a trace, an output, a log or an answer.
+pub const CLIENT_DATA: &str = "<client data>";
+
+impl RunState {
+    /// Records whether `ctx.<key>` now holds client data.
+    pub fn mark_client(&mut self, key: &str, client: bool) {
+        let at = self.client_keys.iter().position(|k| k == key);
+        match (client, at) {
+            (true, None) => self.client_keys.push(key.to_string()),
+            (false, Some(i)) => {
+                self.client_keys.swap_remove(i);
+            }
+            _ => {}
+        }
+    }
+
+    /// `ctx` as it may be shown: every key that holds client data as `"<client data>"`.
+    pub fn shown_ctx(&self) -> Map<String, Value> {
+        let mut ctx = self.ctx.clone();
+        for k in &self.client_keys {
+            if let Some(v) = ctx.get_mut(k) {
+                *v = Value::String(CLIENT_DATA.into());
+            }
+        }
+        ctx
+    }
 }
 
 /// A seq 0 row of the trigger table, as a client process inserts it.

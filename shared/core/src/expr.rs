@@ -407,6 +407,20 @@ impl Expr {
         &self.paths
     }
 
+    /// Whether the value may carry client data: the expression reads `client`, or a key of
+    /// `ctx` that holds client data (`client_keys`), or the whole of `ctx`.
+    pub fn reads_client(&self, client_keys: &[String]) -> bool {
+        self.paths
+            .iter()
+            .any(|p| match p.first().map(String::as_str) {
+                Some("client") => true,
+                Some("ctx") => {
+                    p.get(1).is_none_or(|k| client_keys.contains(k)) && !client_keys.is_empty()
+                }
+                _ => false,
+            })
+    }
+
     /// Whether the expression has a direct form (it is inside the subset of [`crate::fast`]).
     pub fn is_direct(&self) -> bool {
         self.direct.is_some()
@@ -442,9 +456,19 @@ impl Expr {
         {
             return message;
         }
-        let kind = message.split(':').next().unwrap_or_default().trim();
-        format!("{kind} (the values are not shown: the expression reads client data)")
+        hide_values(&message)
     }
+}
+
+/// An evaluation error of an expression that read client data: only the kind of error is kept,
+/// not the values `cel` names (SPEC section 1, Trace).
+pub fn hide_values(message: &str) -> String {
+    const HIDDEN: &str = "(the values are not shown: the expression reads client data)";
+    if message.contains(HIDDEN) {
+        return message.to_string();
+    }
+    let kind = message.split(':').next().unwrap_or_default().trim();
+    format!("{kind} {HIDDEN}")
 }
 
 /// Comprehension iterations one evaluation may run (SPEC section 1, Limits).

@@ -1118,3 +1118,82 @@ fn a_fused_flow_runs_its_pure_steps_in_one_hop_and_writes_rows_only_where_a_hop_
         assert_eq!(c.deliveries.sent.lock().expect("lock").len(), 1);
     }
 }
+
+/// SPEC section 1, Trace: client data never appears in a trace, an output or a webhook body,
+/// also when a `set` copies it into `ctx` or a `when` answers with it. The execution still uses
+/// the real values: in later hops, after a redelivery, and in a rerun from a later step.
+#[test]
+fn client_data_copied_into_ctx_is_used_but_never_shown() {
+    let mut c = chain();
+    let f = json!({"client_id": "acme", "flow_id": "f", "version": 3, "terminal_statuses": ["OK", "NO"],
+        "rules": [
+            {"id": "copy", "when": "true", "on": {"true": {"next": true,
+                "set": {"limit": "client.secret_limit", "double": "ctx.limit * 2", "plain": "input.n"}}}},
+            {"id": "label", "when": "string(ctx.double)", "default": {"next": true}},
+            {"id": "use", "when": "ctx.double == client.secret_limit * 2 && ctx.plain == 5",
+             "on": {"true": {"complete": "OK", "actions": [{"type": "call_webhook", "url": "http://127.0.0.1:1/h"}]},
+                    "false": {"complete": "NO"}}}]});
+    c.flows.versions.insert(3, f);
+    let cf = c
+        .flows
+        .clients
+        .get_mut(&("acme".to_string(), "f".to_string()))
+        .expect("client flow");
+    cf.release = Release {
+        generation: 1,
+        ..Release::stable_only(3)
+    };
+    block(c.run_row(None, start("acme:cd", json!({"n": 5})))).expect("start");
+    drain(&c, 2);
+    let s = summary(&c, "acme:cd");
+    assert_eq!(s["status"], "OK", "the real values decided: {s}");
+    let secret = ["123456789", "246913578"];
+    // The step items keep the values sealed (the toy sealer of these tests does not encrypt;
+    // the real one does), and show them nowhere else.
+    let items: Vec<Value> = c
+        .journal
+        .steps
+        .lock()
+        .expect("lock")
+        .values()
+        .cloned()
+        .collect();
+    assert!(items[0]["client_set"].is_string(), "{}", items[0]);
+    let steps: Vec<Value> = items
+        .iter()
+        .map(rulestream_core::chain::trace_line)
+        .collect();
+    let bodies: Vec<String> = c
+        .deliveries
+        .sent
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|(_, b)| b.clone())
+        .collect();
+    for (what, text) in [
+        ("summary", s.to_string()),
+        ("steps", serde_json::to_string(&steps).expect("json")),
+        ("webhook bodies", bodies.join("\n")),
+    ] {
+        for v in secret {
+            assert!(!text.contains(v), "{what} shows client data {v}: {text}");
+        }
+    }
+    assert_eq!(s["output"]["limit"], "<client data>", "{s}");
+    assert_eq!(s["output"]["double"], "<client data>", "{s}");
+    assert_eq!(
+        s["output"]["plain"], 5,
+        "a value not from client data is shown: {s}"
+    );
+    assert_eq!(s["trace"][1]["outcome"], "<client data>", "{s}");
+    assert!(!bodies.is_empty(), "the webhook was sent");
+
+    // A rerun from `use` starts with the context the original had there, real values included.
+    let rerun = json!({"execution_id": "acme:cd-again", "seq": 0, "client_id": "acme", "flow_id": "f",
+                       "input": {"n": 5}, "rerun_of": "acme:cd", "from": "use"});
+    block(c.run_row(None, rerun)).expect("start");
+    drain(&c, 1);
+    let s = summary(&c, "acme:cd-again");
+    assert_eq!(s["status"], "OK", "{s}");
+}

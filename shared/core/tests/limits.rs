@@ -345,3 +345,39 @@ fn an_output_over_the_bound_ends_failed_in_a_dry_run_too() {
     let r = run_flow(&f, &json!({ "s": "x".repeat(1000) }));
     assert_eq!(r.status, "OK");
 }
+
+/// A dry run shows no client data either: not a value a `set` copied from it, not a label a
+/// `when` answered with it, not `ctx` at the end (SPEC section 1, Trace).
+#[test]
+fn a_dry_run_never_shows_client_data_copied_into_ctx() {
+    let flow = json!({"client_id": "c", "flow_id": "f", "version": 1, "terminal_statuses": ["A", "B"],
+        "rules": [{"id": "a", "when": "true", "on": {"true": {"next": true, "set": {"p": "client.p"}}}},
+                  {"id": "e", "when": "ctx.p == 'zz' ? 'a' : ctx.p", "on": {"a": {"complete": "A"}}, "default": {"next": true}},
+                  {"id": "d", "conditions": [[{"field": "ctx.p", "op": "starts_with", "value": "SECRET"}]],
+                   "on": {"true": {"complete": "B"}}}]});
+    let f = validate_value(&flow, &Catalog::new()).flow.expect("valid");
+    let meta = ExecutionMeta {
+        execution_id: "c:1".into(),
+        client_id: "c".into(),
+        flow_id: "f".into(),
+        flow_version: 1,
+    };
+    let client = json!({"p": "SECRETPAT"});
+    let input = json!({});
+    let r = pollster::block_on(run(
+        &f,
+        meta,
+        &input,
+        Some(&client),
+        chrono::Utc::now(),
+        None,
+        &DryRun,
+    ));
+    assert_eq!(r.status, "B", "the real value decided");
+    let shown = serde_json::to_string(&r.spec_json()).expect("json");
+    let full = serde_json::to_string(&r.steps).expect("json");
+    for text in [&shown, &full] {
+        assert!(!text.contains("SECRETPAT"), "{text}");
+    }
+    assert_eq!(r.ctx["p"], "<client data>");
+}

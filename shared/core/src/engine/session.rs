@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 use super::compile::{CompiledFlow, CompiledRule, CompiledTransition, Decide, Target};
 use super::trace::{Explain, Next, PlannedAction, RunReport, StepRecord, StepResult};
 use crate::conditions;
-use crate::execution::{ExecutionMeta, RunState};
+use crate::execution::{CLIENT_DATA, ExecutionMeta, RunState};
 use crate::expr::{self, Expr};
 use crate::fast::{self, Fv, Roots};
 use crate::gray;
@@ -275,6 +275,41 @@ impl<'f> Session<'f> {
         let started = Instant::now();
         let compiled = &flow.rules[idx];
         let (mut outcome, mut explain, master_set) = self.decide(rule, compiled, fx).await;
+        // A decision on client data shows only what the flow itself names (`true`/`false` or a
+        // label in `on`); any other value it gave is client data (SPEC section 1, Trace).
+        let decided_on_client = match &compiled.decide {
+            Decide::When(e) | Decide::Master { expr: Some(e), .. } => {
+                e.reads_client(&self.state.client_keys)
+            }
+            _ => false,
+        };
+        // A condition on a key of `ctx` that holds client data shows it as client data (one on
+        // `client` itself is hidden wherever a trace is shown, see `sanitize_explain`).
+        if let Explain::Conditions { conditions, .. } = &mut explain
+            && !self.state.client_keys.is_empty()
+        {
+            for c in conditions {
+                let mut parts = c.field.split(['.', '[']);
+                if parts.next() == Some("ctx")
+                    && parts
+                        .next()
+                        .is_some_and(|k| self.state.client_keys.iter().any(|ck| ck == k))
+                {
+                    c.actual = Cow::Owned(Value::String(CLIENT_DATA.into()));
+                }
+            }
+        }
+        if decided_on_client && let Explain::Error { message } = &mut explain {
+            *message = hide_error_values(message);
+        }
+        if decided_on_client
+            && let Explain::Expression { result, .. } | Explain::Master { result, .. } =
+                &mut explain
+            && !(matches!(&*outcome, "true" | "false") || compiled.on.contains_key(&*outcome))
+        {
+            outcome = Arc::from(CLIENT_DATA);
+            *result = Value::String(CLIENT_DATA.into());
+        }
         let note = (fx.dry_run() && rule.rate_limit.is_some() && &*outcome != SKIPPED).then(|| {
             "dry run: the rate limit was not applied (treated as granted, no token taken)"
                 .to_string()
@@ -303,6 +338,7 @@ impl<'f> Session<'f> {
         let mut set = Map::new();
         for (k, v) in master_set {
             self.state.ctx.insert(k.clone(), v.clone());
+            self.state.mark_client(&k, false);
             set.insert(k, v);
             self.ctx_dirty = true;
         }
@@ -449,6 +485,17 @@ impl<'f> Session<'f> {
         actions: Vec<PlannedAction>,
         started: Instant,
     ) -> StepRecord<'f> {
+        // Values of client data are kept aside; the record shows them as `<client data>`.
+        let mut set = set;
+        let mut client_set = Map::new();
+        for k in &self.state.client_keys {
+            if let Some(v) = set.get_mut(k) {
+                client_set.insert(
+                    k.clone(),
+                    std::mem::replace(v, Value::String(CLIENT_DATA.into())),
+                );
+            }
+        }
         StepRecord {
             seq,
             rule: Arc::clone(rule),
@@ -456,6 +503,7 @@ impl<'f> Session<'f> {
             transition,
             explain,
             set,
+            client_set,
             actions,
             duration_ms: crate::execution::millis_since(started),
             note: None,
@@ -618,11 +666,20 @@ impl<'f> Session<'f> {
         set: &mut Map<String, Value>,
     ) -> Result<(), String> {
         let mut undo: Vec<(&String, Option<Value>, Option<Value>)> = Vec::new();
+        let client_keys_were = self.state.client_keys.clone();
         for (k, e) in &t.set {
+            let from_client = e.reads_client(&self.state.client_keys);
             let v = match self.direct(e, fast::to_json) {
                 Some(v) => Ok(v),
                 None => e
                     .eval(self.cel())
+                    .map_err(|m| {
+                        if from_client {
+                            expr::hide_values(&m)
+                        } else {
+                            m
+                        }
+                    })
                     .map_err(|m| format!("set `{k}` failed: {m}"))
                     .and_then(|v| expr::cel_to_json(&v).map_err(|m| format!("set `{k}`: {m}"))),
             };
@@ -633,11 +690,13 @@ impl<'f> Session<'f> {
                         restore(&mut self.state.ctx, k, ctx_was);
                         restore(set, k, set_was);
                     }
+                    self.state.client_keys = client_keys_were;
                     self.ctx_dirty = true;
                     return Err(m);
                 }
             };
             let ctx_was = self.state.ctx.insert(k.clone(), v.clone());
+            self.state.mark_client(k, from_client);
             let set_was = set.insert(k.clone(), v);
             if t.set.len() > 1 {
                 undo.push((k, ctx_was, set_was));
@@ -660,6 +719,7 @@ impl<'f> Session<'f> {
             ActionType::SetField => {
                 if let (Some(f), Some(v)) = (&a.field, &a.value) {
                     self.state.ctx.insert(f.clone(), v.clone());
+                    self.state.mark_client(f, false);
                     set.insert(f.clone(), v.clone());
                     self.ctx_dirty = true;
                 }
@@ -679,6 +739,15 @@ fn failed(reason: String, error: Option<String>) -> Next {
         status: FAILED.to_string(),
         error: error.or_else(|| Some(reason.clone())),
         reason: Some(reason),
+    }
+}
+
+/// An error message of a decision on client data, with its values hidden (the prefix that names
+/// what failed, e.g. "`when` failed: ", is kept).
+fn hide_error_values(message: &str) -> String {
+    match message.split_once(": ") {
+        Some((what, rest)) => format!("{what}: {}", expr::hide_values(rest)),
+        None => expr::hide_values(message),
     }
 }
 
@@ -805,7 +874,7 @@ pub async fn run<'a, E: Effects>(
                     .flat_map(|s| s.actions.iter().cloned())
                     .collect(),
                 steps,
-                ctx: state.ctx,
+                ctx: state.shown_ctx(),
                 tags: state.tags,
                 route: state.route,
             };

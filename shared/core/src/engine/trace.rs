@@ -12,8 +12,7 @@ use crate::model::MasterKind;
 
 /// An explain value longer than this is cut (SPEC section 1, Trace).
 pub const EXPLAIN_VALUE_CHARS: usize = 256;
-/// How a value read from `client` shows in a trace.
-pub const CLIENT_DATA: &str = "<client data>";
+pub use crate::execution::CLIENT_DATA;
 
 /// Why a rule got its outcome.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -90,9 +89,14 @@ pub struct StepRecord<'v> {
     pub transition: Arc<Value>,
     /// Why.
     pub explain: Explain<'v>,
-    /// Values written into `ctx` by this step.
+    /// Values written into `ctx` by this step, as a trace shows them: a value of client data
+    /// as `"<client data>"`.
     #[serde(skip_serializing_if = "Map::is_empty")]
     pub set: Map<String, Value>,
+    /// The values of client data this step wrote into `ctx` (never serialized: the chain keeps
+    /// them sealed in the step item).
+    #[serde(skip)]
+    pub client_set: Map<String, Value>,
     /// Actions of this step.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub actions: Vec<PlannedAction>,
@@ -115,6 +119,7 @@ impl StepRecord<'_> {
             transition: self.transition,
             explain: self.explain.into_owned(),
             set: self.set,
+            client_set: self.client_set,
             actions: self.actions,
             duration_ms: self.duration_ms,
             note: self.note,
