@@ -571,9 +571,17 @@ where
                 Err(e) => return Err(Retry(e.to_string())),
             }
         }
+        // Until the row's client is checked against its id, a failure is recorded under the
+        // client whose prefix the id carries, when it carries one: only that client's writer
+        // policy lets such a row in (SPEC section 3).
+        let id_owner = id
+            .split_once(':')
+            .map(|(o, _)| o)
+            .filter(|o| crate::execution::is_client_id(o));
         let mut header = ExecutionHeader {
             execution_id: id.clone(),
-            client_id: cut(str_of(&image, "client_id"), 63),
+            client_id: id_owner
+                .map_or_else(|| cut(str_of(&image, "client_id"), 63), str::to_string),
             flow_id: cut(str_of(&image, "flow_id"), 128),
             flow_version: 0,
             started_at: rfc3339(now),
@@ -587,10 +595,21 @@ where
                     .await;
             }
         };
+        header.rerun_of.clone_from(&row.rerun_of);
         if let Err(why) = check_execution_id(&row.client_id, &row.execution_id) {
+            // An id under another client's prefix stays that client's (see `id_owner`): it is
+            // never listed, read or taken as the client's the row names.
             return self
                 .fail_start(header, format!("malformed trigger row: {why}"))
                 .await;
+        }
+        if !row.input.is_object() {
+            let why = if row.input.is_null() {
+                "malformed trigger row: `input` is required (a map; `{}` for none)"
+            } else {
+                "malformed trigger row: `input` must be a map"
+            };
+            return self.fail_start(header, why.into()).await;
         }
         if row.flow_id.is_empty() {
             return self
@@ -606,7 +625,6 @@ where
                 )
                 .await;
         }
-        header.rerun_of.clone_from(&row.rerun_of);
         let cf = match self.flows.client_flow(&row.client_id, &row.flow_id).await {
             Ok(cf) => cf,
             Err(StoreError::Transient(e)) => return Err(Retry(e)),
@@ -1199,6 +1217,10 @@ where
                 written_ms.map(|w| (now_ms - w) as f64),
             );
         }
+        let decided_ms = step
+            .get("duration")
+            .and_then(Value::as_f64)
+            .unwrap_or_default();
         tracing::info!(
             execution_id = %header.execution_id,
             client_id = %header.client_id,
@@ -1209,7 +1231,10 @@ where
             outcome = %view.outcome,
             next = %match &view.next { Next::Rule { rule } => format!("goto {rule}"), Next::Done { status, .. } => format!("complete {status}") },
             redelivered,
-            duration = crate::execution::millis_since(started),
+            // The step's `duration` as its trace shows it (deciding it), and the whole handling
+            // of the record (reads, decision, writes) that `StepDuration` measures.
+            duration = decided_ms,
+            handled_ms = crate::execution::millis_since(started),
             "step"
         );
         if let Some(next) = fuse_into {
@@ -1304,7 +1329,9 @@ pub async fn finish<J: Journal>(
     };
     let (trace, total) = bounded_trace(&steps);
     let (status, reason, error, output) =
-        match crate::execution::output_over_bound(&state.ctx, status) {
+        match crate::execution::output_over_bound(&state.ctx, Some(status)) {
+            // Ended FAILED already (the step that outgrew the bound says so): no output.
+            Some(_) if status == FAILED => (status.to_string(), reason, error, json!({})),
             Some(why) => (FAILED.to_string(), Some(why.clone()), Some(why), json!({})),
             None => (
                 status.to_string(),

@@ -12,14 +12,14 @@ use crate::gray;
 /// What an `output` may weigh (JSON bytes); over it the execution ends `FAILED`.
 pub const OUTPUT_LIMIT_BYTES: usize = 64 * 1024;
 
-/// Why an execution that ends with `ctx` as its output ends `FAILED` instead of `status`: its
-/// output is over [`OUTPUT_LIMIT_BYTES`] (the same bound for the chain, inline runs and dry runs).
-pub fn output_over_bound(ctx: &Map<String, Value>, status: &str) -> Option<String> {
+/// Why an execution whose `ctx` is this ends `FAILED` (instead of `status`, when it was about to
+/// end): its output is over [`OUTPUT_LIMIT_BYTES`] (the same bound for the chain, inline runs
+/// and dry runs).
+pub fn output_over_bound(ctx: &Map<String, Value>, status: Option<&str>) -> Option<String> {
     let len = serde_json::to_string(ctx).map_or(0, |t| t.len());
     (len > OUTPUT_LIMIT_BYTES).then(|| {
-        format!(
-            "output is {len} bytes, over the {OUTPUT_LIMIT_BYTES}-byte bound (status would have been {status})"
-        )
+        let was = status.map_or_else(String::new, |s| format!(" (status would have been {s})"));
+        format!("output is {len} bytes, over the {OUTPUT_LIMIT_BYTES}-byte bound{was}")
     })
 }
 

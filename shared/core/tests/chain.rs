@@ -491,8 +491,16 @@ fn seq_0_rows_must_carry_their_client_and_be_well_formed() {
             "[A-Za-z0-9._:-]",
         ),
         (
-            json!({"execution_id": "acme:e", "seq": 0, "client_id": "acme", "flow_id": "f", "input": {}, "rules": ""}),
+            json!({"execution_id": "acme:e", "seq": 0, "client_id": "acme", "flow_id": "f", "input": {}, "rules": "", "rerun_of": "acme:orig"}),
             "`rules` names no rule",
+        ),
+        (
+            json!({"execution_id": "acme:ni", "seq": 0, "client_id": "acme", "flow_id": "f"}),
+            "`input` is required",
+        ),
+        (
+            json!({"execution_id": "acme:si", "seq": 0, "client_id": "acme", "flow_id": "f", "input": "notamap"}),
+            "`input` must be a map",
         ),
         (
             json!({"execution_id": "acme:nf", "seq": 0}),
@@ -503,11 +511,11 @@ fn seq_0_rows_must_carry_their_client_and_be_well_formed() {
             "invalid type",
         ),
         (
-            json!({"execution_id": "nobody:1", "seq": 0, "client_id": "nobody", "flow_id": "f"}),
+            json!({"execution_id": "nobody:1", "seq": 0, "client_id": "nobody", "flow_id": "f", "input": {}}),
             "no client `nobody`",
         ),
         (
-            json!({"execution_id": "acme:bv", "seq": 0, "client_id": "acme", "flow_id": "f", "flow_version": 2}),
+            json!({"execution_id": "acme:bv", "seq": 0, "client_id": "acme", "flow_id": "f", "input": {}, "flow_version": 2}),
             "v2 is invalid",
         ),
     ];
@@ -524,7 +532,22 @@ fn seq_0_rows_must_carry_their_client_and_be_well_formed() {
         // A version only where one was picked (here: pinned by the row); never a 0.
         let version = (id == "acme:bv").then(|| json!(2));
         assert_eq!(s.get("flow_version").cloned(), version, "{id}");
+        // An id under another client's prefix is recorded as that client's: the client the
+        // row names never sees it in its list, and cannot take the other's id.
+        let owner = if id == "other:1" {
+            "other"
+        } else {
+            id.split(':').next().unwrap_or_default()
+        };
+        if id.contains(':') {
+            assert_eq!(s["client_id"], owner, "{id}");
+        }
     }
+    assert_eq!(
+        summary(&c, "acme:e")["rerun_of"],
+        "acme:orig",
+        "a malformed rerun keeps its link"
+    );
     assert_eq!(*c.flows.data_reads.lock().expect("lock"), 0);
     assert!(c.journal.steps.lock().expect("lock").is_empty());
 }

@@ -417,6 +417,29 @@ impl<'f> Session<'f> {
             }
             None => (implicit_next(), Target::Next),
         };
+        // A `set` that takes `ctx` over the output bound ends the execution here, before any
+        // item outgrows DynamoDB's 400 KB (SPEC section 3); the step keeps its values cut.
+        let over_bound = if set.is_empty() {
+            None
+        } else {
+            crate::execution::output_over_bound(&self.state.ctx, None)
+        };
+        if let Some(why) = over_bound {
+            for v in set.values_mut() {
+                *v = super::trace::shown_value(v);
+            }
+            let record = self.record(
+                seq,
+                &compiled.id,
+                outcome,
+                desc,
+                explain,
+                set,
+                actions,
+                started,
+            );
+            return self.ends_failed(record, note, format!("rule `{}`: {why}", rule.id));
+        }
         let next = match target {
             Target::Next => match flow.rules.get(idx + 1) {
                 Some(r) => Next::Rule {
@@ -857,10 +880,14 @@ pub async fn run<'a, E: Effects>(
             let mut state = session.state;
             // The same bound on the output as when the execution ends in the chain.
             let (status, reason, error) =
-                match crate::execution::output_over_bound(&state.ctx, &status) {
+                match crate::execution::output_over_bound(&state.ctx, Some(&status)) {
                     Some(why) => {
                         state.ctx = Map::new();
-                        (FAILED.to_string(), Some(why.clone()), Some(why))
+                        if status == FAILED {
+                            (status, reason, error)
+                        } else {
+                            (FAILED.to_string(), Some(why.clone()), Some(why))
+                        }
                     }
                     None => (status, reason, error),
                 };
