@@ -3,7 +3,7 @@
 
     source localstack/env.sh
     "$RULESTREAM_PY" scripts/bench-hop-cpu.py --bin PATH/TO/orchestrator [--executions 50] \\
-        [--rules 10] [--batch 1] [--perf perf.data]
+        [--rules 10] [--batch 1] [--perf perf.data] [--callgrind callgrind.out]
 
 Needs the local stack up and provisioned (`make demo` or scripts/bench-stack.sh): the binary
 talks to it with the local stack's configuration (localstack/.state/lambda.env). The binary is
@@ -16,7 +16,10 @@ and handed over as the next event, until the execution ends. Only the function's
 is measured: utime + stime from /proc over the measured executions (the first one, which loads
 the flow, is not measured), divided by the records. With --perf, `perf record -g` samples the
 process meanwhile (give it a build with symbols: see BENCHMARKS.md; PERF_CALLGRAPH=dwarf records
-whole stacks, the default is frame pointers).
+whole stacks, the default is frame pointers). With --callgrind, the binary runs under valgrind's
+callgrind, instrumented only over the measured executions: the instructions per record (the
+figure that does not drift with the machine's load) and a profile for callgrind_annotate
+(inclusive costs, whole call chains); CPU time is then valgrind's and not reported.
 """
 import argparse
 import http.server
@@ -128,6 +131,7 @@ def main():
                     help="executions run side by side: records per event (1 = an idle chain)")
     ap.add_argument("--env-file", default=str(REPO / "localstack/.state/lambda.env"))
     ap.add_argument("--perf", help="write a perf profile of the function here")
+    ap.add_argument("--callgrind", help="run the function under callgrind, write its profile here")
     a = ap.parse_args()
     ensure_trigger_table(ddb, TABLE)
     stream_arn = ddb.describe_table(TableName=TABLE)["Table"]["LatestStreamArn"]
@@ -139,11 +143,18 @@ def main():
                AWS_LAMBDA_FUNCTION_VERSION="$LATEST", AWS_LAMBDA_LOG_FORMAT="JSON",
                RULESTREAM_TRIGGER_TABLE=TABLE)
     log = open(REPO / "localstack/.state/bench-hop-cpu.log", "w")
-    proc = subprocess.Popen([a.bin], env=env, stdout=log, stderr=subprocess.STDOUT)
+    cmd = [a.bin]
+    if a.callgrind:
+        cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+               f"--callgrind-out-file={a.callgrind}", a.bin]
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     perf = None
     try:
         counter = [0]
         executions(a.batch, stream_arn, counter)  # warm-up: the flow into the cache, connections opened
+        if a.callgrind:
+            subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True,
+                           stdout=subprocess.DEVNULL)
         if a.perf:
             perf = subprocess.Popen(["perf", "record", "--call-graph", os.environ.get("PERF_CALLGRAPH", "fp"), "-F", "4999", "-o", a.perf, "-p",
                                      str(proc.pid)], stdout=subprocess.DEVNULL,
@@ -158,6 +169,10 @@ def main():
             records += n
         cpu = cpu_secs(proc.pid) - cpu0
         wall = time.perf_counter() - t0
+        if a.callgrind:
+            subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True,
+                           stdout=subprocess.DEVNULL)
+            time.sleep(2)
     finally:
         if perf:
             perf.send_signal(2)
@@ -165,13 +180,24 @@ def main():
         proc.kill()
         proc.wait()
         server.shutdown()
-    print(json.dumps({
+    out = {
         "binary": a.bin, "bytes": Path(a.bin).stat().st_size, "executions": a.executions,
         "rules": a.rules, "batch": a.batch, "records": records,
         "cpu_us_per_record": round(cpu * 1e6 / records, 1),
         "wall_ms_per_record_p50": round(pct(walls, 50), 2),
         "wall_s": round(wall, 1),
-    }, indent=2))
+    }
+    if a.callgrind:
+        del out["cpu_us_per_record"]
+        dumps = sorted(Path(a.callgrind).parent.glob(Path(a.callgrind).name + "*"))
+        total = 0
+        for d in dumps:
+            for line in d.read_text(errors="replace").splitlines():
+                if line.startswith("summary:") or line.startswith("totals:"):
+                    total = max(total, int(line.split()[1]))
+        out["callgrind_files"] = [str(d) for d in dumps]
+        out["instructions_per_record"] = round(total / records) if total else None
+    print(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

@@ -43,9 +43,14 @@ pub fn read_object(what: &str, arg: &str) -> anyhow::Result<Value> {
             .context("cannot read the input from stdin")?;
         (s, "stdin".to_string())
     } else {
-        let s = std::fs::read_to_string(arg)
-            .with_context(|| format!("{what} {arg}: not JSON and not a readable file"))?;
-        (s, arg.to_string())
+        match std::fs::read_to_string(arg) {
+            Ok(s) => (s, arg.to_string()),
+            // JSON, but not an object (`5`, `null`, `"x"`): say that, not "no such file".
+            Err(_) if serde_json::from_str::<Value>(arg).is_ok() => {
+                bail!("{what} {arg}: must be a JSON object (`{{...}}`)")
+            }
+            Err(e) => bail!("{what} {arg}: not JSON and not a readable file ({e})"),
+        }
     };
     let v: Value =
         serde_json::from_str(&text).with_context(|| format!("{from} is not valid JSON"))?;

@@ -43,6 +43,9 @@ pub const INLINE_BUDGET: Duration = Duration::from_secs(20);
 pub const QUOTA_LOOK: Duration = Duration::from_millis(2_000);
 /// Page size of `GET /v1/executions`.
 pub const PAGE: i32 = 50;
+/// How many executions one filtered list request examines at most before it answers a short
+/// page with a cursor.
+const LIST_EXAMINED_MAX: i32 = 1000;
 
 /// What the function holds from its cold start.
 pub struct App {
@@ -857,38 +860,69 @@ impl App {
                 Some(decode_cursor(c).ok_or_else(|| ApiError::bad("`cursor` is not valid"))?)
             }
         };
-        let page = self
-            .ddb
-            .query()
-            .table_name(&self.cfg.executions_table)
-            .index_name("by-client")
-            .key_condition_expression(key)
-            .set_filter_expression((!filters.is_empty()).then(|| filters.join(" AND ")))
-            .set_expression_attribute_names(Some(names))
-            .set_expression_attribute_values(Some(values))
-            .projection_expression(
-                "execution_id, client_id, flow_id, flow_version, #s, started_at, finished_at, reason, rerun_of",
-            )
-            .scan_index_forward(false)
-            .limit(PAGE)
-            .set_exclusive_start_key(start)
-            .send()
-            .await
-            .map_err(|e| {
-                ApiError::internal(
-                    "listing executions",
-                    rulestream_aws::errors::sdk_error_text(&e),
+        // A filter applies after DynamoDB reads a page, so a filtered page can come back short
+        // or empty. Read on until the page is full, the index is exhausted, or
+        // LIST_EXAMINED_MAX items were examined (then the cursor goes on from there).
+        let filter = (!filters.is_empty()).then(|| filters.join(" AND "));
+        let full = usize::try_from(PAGE).unwrap_or(50);
+        let mut items: Vec<Value> = Vec::new();
+        let mut start = start;
+        let mut examined = 0;
+        let cursor = loop {
+            let page = self
+                .ddb
+                .query()
+                .table_name(&self.cfg.executions_table)
+                .index_name("by-client")
+                .key_condition_expression(&key)
+                .set_filter_expression(filter.clone())
+                .set_expression_attribute_names(Some(names.clone()))
+                .set_expression_attribute_values(Some(values.clone()))
+                .projection_expression(
+                    "execution_id, client_id, flow_id, flow_version, #s, started_at, finished_at, reason, rerun_of",
                 )
-            })?;
-        let items: Vec<Value> = page
-            .items()
-            .iter()
-            .filter_map(|i| serde_dynamo::from_item(i.clone()).ok())
-            .collect();
-        let cursor = page
-            .last_evaluated_key()
-            .filter(|k| !k.is_empty())
-            .map(encode_cursor);
+                .scan_index_forward(false)
+                .limit(PAGE)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| {
+                    ApiError::internal(
+                        "listing executions",
+                        rulestream_aws::errors::sdk_error_text(&e),
+                    )
+                })?;
+            examined += page.scanned_count().max(1);
+            let mut filled_at = None;
+            for item in page.items() {
+                if let Ok(v) = serde_dynamo::from_item::<_, Value>(item.clone()) {
+                    items.push(v);
+                }
+                if items.len() == full {
+                    filled_at = Some(item);
+                    break;
+                }
+            }
+            let next = page.last_evaluated_key().filter(|k| !k.is_empty());
+            if let Some(item) = filled_at {
+                // Full: the next page starts after the item that filled this one (its keys in
+                // the index and the table), unless it was the last item there is.
+                let last_of_all = next.is_none() && page.items().last() == Some(item);
+                break (!last_of_all).then(|| {
+                    let at: HashMap<String, AttributeValue> =
+                        ["execution_id", "client_id", "started_at"]
+                            .iter()
+                            .filter_map(|k| item.get(*k).map(|v| ((*k).to_string(), v.clone())))
+                            .collect();
+                    encode_cursor(&at)
+                });
+            }
+            match next {
+                None => break None,
+                Some(k) if examined >= LIST_EXAMINED_MAX => break Some(encode_cursor(k)),
+                Some(k) => start = Some(k.clone()),
+            }
+        };
         Ok((
             200,
             answer(&api::ExecutionList {

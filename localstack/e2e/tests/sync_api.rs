@@ -556,3 +556,103 @@ async fn quota_burst(stack: &Stack, client: &str, key: &str) -> Vec<u16> {
     assert!(ran < 5, "{codes:?}: all five ran");
     codes
 }
+
+/// `GET /v1/executions` pages through every execution of the client once, newest first, and a
+/// filter fills its pages across the index's reads: a rare match is not behind empty pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_pages_through_every_execution_once_and_filters_fill_their_pages() {
+    let stack = Stack::from_env().await;
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let client = format!("pages{}", &tag[..8]);
+    let key = format!("key-{tag}");
+    let flow = json!({"client_id": client, "flow_id": "common", "version": 1,
+        "terminal_statuses": ["DONE"], "rules": [{"id": "r", "when": "true", "on": {"true": {"complete": "DONE"}}}]});
+    register(&stack, &flow, &key).await;
+    wait_for_key(&client, &key);
+    let k = Some(key.as_str());
+    // 120 summaries, written as the orchestrator writes them: one in ten of flow `rare`
+    // (FAILED), the rest of flow `common` (DONE), one a second apart.
+    let t0 = chrono::Utc::now() - chrono::Duration::hours(1);
+    let mut puts = Vec::new();
+    for i in 0..120 {
+        let rare = i % 10 == 3;
+        let summary = json!({
+            "execution_id": format!("{client}:e{i:03}"), "client_id": client,
+            "flow_id": if rare { "rare" } else { "common" }, "flow_version": 1,
+            "status": if rare { "FAILED" } else { "DONE" },
+            "started_at": (t0 + chrono::Duration::seconds(i)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "finished_at": (t0 + chrono::Duration::seconds(i)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "output": {}, "tags": [], "trace": []});
+        puts.push(
+            stack
+                .ddb
+                .put_item()
+                .table_name(stack.table("executions"))
+                .set_item(Some(serde_dynamo::to_item(&summary).expect("item")))
+                .send(),
+        );
+    }
+    for p in puts {
+        p.await.expect("summary written");
+    }
+    let pages = |query: &str| -> Vec<Vec<String>> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let url = match &cursor {
+                None => format!("/v1/executions?{query}"),
+                Some(c) => format!("/v1/executions?{query}&cursor={c}"),
+            };
+            let (s, v) = call("GET", &url, k, None);
+            assert_eq!(s, 200, "{v}");
+            out.push(
+                v["executions"]
+                    .as_array()
+                    .expect("executions")
+                    .iter()
+                    .map(|e| e["execution_id"].as_str().expect("id").to_string())
+                    .collect(),
+            );
+            cursor = v["cursor"].as_str().map(str::to_string);
+            if cursor.is_none() {
+                return out;
+            }
+            assert!(out.len() < 10, "the pages never end: {out:?}");
+        }
+    };
+    let ids = |pred: &dyn Fn(i64) -> bool| -> Vec<String> {
+        (0..120)
+            .rev()
+            .filter(|i| pred(*i))
+            .map(|i| format!("{client}:e{i:03}"))
+            .collect()
+    };
+
+    let all = pages("");
+    assert_eq!(
+        all.iter().map(Vec::len).collect::<Vec<_>>(),
+        vec![50, 50, 20]
+    );
+    assert_eq!(
+        all.concat(),
+        ids(&|_| true),
+        "every execution once, newest first"
+    );
+
+    // 12 rare ones among 120: one full read of the index, one page, no cursor.
+    let rare = pages("flow_id=rare");
+    assert_eq!(rare.len(), 1, "{rare:?}");
+    assert_eq!(rare.concat(), ids(&|i| i % 10 == 3));
+    assert_eq!(pages("status=FAILED").concat(), ids(&|i| i % 10 == 3));
+
+    // 108 common ones: pages of 50 filled across the index's reads.
+    let common = pages("flow_id=common&status=DONE");
+    assert_eq!(
+        common.iter().map(Vec::len).collect::<Vec<_>>(),
+        vec![50, 50, 8]
+    );
+    assert_eq!(common.concat(), ids(&|i| i % 10 != 3));
+
+    // A status no execution has: one empty page, and no cursor to follow.
+    assert_eq!(pages("status=NOPE"), vec![Vec::<String>::new()]);
+}

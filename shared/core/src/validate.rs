@@ -502,6 +502,15 @@ fn check_flow(flow: &Flow, out: &mut Vec<Finding>) {
                 "rule id must not be empty",
             ));
         }
+        if r.id.contains('|') {
+            out.push(error(
+                format!("$.rules[{i}].id"),
+                format!(
+                    "rule id `{}` must not contain `|`: a trigger row's `rules` subset is a `|`-separated list of rule ids",
+                    r.id
+                ),
+            ));
+        }
         if let Some(j) = first.get(r.id.as_str()) {
             out.push(error(
                 format!("$.rules[{i}].id"),
