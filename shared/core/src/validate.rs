@@ -184,6 +184,15 @@ pub fn validate_value(doc: &Value, catalog: &Catalog) -> Validation {
             !(placeholder_rule || placeholder_rules)
         });
         findings.extend(semantic);
+        // A rule that failed the structural layer still has its CEL checked (one pass: a
+        // wrong type elsewhere in the rule hides no syntax error).
+        if let Some(Value::Array(rules)) = doc.get("rules") {
+            for i in &bad_rules {
+                if let Some(r) = rules.get(*i) {
+                    cel_of_raw_rule(r, &format!("$.rules[{i}]"), &mut findings);
+                }
+            }
+        }
     }
     dedup(&mut findings);
     findings.sort_by_key(|f| f.severity == Severity::Warning);
@@ -191,6 +200,47 @@ pub fn validate_value(doc: &Value, catalog: &Catalog) -> Validation {
     Validation {
         findings,
         flow: if has_error { None } else { compiled },
+    }
+}
+
+/// The CEL errors of a rule given as raw JSON: its `when` and the `set` of its transitions.
+fn cel_of_raw_rule(rule: &Value, base: &str, out: &mut Vec<Finding>) {
+    let mut exprs: Vec<(String, &str)> = Vec::new();
+    if let Some(w) = rule.get("when").and_then(Value::as_str) {
+        exprs.push((format!("{base}.when"), w));
+    }
+    let mut transitions: Vec<(String, &Value)> = Vec::new();
+    if let Some(Value::Object(on)) = rule.get("on") {
+        for (k, t) in on {
+            transitions.push((format!("{base}.on{}", crate::checks::key_path(k)), t));
+        }
+    }
+    for k in ["default", "on_error"] {
+        if let Some(t) = rule.get(k) {
+            transitions.push((format!("{base}.{k}"), t));
+        }
+    }
+    for (path, t) in transitions {
+        if let Some(Value::Object(set)) = t.get("set") {
+            for (k, e) in set {
+                if let Some(e) = e.as_str() {
+                    exprs.push((format!("{path}.set{}", crate::checks::key_path(k)), e));
+                }
+            }
+        }
+    }
+    for (path, src) in exprs {
+        if let Err(errs) = crate::expr::Expr::compile(src) {
+            for e in errs {
+                let mut f = error(path.clone(), e.to_string());
+                if let crate::expr::CompileError::Syntax { line, column, .. } = e {
+                    f.message = f.message.replacen(&format!(" at {line}:{column}"), "", 1);
+                    f.line = usize::try_from(line).ok();
+                    f.column = usize::try_from(column).ok();
+                }
+                out.push(f);
+            }
+        }
     }
 }
 
