@@ -512,6 +512,13 @@ def _(st):
         "sweeper": [
             ("dynamodb:Query", f"{st.table_arn('steps')}/index/pending"),
             ("dynamodb:UpdateItem", st.table_arn("steps")),
+            ("dynamodb:Query", st.table_arn("steps")),
+            # Ending an execution: the stop marker step, and a FAILED summary for a seq 0
+            # record given up before it had one; that record's row is looked up first.
+            ("dynamodb:PutItem", st.table_arn("steps")),
+            ("dynamodb:PutItem", st.table_arn("executions")),
+            ("dynamodb:GetItem", st.table_arn("executions")),
+            ("dynamodb:GetItem", st.table_arn("trigger")),
             ("dynamodb:Query", f"{st.table_arn('executions')}/index/running"),
             ("dynamodb:UpdateItem", st.table_arn("executions")),
             ("secretsmanager:GetSecretValue", SIGNING_SECRETS.replace("*", "acme/webhook-AbCdEf")),

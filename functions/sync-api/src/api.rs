@@ -36,8 +36,10 @@ pub const MAX_WAIT_MS: u64 = 25_000;
 /// How long an inline run that was cancelled meanwhile waits for the cancel's summary.
 const CANCEL_SETTLE: Duration = Duration::from_secs(2);
 
-/// How long an inline execution runs in the invocation before the chain takes the rest.
-pub const INLINE_BUDGET: Duration = Duration::from_secs(20);
+/// How long an inline execution runs in the invocation before the chain takes the rest. The
+/// step that is running when it passes may still wait on its deliveries (a webhook's
+/// `timeout_ms` is at most 10 s), and the function answers within API Gateway's 29 s.
+pub const INLINE_BUDGET: Duration = Duration::from_secs(15);
 /// How long a start of a client with a quota looks for the orchestrator's verdict before
 /// answering 202.
 pub const QUOTA_LOOK: Duration = Duration::from_millis(2_000);

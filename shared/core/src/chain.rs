@@ -33,8 +33,7 @@ use crate::engine::{
     ExecutionMeta, Next, RunState, Session, StepRecord, gray_key_value, sanitize_explain,
 };
 use crate::execution::{
-    CLIENT_DATA, Carried, ExecutionHeader, Quota, SealedRow, TriggerRow, check_execution_id, cut,
-    subset_of,
+    Carried, ExecutionHeader, Quota, SealedRow, TriggerRow, check_execution_id, cut, subset_of,
 };
 use crate::model::{ActionType, FAILED};
 use crate::ports::{
@@ -275,8 +274,8 @@ struct StepView {
     /// The sealed values of client data of `set` (see [`StepView::open_client_set`]).
     #[serde(default)]
     client_set: Option<String>,
-    /// Keys of `set` that hold client data.
-    #[serde(skip)]
+    /// Keys of `set` that hold client data (their names only).
+    #[serde(default)]
     client_keys: Vec<String>,
     #[serde(default)]
     actions: Vec<ActionView>,
@@ -297,14 +296,7 @@ impl StepView {
     /// The view of a stored step item. Its values of client data read `"<client data>"` until
     /// [`StepView::open_client_set`] puts them back.
     fn read(item: &Value) -> Result<StepView, serde_json::Error> {
-        let mut view = StepView::deserialize(item)?;
-        view.client_keys = view
-            .set
-            .iter()
-            .filter(|(_, v)| v.as_str() == Some(CLIENT_DATA))
-            .map(|(k, _)| k.clone())
-            .collect();
-        Ok(view)
+        StepView::deserialize(item)
     }
 
     /// What the sealed values of client data of step `seq` are bound to.
@@ -394,9 +386,10 @@ fn advance(before: &RunState, step: &StepView, reads_steps: bool) -> RunState {
 }
 
 /// Fields of a step item that are bookkeeping, not trace.
-const NOT_TRACE: [&str; 10] = [
+const NOT_TRACE: [&str; 11] = [
     "execution_id",
     "client_set",
+    "client_keys",
     "client_id",
     "flow_id",
     "flow_version",
@@ -959,7 +952,10 @@ where
                 .seal(&StepView::client_set_aad(&id, seq), &plain)
                 .await
             {
-                Ok(sealed) => doc["client_set"] = json!(sealed),
+                Ok(sealed) => {
+                    doc["client_set"] = json!(sealed);
+                    doc["client_keys"] = json!(record.client_set.keys().collect::<Vec<_>>());
+                }
                 Err(StoreError::Transient(e)) => return Err(Retry(e)),
                 Err(e) => {
                     let why = format!("cannot seal the client data of step {seq}: {e}");
@@ -1207,16 +1203,19 @@ where
                 .await?;
             }
         }
-        deliver_pending(&self.journal, &self.deliveries, &self.settings, step).await;
+        // The step is committed: what `StepDuration` and `HopLatency` measure ends here, before
+        // its deliveries (a slow receiver is `DeliveryFailures`' business, not a slow step).
+        let handled_ms = crate::execution::millis_since(started);
         if !redelivered {
             let now_ms = Utc::now().timestamp_millis();
             emit::step(
                 &header.client_id,
                 &header.flow_id,
-                started.elapsed().as_secs_f64() * 1000.0,
+                handled_ms,
                 written_ms.map(|w| (now_ms - w) as f64),
             );
         }
+        deliver_pending(&self.journal, &self.deliveries, &self.settings, step).await;
         let decided_ms = step
             .get("duration")
             .and_then(Value::as_f64)
@@ -1234,7 +1233,7 @@ where
             // The step's `duration` as its trace shows it (deciding it), and the whole handling
             // of the record (reads, decision, writes) that `StepDuration` measures.
             duration = decided_ms,
-            handled_ms = crate::execution::millis_since(started),
+            handled_ms,
             "step"
         );
         if let Some(next) = fuse_into {

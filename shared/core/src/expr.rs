@@ -467,8 +467,37 @@ pub fn hide_values(message: &str) -> String {
     if message.contains(HIDDEN) {
         return message.to_string();
     }
-    let kind = message.split(':').next().unwrap_or_default().trim();
-    format!("{kind} {HIDDEN}")
+    format!("{} {HIDDEN}", error_kind(message))
+}
+
+/// The words that open an error message, up to the first that is not a plain word (a value such
+/// as `Int(5)`, `'gold'`, a key after `:`): what kind of error it was, without what it was about.
+fn error_kind(message: &str) -> String {
+    let mut words: Vec<&str> = Vec::new();
+    for w in message.split_whitespace() {
+        let plain = w.trim_end_matches(':');
+        if plain.is_empty() || !plain.chars().all(char::is_alphabetic) {
+            break;
+        }
+        words.push(plain);
+        if w.ends_with(':') {
+            break;
+        }
+    }
+    // "Division by zero of", "Cannot use value": drop the words that lead into the value.
+    while words.last().is_some_and(|w| {
+        matches!(
+            *w,
+            "of" | "to" | "on" | "as" | "value" | "type" | "a" | "the"
+        )
+    }) {
+        words.pop();
+    }
+    if words.is_empty() {
+        "evaluation error".into()
+    } else {
+        words.join(" ")
+    }
 }
 
 /// Comprehension iterations one evaluation may run (SPEC section 1, Limits).
@@ -847,6 +876,29 @@ pub fn type_name(v: &CelValue) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn hidden_errors_keep_only_their_kind() {
+        for (msg, kind) in [
+            (
+                "Unsupported binary operator 'add': String(\"gold\"), Int(1)",
+                "Unsupported binary operator",
+            ),
+            ("Division by zero of Int(50000)", "Division by zero"),
+            ("Remainder by zero of Int(7)", "Remainder by zero"),
+            ("Int(1) can not be compared to Int(2)", "evaluation error"),
+            ("Cannot use value Int(3) to index List([])", "Cannot use"),
+            ("Unable to use value 'x' as a key", "Unable to use"),
+            ("Method 'size' not supported on type 'Int(5)'", "Method"),
+            ("No such key: SEKRIT", "No such key"),
+        ] {
+            let shown = super::hide_values(msg);
+            assert!(shown.starts_with(&format!("{kind} (")), "{msg} -> {shown}");
+            for v in ["gold", "50000", "SEKRIT", "Int(", "'x'"] {
+                assert!(!shown.contains(v), "{msg} -> {shown}");
+            }
+        }
+    }
 
     #[test]
     fn paths_are_collected_and_comprehension_vars_are_bound() {

@@ -561,6 +561,15 @@ fn check_flow(flow: &Flow, out: &mut Vec<Finding>) {
                 ),
             ));
         }
+        if r.on.contains_key(crate::execution::CLIENT_DATA) {
+            out.push(error(
+                format!("$.rules[{i}].on"),
+                format!(
+                    "`{}` is how a trace shows client data, not an outcome a rule can name",
+                    crate::execution::CLIENT_DATA
+                ),
+            ));
+        }
         if let Some(j) = first.get(r.id.as_str()) {
             out.push(error(
                 format!("$.rules[{i}].id"),

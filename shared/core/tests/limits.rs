@@ -331,7 +331,8 @@ fn a_call_of_an_undeclared_function_is_a_validation_error() {
 #[test]
 fn an_output_over_the_bound_ends_failed_in_a_dry_run_too() {
     let f = json!({"client_id": "c", "flow_id": "f", "version": 1, "terminal_statuses": ["OK"],
-        "rules": [{"id": "r", "when": "true", "on": {"true": {"complete": "OK", "set": {"big": "input.s"}}}}]});
+        "rules": [{"id": "r", "when": "true", "on": {"true": {"complete": "OK", "set": {"big": "input.s"},
+            "actions": [{"type": "call_webhook", "url": "https://hooks.example.com/x"}]}}}]});
     let big = "x".repeat(rulestream_core::chain::OUTPUT_LIMIT_BYTES);
     let r = run_flow(&f, &json!({ "s": big }));
     assert_eq!(r.status, "FAILED");
@@ -344,9 +345,12 @@ fn an_output_over_the_bound_ends_failed_in_a_dry_run_too() {
     // The step keeps its value cut, so no item outgrows DynamoDB's 400 KB.
     let kept = r.steps[0].set["big"].as_str().expect("a string");
     assert!(kept.chars().count() <= 256, "{}", kept.len());
+    // Nothing is delivered: a webhook body would carry the whole output.
+    assert!(r.actions.is_empty(), "{:?}", r.actions);
     // Just under the bound, the flow's own end.
     let r = run_flow(&f, &json!({ "s": "x".repeat(1000) }));
     assert_eq!(r.status, "OK");
+    assert_eq!(r.actions.len(), 1);
 }
 
 /// A dry run shows no client data either: not a value a `set` copied from it, not a label a

@@ -281,7 +281,9 @@ impl<'f> Session<'f> {
             Decide::When(e) | Decide::Master { expr: Some(e), .. } => {
                 e.reads_client(&self.state.client_keys)
             }
-            _ => false,
+            // A `lambda`/`http` rule's answer is shown as it answers (docs/security.md: such a
+            // rule is sent the client data and must not answer with it).
+            Decide::Master { expr: None, .. } | Decide::Conditions(_) => false,
         };
         // A condition on a key of `ctx` that holds client data shows it as client data (one on
         // `client` itself is hidden wherever a trace is shown, see `sanitize_explain`).
@@ -338,6 +340,7 @@ impl<'f> Session<'f> {
         let mut set = Map::new();
         for (k, v) in master_set {
             self.state.ctx.insert(k.clone(), v.clone());
+            // An external rule's answer: shown as it answers (see `decided_on_client`).
             self.state.mark_client(&k, false);
             set.insert(k, v);
             self.ctx_dirty = true;
@@ -428,6 +431,9 @@ impl<'f> Session<'f> {
             for v in set.values_mut() {
                 *v = super::trace::shown_value(v);
             }
+            // Nothing is delivered for a step that ends the execution this way (a delivery's
+            // body would carry the whole output).
+            drop(actions);
             let record = self.record(
                 seq,
                 &compiled.id,
@@ -435,7 +441,7 @@ impl<'f> Session<'f> {
                 desc,
                 explain,
                 set,
-                actions,
+                vec![],
                 started,
             );
             return self.ends_failed(record, note, format!("rule `{}`: {why}", rule.id));
