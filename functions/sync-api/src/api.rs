@@ -322,6 +322,9 @@ impl App {
     }
 
     async fn start(&self, req: &Request) -> Answer {
+        // A wait and the inline budget count from the request's arrival: what comes before the
+        // run (the key, the body, the flow's release) is inside the function's time too.
+        let started = Instant::now();
         // Who is asking comes first: a request without a valid key is a 401 whatever its body.
         self.caller(req).await?;
         let body = body_json(req)?;
@@ -437,7 +440,6 @@ impl App {
         if let Some(v) = version {
             row["flow_version"] = json!(v);
         }
-        let started = Instant::now();
         // Inline runs here, unless the start rule calls out or takes a token in a version the
         // execution may run: the chain runs that, as it runs any such step (see `run_inline`).
         let inline = inline
@@ -446,7 +448,9 @@ impl App {
                 .await;
         if inline {
             // A wait shorter than the inline budget bounds the inline run too.
-            let budget = timeout.map_or(INLINE_BUDGET, |t| t.min(INLINE_BUDGET));
+            let budget = timeout
+                .map_or(INLINE_BUDGET, |t| t.min(INLINE_BUDGET))
+                .saturating_sub(started.elapsed());
             let handed_off = self.run_inline(&id, row.clone(), budget).await?;
             self.keep_input(row).await;
             if let Some(answer) = self.ended(&id).await? {
