@@ -63,8 +63,13 @@ e2e: build
 ## A panic saves its input under $(CARGO_TARGET_DIR)/fuzz-failures/ and names the seed.
 FUZZ_CASES ?= 200000
 fuzz:
-	RULESTREAM_FUZZ_CASES=$(FUZZ_CASES) $(CARGO) nextest run --release -p rulestream-core \
-	  --test no_panic --test chain -E 'test(never_panic)' --no-fail-fast
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+	  RULESTREAM_FUZZ_CASES=$(FUZZ_CASES) $(CARGO) nextest run --release -p rulestream-core \
+	    --test no_panic --test chain -E 'test(never_panic)' --no-fail-fast; \
+	else \
+	  RULESTREAM_FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --release -p rulestream-core \
+	    --test no_panic --test chain --no-fail-fast -- never_panic; \
+	fi
 
 ## Chaos on the local stack: CHAOS_EXECUTIONS concurrent executions under random throttling of
 ## DynamoDB and S3 (the fault proxy) and double delivery; prints the reliability figures that

@@ -117,6 +117,12 @@ elif cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run -p rulestream-e2e --no-fail-fast --test-threads 1 -E 'not binary(redis_down)'
   cargo nextest run -p rulestream-e2e --no-fail-fast --test-threads 1 -E 'binary(redis_down)'
 else
-  cargo test -p rulestream-e2e --test chain
-  cargo test -p rulestream-e2e --test redis_down
+  # Without nextest: every test binary, one test at a time, redis_down (which stops Redis) last.
+  targets=()
+  for f in localstack/e2e/tests/*.rs; do
+    name="$(basename "$f" .rs)"
+    [[ "$name" == redis_down ]] || targets+=(--test "$name")
+  done
+  cargo test -p rulestream-e2e --no-fail-fast "${targets[@]}" -- --test-threads 1
+  cargo test -p rulestream-e2e --no-fail-fast --test redis_down -- --test-threads 1
 fi

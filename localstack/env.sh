@@ -21,6 +21,14 @@ case ":$PATH:" in
   *) export PATH="$RULESTREAM_TOOLS/bin:$PATH" ;;
 esac
 
+# The `rulestream` CLI as `make demo` / `make test` build it (debug), so `rulestream …` works in a
+# shell that sourced this file.
+RULESTREAM_CLI_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/rulestream/target}/debug"
+case ":$PATH:" in
+  *":$RULESTREAM_CLI_DIR:"*) ;;
+  *) export PATH="$RULESTREAM_CLI_DIR:$PATH" ;;
+esac
+
 # Ports (all on 127.0.0.1).
 export RULESTREAM_AWS_PORT="${RULESTREAM_AWS_PORT:-4566}"      # LocalStack gateway
 export RULESTREAM_REDIS_PORT="${RULESTREAM_REDIS_PORT:-6390}"  # redis-server
