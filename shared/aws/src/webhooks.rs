@@ -223,18 +223,33 @@ pub fn signatures(keys: &[String], timestamp: i64, body: &[u8]) -> String {
         .join(", ")
 }
 
-/// The signing keys a secret holds: its string, or `{"current", "previous"}` during rotation.
-fn signing_keys(text: &str) -> Vec<String> {
+/// The signing keys a secret holds: its string, or `{"current", "previous"}` during rotation
+/// (non-empty strings). A secret that holds none (an empty string, another JSON shape, a
+/// `current` that is not a string) is an error: nothing is sent unsigned or signed with "".
+fn signing_keys(text: &str) -> Result<Vec<String>, String> {
     let t = text.trim();
-    if t.starts_with('{')
-        && let Ok(v) = serde_json::from_str::<Value>(t)
-    {
-        return ["current", "previous"]
+    let keys: Vec<String> = match serde_json::from_str::<Value>(t) {
+        Ok(Value::Object(v)) => ["current", "previous"]
             .iter()
-            .filter_map(|k| v.get(*k).and_then(Value::as_str).map(str::to_string))
-            .collect();
+            .filter_map(|k| v.get(*k).and_then(Value::as_str))
+            .filter(|k| !k.is_empty())
+            .map(str::to_string)
+            .collect(),
+        // JSON that is not an object (`[1, 2]`, `123`, `"x"`) is not a key either.
+        Ok(_) => vec![],
+        Err(_) => [text]
+            .iter()
+            .filter(|k| !k.trim().is_empty())
+            .map(|k| (*k).to_string())
+            .collect(),
+    };
+    if keys.is_empty() {
+        return Err(
+            "the signing secret holds no key: a non-empty string, or {\"current\", \"previous\"}"
+                .into(),
+        );
     }
-    vec![text.to_string()]
+    Ok(keys)
 }
 
 impl Http {
@@ -265,7 +280,8 @@ impl Http {
                 crate::secrets::SecretError::Missing(m) => EffectError::Failed(m),
                 crate::secrets::SecretError::Unavailable(m) => EffectError::Unavailable(m),
             })?;
-        let keys = signing_keys(&text);
+        let keys =
+            signing_keys(&text).map_err(|e| EffectError::Failed(format!("{secret_id}: {e}")))?;
         self.keys.put(secret_id.to_string(), keys.clone()).await;
         Ok(keys)
     }
@@ -463,7 +479,7 @@ mod tests {
 
     #[test]
     fn signatures_cover_the_timestamp_and_every_key_in_rotation() {
-        let keys = signing_keys(r#"{"current": "new", "previous": "old"}"#);
+        let keys = signing_keys(r#"{"current": "new", "previous": "old"}"#).expect("two keys");
         assert_eq!(keys, vec!["new".to_string(), "old".to_string()]);
         let h = signatures(&keys, 1700000000, b"{}");
         assert_eq!(
@@ -474,6 +490,21 @@ mod tests {
                 signature(b"old", b"1700000000.{}")
             )
         );
-        assert_eq!(signing_keys("plain"), vec!["plain".to_string()]);
+        assert_eq!(signing_keys("plain"), Ok(vec!["plain".to_string()]));
+        assert_eq!(
+            signing_keys(r#"{"previous": "old"}"#),
+            Ok(vec!["old".to_string()])
+        );
+        // No usable key: refused, never sent with an empty signature.
+        for none in [
+            r#"{"foo": "bar"}"#,
+            r#"{"current": 123}"#,
+            r#"{"current": ""}"#,
+            "[1,2]",
+            "  ",
+            "",
+        ] {
+            assert!(signing_keys(none).is_err(), "{none}");
+        }
     }
 }

@@ -1215,7 +1215,25 @@ where
                 written_ms.map(|w| (now_ms - w) as f64),
             );
         }
-        deliver_pending(&self.journal, &self.deliveries, &self.settings, step).await;
+        if !redelivered {
+            // Deliveries refused before any attempt (a channel missing from the client's
+            // secret, a signing secret of another client) are failures like any other.
+            for a in step["actions"].as_array().into_iter().flatten() {
+                if a["delivery"]["status"] == "failed" {
+                    tracing::warn!(key = %str_of(a, "idempotency_key"), attempt = 0,
+                        result = %str_of(&a["delivery"], "last"), "webhook not delivered");
+                    emit::delivery_failed(&header.client_id, &header.flow_id);
+                }
+            }
+        }
+        deliver_pending(
+            &self.journal,
+            &self.deliveries,
+            &self.settings,
+            step,
+            Some(IN_STEP_DELIVERY_MS),
+        )
+        .await;
         let decided_ms = step
             .get("duration")
             .and_then(Value::as_f64)
@@ -1403,6 +1421,7 @@ pub async fn deliver_pending<J: Journal, D: Deliveries>(
     deliveries: &D,
     settings: &Settings,
     step: &Value,
+    wait_at_most_ms: Option<u64>,
 ) {
     let Some(outbox) = step.get("outbox").and_then(Value::as_array) else {
         return;
@@ -1476,7 +1495,13 @@ pub async fn deliver_pending<J: Journal, D: Deliveries>(
                 .get("secret_id")
                 .and_then(Value::as_str)
                 .map(str::to_string),
-            timeout_ms: o.get("timeout_ms").and_then(Value::as_u64),
+            timeout_ms: {
+                let own = o.get("timeout_ms").and_then(Value::as_u64);
+                match wait_at_most_ms {
+                    Some(cap) => Some(own.map_or(cap, |t| t.min(cap))),
+                    None => own,
+                }
+            },
             body: str_of(o, "body").to_string(),
         };
         async move { (o, deliveries.deliver(&d).await) }
@@ -1500,6 +1525,15 @@ pub async fn deliver_pending<J: Journal, D: Deliveries>(
                 format!("failed after {MAX_DELIVERY_ATTEMPTS} attempts: {e}"),
             ),
             Err(e) => ("failed", format!("failed: {e}")),
+        };
+        // A channel's URL is the client's secret: not even its host is shown.
+        let last = match o.get("channel").and_then(Value::as_str) {
+            Some(ch) => {
+                let url = str_of(o, "url");
+                let name = format!("channel `{ch}`");
+                last.replace(url, &name).replace(&redact_url(url), &name)
+            }
+            None => last,
         };
         if status != "delivered" {
             tracing::warn!(key = %str_of(o, "key"), attempt, result = %last, "webhook not delivered");
@@ -1538,6 +1572,13 @@ pub async fn deliver_pending<J: Journal, D: Deliveries>(
     }
 }
 
+/// How long the first attempt of a delivery, made right after its step is recorded, may wait
+/// for the receiver. The invocation (and with it the next step of the execution, which follows
+/// in the same shard) waits for it; a receiver slower than this gets its next attempts from the
+/// sweeper, each with the action's own `timeout_ms` (SPEC 1: a receiver that never answers is
+/// recorded as failed without holding the chain).
+pub const IN_STEP_DELIVERY_MS: u64 = 1_000;
+
 /// How many times the results of a delivery attempt are written before giving up.
 const RECORD_TRIES: usize = 5;
 
@@ -1570,7 +1611,7 @@ pub async fn sweep<J: Journal, D: Deliveries>(
         {
             Ok(steps) => {
                 for s in steps {
-                    deliver_pending(journal, deliveries, settings, &s).await;
+                    deliver_pending(journal, deliveries, settings, &s, None).await;
                     report.deliveries += 1;
                 }
             }

@@ -267,10 +267,13 @@ fn hex(b: &[u8]) -> String {
 struct Hooks {
     sent: Mutex<Vec<(String, String)>>,
     down: Mutex<u32>,
+    /// The `timeout_ms` of every attempt, in order.
+    waits: Mutex<Vec<Option<u64>>>,
 }
 
 impl Deliveries for Hooks {
     async fn deliver(&self, d: &Delivery) -> Result<(), EffectError> {
+        self.waits.lock().expect("lock").push(d.timeout_ms);
         {
             let mut down = self.down.lock().expect("lock");
             if *down > 0 {
@@ -587,6 +590,15 @@ fn a_receiver_that_is_down_never_holds_the_chain_and_is_retried_by_the_sweep() {
     assert_eq!(d["results"].as_array().map(Vec::len), Some(4));
     assert!(step.get("pending_due").is_none() && step.get("outbox").is_none());
     assert_eq!(c.deliveries.sent.lock().expect("lock").len(), 1);
+    // The attempt made in the step waits at most 1 s (the chain's next step waits for it); the
+    // sweeper's attempts wait the action's own timeout (none set here: the sender's default).
+    let waits = c.deliveries.waits.lock().expect("lock").clone();
+    assert_eq!(
+        waits[0],
+        Some(rulestream_core::chain::IN_STEP_DELIVERY_MS),
+        "{waits:?}"
+    );
+    assert!(waits[1..].iter().all(Option::is_none), "{waits:?}");
 }
 
 #[test]
