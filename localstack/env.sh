@@ -23,7 +23,7 @@ esac
 
 # The `rulestream` CLI as `make demo` / `make test` build it (debug), so `rulestream …` works in a
 # shell that sourced this file.
-RULESTREAM_CLI_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/rulestream/target}/debug"
+RULESTREAM_CLI_DIR="${CARGO_TARGET_DIR:-${HOME:-/root}/.cache/rulestream/target}/debug"
 case ":$PATH:" in
   *":$RULESTREAM_CLI_DIR:"*) ;;
   *) export PATH="$RULESTREAM_CLI_DIR:$PATH" ;;

@@ -37,8 +37,9 @@ pub const MAX_WAIT_MS: u64 = 25_000;
 const CANCEL_SETTLE: Duration = Duration::from_secs(2);
 
 /// How long an inline execution runs in the invocation before the chain takes the rest. The
-/// step that is running when it passes may still wait on its deliveries (a webhook's
-/// `timeout_ms` is at most 10 s), and the function answers within API Gateway's 29 s.
+/// step that is running when it passes still makes its writes and its deliveries' first
+/// attempt (at most 1 s, `chain::IN_STEP_DELIVERY_MS`), and the function answers within API
+/// Gateway's 29 s.
 pub const INLINE_BUDGET: Duration = Duration::from_secs(15);
 /// How long a start of a client with a quota looks for the orchestrator's verdict before
 /// answering 202.

@@ -1347,7 +1347,8 @@ pub async fn finish<J: Journal>(
     let (trace, total) = bounded_trace(&steps);
     let (status, reason, error, output) =
         match crate::execution::output_over_bound(&state.ctx, Some(status)) {
-            // Ended FAILED already (the step that outgrew the bound says so): no output.
+            // Ended FAILED already (the step that outgrew the bound says so, and its values
+            // were cut there): no output.
             Some(_) if status == FAILED => (status.to_string(), reason, error, json!({})),
             Some(why) => (FAILED.to_string(), Some(why.clone()), Some(why), json!({})),
             None => (
@@ -1526,13 +1527,10 @@ pub async fn deliver_pending<J: Journal, D: Deliveries>(
             ),
             Err(e) => ("failed", format!("failed: {e}")),
         };
-        // A channel's URL is the client's secret: not even its host is shown.
+        // A channel's URL is the client's secret: not even its host is shown (the HTTP
+        // client's and the egress policy's errors name it in several forms).
         let last = match o.get("channel").and_then(Value::as_str) {
-            Some(ch) => {
-                let url = str_of(o, "url");
-                let name = format!("channel `{ch}`");
-                last.replace(url, &name).replace(&redact_url(url), &name)
-            }
+            Some(ch) => hide_channel_url(&last, str_of(o, "url"), ch),
             None => last,
         };
         if status != "delivered" {
@@ -1570,6 +1568,37 @@ pub async fn deliver_pending<J: Journal, D: Deliveries>(
             }
         }
     }
+}
+
+/// `text` with every form of a channel's URL (whole, `scheme://host[:port]`, its host in any
+/// case) replaced by the channel's name.
+fn hide_channel_url(text: &str, url: &str, channel: &str) -> String {
+    let name = format!("channel `{channel}`");
+    let shown = redact_url(url);
+    let authority = shown.split_once("://").map_or("", |(_, h)| h);
+    let host = match authority.rsplit_once(':') {
+        Some((h, port)) if !port.contains(']') => h,
+        _ => authority,
+    }
+    .trim_start_matches('[')
+    .trim_end_matches(']')
+    .to_ascii_lowercase();
+    let out = text.replace(url, &name).replace(&shown, &name);
+    if host.is_empty() {
+        return out;
+    }
+    // The host in any case (the HTTP client writes it in lower case); ASCII case folding keeps
+    // every byte offset of `lower` valid in `out`.
+    let lower = out.to_ascii_lowercase();
+    let mut rebuilt = String::with_capacity(out.len());
+    let mut at = 0;
+    while let Some(i) = lower[at..].find(&host) {
+        rebuilt.push_str(&out[at..at + i]);
+        rebuilt.push_str(&name);
+        at += i + host.len();
+    }
+    rebuilt.push_str(&out[at..]);
+    rebuilt
 }
 
 /// How long the first attempt of a delivery, made right after its step is recorded, may wait
@@ -2034,6 +2063,22 @@ mod tests {
             "http://127.0.0.1:8080"
         );
         assert_eq!(redact_url("nonsense"), "<not a url>");
+    }
+
+    #[test]
+    fn a_channels_url_never_shows_in_a_delivery_result() {
+        let url = "https://Chat.Corp.Example:8443/hook/T0KEN?x=1";
+        for text in [
+            "retrying: POST https://chat.corp.example:8443: operation timed out",
+            "failed: blocked: chat.corp.example:8443 is not in RULESTREAM_EGRESS_ALLOW",
+            "failed: blocked: Chat.Corp.Example resolves only to internal addresses",
+            "retrying: error sending request for url (https://Chat.Corp.Example:8443/hook/T0KEN?x=1)",
+        ] {
+            let shown = super::hide_channel_url(text, url, "ops");
+            assert!(shown.contains("channel `ops`"), "{shown}");
+            assert!(!shown.to_lowercase().contains("corp.example"), "{shown}");
+            assert!(!shown.contains("T0KEN"), "{shown}");
+        }
     }
 
     #[test]
