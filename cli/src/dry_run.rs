@@ -136,12 +136,33 @@ pub fn run(a: &Args) -> anyhow::Result<Outcome> {
         flow_id: flow.flow().flow_id.clone(),
         flow_version: flow.flow().version,
     };
-    let subset = a.rules.as_ref().map(|r| {
+    let subset: Option<Vec<String>> = a.rules.as_ref().map(|r| {
         r.split('|')
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty())
             .collect()
     });
+    if subset.as_ref().is_some_and(Vec::is_empty) {
+        // As a trigger row's `rules` that names no rule (its execution ends FAILED).
+        bail!("--rules names no rule (leave it out to run every rule)");
+    }
+    // A mock for a rule the flow does not have, or one that calls nothing out, is never used:
+    // most likely a typo in the rule id.
+    for rule in mocks.keys() {
+        let external = flow.flow().rules.iter().any(|r| {
+            &r.id == rule
+                && r.use_rule.as_deref().is_some_and(|m| {
+                    catalog
+                        .get(m, r.use_version)
+                        .is_some_and(|mr| mr.kind != rulestream_core::model::MasterKind::Cel)
+                })
+        });
+        if !external {
+            eprintln!(
+                "note: --mock answers rule `{rule}`, which is not a `lambda`/`http` rule of this flow: the answer is not used"
+            );
+        }
+    }
     let report = pollster::block_on(rulestream_core::run(
         flow,
         meta,

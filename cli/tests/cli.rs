@@ -525,3 +525,34 @@ fn a_reader_that_closes_the_pipe_early_ends_the_command_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(o.status.code(), Some(0), "{stderr}");
 }
+
+/// `--rules ''` names no rule: bad usage, as a trigger row's empty `rules` ends its execution
+/// FAILED. A mock for a rule that calls nothing out is never used, and a note says so.
+#[test]
+fn an_empty_rules_subset_is_refused_and_an_unused_mock_is_noted() {
+    let flow = tmp_file(
+        "subset.json",
+        &json!({"client_id": "c", "flow_id": "f", "version": 1, "terminal_statuses": ["OK"],
+            "rules": [{"id": "a", "when": "true", "on": {"true": {"complete": "OK"}}}]})
+        .to_string(),
+    );
+    let flow = flow.to_str().expect("utf-8 path");
+    let o = rulestream(&["dry-run", "--flow", flow, "--input", "{}", "--rules", ""]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("names no rule"));
+    let o = rulestream(&[
+        "dry-run",
+        "--flow",
+        flow,
+        "--input",
+        "{}",
+        "--mock",
+        r#"{"typo": {"outcome": "ok"}}"#,
+    ]);
+    assert_eq!(o.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("rule `typo`") && stderr.contains("not used"),
+        "{stderr}"
+    );
+}
