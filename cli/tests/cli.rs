@@ -17,6 +17,13 @@ fn rulestream(args: &[&str]) -> Output {
         .expect("the binary runs")
 }
 
+/// `rulestream dry-run --flow FLOW --input {} EXTRA…`.
+fn dry_run_empty_input(flow: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["dry-run", "--flow", flow, "--input", "{}"];
+    args.extend_from_slice(extra);
+    rulestream(&args)
+}
+
 fn tmp_file(name: &str, body: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("rulestream-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("tmp dir");
@@ -367,15 +374,7 @@ fn dry_run_takes_mocks_and_client_data_and_says_a_rate_limit_was_granted() {
     let o = rulestream(&["dry-run", "--flow", flow, "--input", "{}", "--json"]);
     assert_eq!(stdout_json(&o)["status"], "ALLOW");
     // A malformed mock is bad usage, named.
-    let o = rulestream(&[
-        "dry-run",
-        "--flow",
-        flow,
-        "--input",
-        "{}",
-        "--mock",
-        r#"{"fraud": {"set": {}}}"#,
-    ]);
+    let o = dry_run_empty_input(flow, &["--mock", r#"{"fraud": {"set": {}}}"#]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("fraud"));
 }
@@ -537,18 +536,10 @@ fn an_empty_rules_subset_is_refused_and_an_unused_mock_is_noted() {
         .to_string(),
     );
     let flow = flow.to_str().expect("utf-8 path");
-    let o = rulestream(&["dry-run", "--flow", flow, "--input", "{}", "--rules", ""]);
+    let o = dry_run_empty_input(flow, &["--rules", ""]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("names no rule"));
-    let o = rulestream(&[
-        "dry-run",
-        "--flow",
-        flow,
-        "--input",
-        "{}",
-        "--mock",
-        r#"{"typo": {"outcome": "ok"}}"#,
-    ]);
+    let o = dry_run_empty_input(flow, &["--mock", r#"{"typo": {"outcome": "ok"}}"#]);
     assert_eq!(o.status.code(), Some(0));
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(

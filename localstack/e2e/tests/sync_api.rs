@@ -19,6 +19,12 @@ fn error_code(v: &Value) -> &str {
     v["error"]["code"].as_str().unwrap_or("?")
 }
 
+/// A client id of this run (`<prefix>` and 8 random hex digits) and an API key for it.
+fn new_client(prefix: &str) -> (String, String) {
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    (format!("{prefix}{}", &tag[..8]), format!("key-{tag}"))
+}
+
 /// Registers `flow` for its client with API key `key` (and a rotated-out second key).
 async fn register(stack: &Stack, flow: &Value, key: &str) {
     stack.register_flow(flow).await;
@@ -348,9 +354,7 @@ fn wait_for_key(client: &str, key: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_execution_is_read_and_cancelled_right_after_its_start() {
     let stack = Stack::from_env().await;
-    let tag = uuid::Uuid::new_v4().simple().to_string();
-    let client = format!("now{}", &tag[..8]);
-    let key = format!("key-{tag}");
+    let (client, key) = new_client("now");
     // A long chain: still running when it is read and cancelled, whether or not the
     // orchestrator has picked up its seq 0 row yet.
     let mut rules: Vec<Value> = (0..30)
@@ -422,9 +426,7 @@ async fn an_execution_is_read_and_cancelled_right_after_its_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_inline_run_cancelled_while_it_runs_answers_its_end() {
     let stack = Stack::from_env().await;
-    let tag = uuid::Uuid::new_v4().simple().to_string();
-    let client = format!("inl{}", &tag[..8]);
-    let key = format!("key-{tag}");
+    let (client, key) = new_client("inl");
     // A long run of pure steps, all run inline (about a thousand steps take several seconds).
     let flow = json!({"client_id": client, "flow_id": "loop", "version": 1,
         "terminal_statuses": ["DONE"], "max_steps": 2000,
@@ -461,9 +463,7 @@ async fn an_inline_run_cancelled_while_it_runs_answers_its_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starts_over_the_client_quota_are_answered_429_without_waiting() {
     let stack = Stack::from_env().await;
-    let tag = uuid::Uuid::new_v4().simple().to_string();
-    let client = format!("quo{}", &tag[..8]);
-    let key = format!("key-{tag}");
+    let (client, key) = new_client("quo");
     let flow = json!({"client_id": client, "flow_id": "q", "version": 1, "terminal_statuses": ["OK"],
         "rules": [{"id": "a", "when": "true", "on": {"true": {"complete": "OK"}}}]});
     register(&stack, &flow, &key).await;
@@ -562,9 +562,7 @@ async fn quota_burst(stack: &Stack, client: &str, key: &str) -> Vec<u16> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listing_pages_through_every_execution_once_and_filters_fill_their_pages() {
     let stack = Stack::from_env().await;
-    let tag = uuid::Uuid::new_v4().simple().to_string();
-    let client = format!("pages{}", &tag[..8]);
-    let key = format!("key-{tag}");
+    let (client, key) = new_client("pages");
     let flow = json!({"client_id": client, "flow_id": "common", "version": 1,
         "terminal_statuses": ["DONE"], "rules": [{"id": "r", "when": "true", "on": {"true": {"complete": "DONE"}}}]});
     register(&stack, &flow, &key).await;

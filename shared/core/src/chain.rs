@@ -293,12 +293,6 @@ struct ActionView {
 }
 
 impl StepView {
-    /// The view of a stored step item. Its values of client data read `"<client data>"` until
-    /// [`StepView::open_client_set`] puts them back.
-    fn read(item: &Value) -> Result<StepView, serde_json::Error> {
-        StepView::deserialize(item)
-    }
-
     /// What the sealed values of client data of step `seq` are bound to.
     fn client_set_aad(execution_id: &str, seq: u64) -> Vec<u8> {
         format!("client_set\n{execution_id}\n{seq}").into_bytes()
@@ -442,7 +436,7 @@ pub fn bounded_trace(steps: &[Value]) -> (Vec<Value>, usize) {
 fn replay(steps: &[Value], reads_steps: bool) -> RunState {
     let mut state = RunState::default();
     for s in steps {
-        if let Ok(view) = StepView::read(s) {
+        if let Ok(view) = StepView::deserialize(s) {
             state = advance(&state, &view, reads_steps);
         }
     }
@@ -775,7 +769,7 @@ where
         // The context the original had there, its client data included (opened from the seals).
         let mut state = RunState::default();
         for item in &steps[..at] {
-            let Ok(mut view) = StepView::read(item) else {
+            let Ok(mut view) = StepView::deserialize(item) else {
                 continue;
             };
             match view.open_client_set(&self.sealer, original).await {
@@ -935,7 +929,7 @@ where
             let why = why.unwrap_or_else(|| "the execution cannot go on".into());
             return self.end_failed(&header, &carried.state, why).await;
         };
-        let doc = self.step_document(
+        let mut doc = self.step_document(
             &header,
             &record,
             &result.next,
@@ -943,7 +937,6 @@ where
             carried.client.as_ref(),
             now,
         )?;
-        let mut doc = doc;
         if !record.client_set.is_empty() {
             let plain = serde_json::to_vec(&record.client_set)
                 .map_err(|e| Retry(format!("cannot encode step: {e}")))?;
@@ -1124,7 +1117,7 @@ where
                 "the execution was ended from outside its chain (stop marker): step not run");
             return Ok(());
         }
-        let view = match StepView::read(&step) {
+        let view = match StepView::deserialize(&step) {
             Ok(mut view) => match view
                 .open_client_set(&self.sealer, &header.execution_id)
                 .await

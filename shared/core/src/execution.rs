@@ -16,7 +16,19 @@ pub const OUTPUT_LIMIT_BYTES: usize = 64 * 1024;
 /// end): its output is over [`OUTPUT_LIMIT_BYTES`] (the same bound for the chain, inline runs
 /// and dry runs).
 pub fn output_over_bound(ctx: &Map<String, Value>, status: Option<&str>) -> Option<String> {
-    let len = serde_json::to_string(ctx).map_or(0, |t| t.len());
+    // Counted as it is written, never held: this runs at every step that sets something.
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let len = serde_json::to_writer(&mut count, ctx).map_or(0, |()| count.0);
     (len > OUTPUT_LIMIT_BYTES).then(|| {
         let was = status.map_or_else(String::new, |s| format!(" (status would have been {s})"));
         format!("output is {len} bytes, over the {OUTPUT_LIMIT_BYTES}-byte bound{was}")

@@ -152,6 +152,16 @@ fn beyond_the_limits_is_a_validation_error_never_a_crash() {
 }
 
 fn run_flow(flow_json: &Value, input: &Value) -> rulestream_core::RunReport<'static> {
+    dry_run(flow_json, input, None, None)
+}
+
+/// A dry run of `flow_json` (valid) as execution `c:1`, with client data and a rules subset.
+fn dry_run(
+    flow_json: &Value,
+    input: &Value,
+    client: Option<&Value>,
+    subset: Option<Vec<String>>,
+) -> rulestream_core::RunReport<'static> {
     let v = validate_value(flow_json, &Catalog::new());
     let f = v.flow.expect("valid flow");
     let meta = ExecutionMeta {
@@ -164,9 +174,9 @@ fn run_flow(flow_json: &Value, input: &Value) -> rulestream_core::RunReport<'sta
         &f,
         meta,
         input,
-        None,
+        client,
         chrono::Utc::now(),
-        None,
+        subset,
         &DryRun,
     ))
     .into_owned()
@@ -265,25 +275,9 @@ fn evaluation_errors_never_show_client_data() {
     let flow = json!({"client_id": "c", "flow_id": "f", "version": 1, "terminal_statuses": ["A"],
         "rules": [{"id": "r", "when": "client.tier + 1 > 1", "on": {"true": {"complete": "A"}}},
                   {"id": "s", "when": "input.tier + 1 > 1", "on": {"true": {"complete": "A"}}}]});
-    let v = validate_value(&flow, &Catalog::new());
-    let f = v.flow.expect("valid");
-    let meta = ExecutionMeta {
-        execution_id: "c:1".into(),
-        client_id: "c".into(),
-        flow_id: "f".into(),
-        flow_version: 1,
-    };
     let client = json!({"tier": "SEKRIT-gold"});
     let input = json!({"tier": "plain-input"});
-    let r = pollster::block_on(run(
-        &f,
-        meta.clone(),
-        &input,
-        Some(&client),
-        chrono::Utc::now(),
-        None,
-        &DryRun,
-    ));
+    let r = dry_run(&flow, &input, Some(&client), None);
     let shown = serde_json::to_string(&r.spec_json()).expect("json");
     assert_eq!(r.status, "FAILED");
     assert!(!shown.contains("SEKRIT"), "{shown}");
@@ -292,15 +286,7 @@ fn evaluation_errors_never_show_client_data() {
         "the kind of error stays: {shown}"
     );
     // An expression that does not read client data keeps the values it failed on.
-    let r = pollster::block_on(run(
-        &f,
-        meta,
-        &input,
-        Some(&client),
-        chrono::Utc::now(),
-        Some(vec!["s".to_string()]),
-        &DryRun,
-    ));
+    let r = dry_run(&flow, &input, Some(&client), Some(vec!["s".to_string()]));
     assert!(r.error.unwrap_or_default().contains("plain-input"));
 }
 
@@ -362,24 +348,8 @@ fn a_dry_run_never_shows_client_data_copied_into_ctx() {
                   {"id": "e", "when": "ctx.p == 'zz' ? 'a' : ctx.p", "on": {"a": {"complete": "A"}}, "default": {"next": true}},
                   {"id": "d", "conditions": [[{"field": "ctx.p", "op": "starts_with", "value": "SECRET"}]],
                    "on": {"true": {"complete": "B"}}}]});
-    let f = validate_value(&flow, &Catalog::new()).flow.expect("valid");
-    let meta = ExecutionMeta {
-        execution_id: "c:1".into(),
-        client_id: "c".into(),
-        flow_id: "f".into(),
-        flow_version: 1,
-    };
     let client = json!({"p": "SECRETPAT"});
-    let input = json!({});
-    let r = pollster::block_on(run(
-        &f,
-        meta,
-        &input,
-        Some(&client),
-        chrono::Utc::now(),
-        None,
-        &DryRun,
-    ));
+    let r = dry_run(&flow, &json!({}), Some(&client), None);
     assert_eq!(r.status, "B", "the real value decided");
     let shown = serde_json::to_string(&r.spec_json()).expect("json");
     let full = serde_json::to_string(&r.steps).expect("json");

@@ -427,23 +427,28 @@ impl<'f> Session<'f> {
         } else {
             crate::execution::output_over_bound(&self.state.ctx, None)
         };
-        if let Some(why) = over_bound {
-            for v in set.values_mut() {
-                *v = super::trace::shown_value(v);
+        let actions = match over_bound {
+            Some(_) => {
+                for v in set.values_mut() {
+                    *v = super::trace::shown_value(v);
+                }
+                // Nothing is delivered for a step that ends the execution this way (a
+                // delivery's body would carry the whole output).
+                Vec::new()
             }
-            // Nothing is delivered for a step that ends the execution this way (a delivery's
-            // body would carry the whole output).
-            drop(actions);
-            let record = self.record(
-                seq,
-                &compiled.id,
-                outcome,
-                desc,
-                explain,
-                set,
-                vec![],
-                started,
-            );
+            None => actions,
+        };
+        let mut record = self.record(
+            seq,
+            &compiled.id,
+            outcome,
+            desc,
+            explain,
+            set,
+            actions,
+            started,
+        );
+        if let Some(why) = over_bound {
             return self.ends_failed(record, note, format!("rule `{}`: {why}", rule.id));
         }
         let next = match target {
@@ -466,16 +471,6 @@ impl<'f> Session<'f> {
                 error: None,
             },
         };
-        let mut record = self.record(
-            seq,
-            &compiled.id,
-            outcome,
-            desc,
-            explain,
-            set,
-            actions,
-            started,
-        );
         record.note = note;
         self.state.seq += 1;
         if let Next::Rule { rule } = &next {
