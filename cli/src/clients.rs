@@ -43,7 +43,7 @@ async fn ctx() -> anyhow::Result<Ctx> {
 
 /// A user error: one line, exit 1.
 fn refuse(line: &str) -> anyhow::Result<Outcome> {
-    eprintln!("rulestream: {line}");
+    crate::output::fail("refused", line);
     Ok(Outcome::UserFix)
 }
 

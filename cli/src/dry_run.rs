@@ -97,7 +97,7 @@ pub fn run(a: &Args) -> anyhow::Result<Outcome> {
     let catalog = match crate::validate::load_catalog(&a.catalog)? {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("catalog: error: {e}");
+            crate::output::fail("refused", &format!("catalog: error: {e}"));
             return Ok(Outcome::UserFix);
         }
     };

@@ -414,6 +414,7 @@ fn quiet_on_closed_pipe() {
 
 fn main() -> ExitCode {
     quiet_on_closed_pipe();
+    output::set_json(std::env::args_os().skip(1).any(|a| a == "--json"));
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) if !e.use_stderr() => {
@@ -423,7 +424,10 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             // Bad usage: one line naming what is wrong, exit 2.
-            eprintln!("rulestream: {} (see rulestream --help)", usage_line(&e));
+            output::fail(
+                "usage",
+                &format!("{} (see rulestream --help)", usage_line(&e)),
+            );
             return ExitCode::from(2);
         }
     };
@@ -482,8 +486,9 @@ fn main() -> ExitCode {
                 }
             }
             _ => {
-                eprintln!(
-                    "rulestream: rerun needs an execution id, or --failed --client C (see rulestream --help)"
+                output::fail(
+                    "usage",
+                    "rerun needs an execution id, or --failed --client C (see rulestream --help)",
                 );
                 return ExitCode::from(2);
             }
@@ -634,7 +639,7 @@ fn main() -> ExitCode {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::UserFix) => ExitCode::from(1),
         Err(e) => {
-            eprintln!("rulestream: {}", one_line(&e));
+            output::fail("error", &one_line(&e));
             ExitCode::from(2)
         }
     }

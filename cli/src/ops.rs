@@ -74,7 +74,7 @@ pub fn status(id: &str, json_out: bool) -> anyhow::Result<Outcome> {
     let b = Backend::connect()?;
     let rt = runtime()?;
     let Some(mut summary) = summary_or_pending(&b, &rt, id)? else {
-        eprintln!("rulestream: no execution `{id}`");
+        crate::output::fail("not_found", &format!("no execution `{id}`"));
         return Ok(Outcome::UserFix);
     };
     let steps = rt
@@ -140,7 +140,7 @@ pub fn trace(id: &str, json_out: bool) -> anyhow::Result<Outcome> {
     let b = Backend::connect()?;
     let rt = runtime()?;
     let Some(mut summary) = summary_or_pending(&b, &rt, id)? else {
-        eprintln!("rulestream: no execution `{id}`");
+        crate::output::fail("not_found", &format!("no execution `{id}`"));
         return Ok(Outcome::UserFix);
     };
     let steps: Vec<Value> = rt
@@ -283,16 +283,23 @@ pub fn cancel_cmd(id: &str, json_out: bool) -> anyhow::Result<Outcome> {
             format!("{id}: already CANCELLED"),
             Outcome::Ok,
         ),
-        Cancel::AlreadyEnded(st) => (
-            json!({"execution_id": id, "status": st, "error": "already ended"}),
-            format!("rulestream: {id} already ended {st}: nothing to cancel"),
-            Outcome::UserFix,
-        ),
-        Cancel::NotFound => (
-            json!({"execution_id": id, "error": "not found"}),
-            format!("rulestream: no execution `{id}`"),
-            Outcome::UserFix,
-        ),
+        Cancel::AlreadyEnded(st) => {
+            let why = format!("{id} already ended {st}: nothing to cancel");
+            (
+                json!({"execution_id": id, "status": st,
+                    "error": {"code": "conflict", "message": why}}),
+                format!("rulestream: {why}"),
+                Outcome::UserFix,
+            )
+        }
+        Cancel::NotFound => {
+            let why = format!("no execution `{id}`");
+            (
+                json!({"execution_id": id, "error": {"code": "not_found", "message": why}}),
+                format!("rulestream: {why}"),
+                Outcome::UserFix,
+            )
+        }
     };
     if json_out {
         println!("{}", serde_json::to_string_pretty(&doc)?);
@@ -362,17 +369,20 @@ pub fn rerun(
                 .map_err(backend_error)?
                 .is_some();
             if known {
-                eprintln!(
-                    "rulestream: `{original}` has no seq 0 trigger row to take its input from: its row expired (trigger rows live {} days), or it ran inline on a sync API that kept no row",
-                    b.cfg.trigger_ttl.as_secs() / 86_400
+                crate::output::fail(
+                    "not_found",
+                    &format!(
+                        "`{original}` has no seq 0 trigger row to take its input from: its row expired (trigger rows live {} days), or it ran inline on a sync API that kept no row",
+                        b.cfg.trigger_ttl.as_secs() / 86_400
+                    ),
                 );
             } else {
-                eprintln!("rulestream: no execution `{original}`");
+                crate::output::fail("not_found", &format!("no execution `{original}`"));
             }
             return Ok(Waited::Done(Outcome::UserFix));
         }
         RerunRow::NoVersion => {
-            eprintln!("rulestream: {}", no_version(original));
+            crate::output::fail("not_found", &no_version(original));
             return Ok(Waited::Done(Outcome::UserFix));
         }
     };
@@ -594,7 +604,7 @@ fn start_and_follow(
         json: json_out,
     };
     if !put_new_row(b, rt, &row)? {
-        eprintln!("rulestream: execution `{id}` already exists");
+        crate::output::fail("conflict", &format!("execution `{id}` already exists"));
         return Ok(Waited::Done(Outcome::UserFix));
     }
     follow(b, rt, &id, &a)

@@ -3,6 +3,29 @@
 use rulestream_core::engine::{Explain, shown_value};
 use rulestream_core::{Flow, RunReport};
 use serde_json::Value;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static JSON: AtomicBool = AtomicBool::new(false);
+
+/// Whether this command runs with `--json` (set once by `main`, before anything is printed).
+pub fn set_json(on: bool) {
+    JSON.store(on, Ordering::Relaxed);
+}
+
+/// A failure that has nothing else to print: its one-line reason on stderr, as every exit 1, 2
+/// or 3 has. Under `--json`, stdout also gets `{"error": {"code", "message"}}` (the API's
+/// error shape), so a script that parses stdout gets a document rather than nothing. `code` is
+/// `usage`, `not_found`, `conflict`, `refused` or `error` (an unreachable backend or a failed
+/// call).
+pub fn fail(code: &str, message: &str) {
+    eprintln!("rulestream: {message}");
+    if JSON.load(Ordering::Relaxed) {
+        println!(
+            "{}",
+            serde_json::json!({"error": {"code": code, "message": message}})
+        );
+    }
+}
 
 /// The `dry-run --json` document (SPEC section 6).
 pub fn dry_run_json(r: &RunReport) -> Value {

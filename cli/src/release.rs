@@ -82,7 +82,7 @@ fn say(c: &Ctx, line: &str) {
 
 /// A user error: one line, exit 1.
 fn refuse(line: &str) -> anyhow::Result<Outcome> {
-    eprintln!("rulestream: {line}");
+    crate::output::fail("refused", line);
     Ok(Outcome::UserFix)
 }
 

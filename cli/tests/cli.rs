@@ -166,6 +166,18 @@ fn bad_usage_and_missing_paths_exit_2_with_one_line() {
     assert_eq!(o.status.code(), Some(2));
     assert_eq!(String::from_utf8_lossy(&o.stderr).trim().lines().count(), 1);
     assert_eq!(rulestream(&["dry-run", "--flow"]).status.code(), Some(2));
+    // Under --json, bad usage also leaves the error document on stdout.
+    let o = rulestream(&["dry-run", "--flow", "x.json", "--json"]);
+    assert_eq!(o.status.code(), Some(2));
+    let doc = stdout_json(&o);
+    assert_eq!(doc["error"]["code"], "usage", "{doc}");
+    assert!(
+        doc["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("--input")),
+        "{doc}"
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stderr).trim().lines().count(), 1);
 }
 
 #[test]

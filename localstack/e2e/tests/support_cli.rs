@@ -255,9 +255,22 @@ async fn cancel_ends_a_running_execution_and_is_safe_to_repeat() {
     // Under --json the document is on stdout and the one-line reason on stderr.
     let o = rs(&["cancel", "e2e:never-was", "--json"]);
     assert_eq!(o.status.code(), Some(1));
-    assert_eq!(out_json(&o)["error"], "not found");
+    assert_eq!(out_json(&o)["error"]["code"], "not_found");
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(err.contains("no execution"), "{err}");
+    // Every command under --json leaves a document on stdout, also when the id is unknown.
+    for cmd in ["status", "trace"] {
+        let o = rs(&[cmd, "e2e:never-was", "--json"]);
+        assert_eq!(o.status.code(), Some(1), "{cmd}");
+        let doc = out_json(&o);
+        assert_eq!(doc["error"]["code"], "not_found", "{cmd}: {doc}");
+        assert!(
+            doc["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("e2e:never-was")),
+            "{cmd}: {doc}"
+        );
+    }
 }
 
 /// Runs `cmd` in a detached tmux session on a server of its own (so it gets this process's
