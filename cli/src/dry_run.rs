@@ -150,7 +150,7 @@ pub fn run(a: &Args) -> anyhow::Result<Outcome> {
     // most likely a typo in the rule id.
     for rule in mocks.keys() {
         let external = flow.flow().rules.iter().any(|r| {
-            &r.id == rule
+            (&r.id == rule || r.use_rule.as_ref() == Some(rule))
                 && r.use_rule.as_deref().is_some_and(|m| {
                     catalog
                         .get(m, r.use_version)
@@ -170,7 +170,7 @@ pub fn run(a: &Args) -> anyhow::Result<Outcome> {
         client.as_ref(),
         now,
         subset,
-        &Mocked { mocks },
+        &Mocked::for_flow(mocks, flow.flow()),
     ));
     if a.json {
         println!(

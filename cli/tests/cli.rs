@@ -382,6 +382,21 @@ fn dry_run_takes_mocks_and_client_data_and_says_a_rate_limit_was_granted() {
     ]);
     let v = stdout_json(&o);
     assert_eq!(v["status"], "ERR", "{v}");
+    // A mock keyed by the master rule's `rule_id` answers the rule that uses it, silently.
+    let o = rulestream(&[
+        "dry-run",
+        "--flow",
+        flow,
+        "--input",
+        "{}",
+        "--client",
+        r#"{"tier": "gold"}"#,
+        "--mock",
+        r#"{"ml_fraud_score": {"outcome": "block"}}"#,
+        "--json",
+    ]);
+    assert_eq!(stdout_json(&o)["status"], "BLOCK");
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("note"));
     // Without client data the condition fails.
     let o = rulestream(&["dry-run", "--flow", flow, "--input", "{}", "--json"]);
     assert_eq!(stdout_json(&o)["status"], "ALLOW");

@@ -403,7 +403,9 @@ impl App {
                             ApiError::bad("`wait.terminal_statuses` must be a list of strings")
                         })?;
                     let known = self.statuses(&client, &flow, version, &cf.release).await?;
-                    if let Some(s) = wanted.iter().find(|s| !known.iter().any(|k| k == *s)) {
+                    if let Some(known) = known
+                        && let Some(s) = wanted.iter().find(|s| !known.iter().any(|k| k == *s))
+                    {
                         return Err(ApiError::bad(format!(
                             "`wait.terminal_statuses`: flow `{flow}` has no status `{s}` (it has {})",
                             known.join(", ")
@@ -487,22 +489,25 @@ impl App {
     }
 
     /// Every status an execution of the flow can end with: the terminal statuses and default
-    /// status of the version(s) it may run, `FAILED` and `CANCELLED`.
+    /// status of the version(s) it may run, `FAILED` and `CANCELLED`; `None` when one of those
+    /// versions is missing or invalid.
     async fn statuses(
         &self,
         client: &str,
         flow: &str,
         pinned: Option<u64>,
         release: &rulestream_core::execution::Release,
-    ) -> Result<Vec<String>, ApiError> {
+    ) -> Result<Option<Vec<String>>, ApiError> {
         let mut out = vec!["FAILED".to_string(), "CANCELLED".to_string()];
         for v in may_run(pinned, release) {
-            let f = self
-                .chain
-                .flows
-                .flow_version(client, flow, v)
-                .await
-                .map_err(|e| store("reading the flow", e))?;
+            let f = match self.chain.flows.flow_version(client, flow, v).await {
+                Ok(f) => f,
+                // A version that is missing or fails validation cannot say which statuses it
+                // has; the execution it would run ends `FAILED` with the reason (SPEC section
+                // 1), which the wait answers like any end. So the list is not checked.
+                Err(StoreError::NotFound(_) | StoreError::Invalid(_)) => return Ok(None),
+                Err(e) => return Err(store("reading the flow", e)),
+            };
             let doc = f.flow();
             for s in doc
                 .terminal_statuses
@@ -515,7 +520,7 @@ impl App {
                 }
             }
         }
-        Ok(out)
+        Ok(Some(out))
     }
 
     /// Whether the start rule of a version the execution may run (the pinned one, else stable
@@ -1015,7 +1020,7 @@ impl App {
             client_data.as_ref(),
             chrono::Utc::now(),
             None,
-            &Mocked { mocks },
+            &Mocked::for_flow(mocks, compiled.flow()),
         )
         .await;
         let mut doc = report.spec_json();

@@ -423,6 +423,49 @@ async fn an_execution_is_read_and_cancelled_right_after_its_start() {
     );
 }
 
+/// SPEC section 1: a flow with no valid version ends its executions `FAILED` with the validation
+/// errors as the reason; a start that waits for some of the flow's statuses gets that end, not a
+/// 500 (the statuses of an invalid version cannot be read to check the list).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_with_no_valid_version_ends_failed_also_under_a_wait() {
+    let stack = Stack::from_env().await;
+    let (client, key) = new_client("inv");
+    let flow = json!({"client_id": client, "flow_id": "broken", "version": 1,
+        "terminal_statuses": ["OK"],
+        "rules": [{"id": "only", "when": "true", "on": {"true": {"complete": "OK"}}}]});
+    register(&stack, &flow, &key).await;
+    // Replaced by hand with a version that fails validation, before anything read it.
+    let mut bad = flow.clone();
+    bad["rules"][0]["on"]["true"] = json!({"goto": "nowhere"});
+    stack
+        .s3
+        .put_object()
+        .bucket(stack.table("configs"))
+        .key(format!("flows/{client}/broken/v1.json"))
+        .body(bad.to_string().into_bytes().into())
+        .send()
+        .await
+        .expect("put by hand");
+    wait_for_key(&client, &key);
+    let k = Some(key.as_str());
+    for wait in [
+        json!({"terminal_statuses": ["OK"], "timeout_ms": 20000}),
+        json!({"timeout_ms": 20000}),
+    ] {
+        let body = json!({"client_id": client, "flow_id": "broken", "input": {}, "wait": wait});
+        let (s, v) = call("POST", "/v1/executions", k, Some(&body.to_string()));
+        assert_eq!(
+            (s, v["status"].clone()),
+            (200, json!("FAILED")),
+            "{wait}: {v}"
+        );
+        assert!(
+            v["reason"].as_str().is_some_and(|r| r.contains("nowhere")),
+            "the reason has the validation error: {v}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_inline_run_cancelled_while_it_runs_answers_its_end() {
     let stack = Stack::from_env().await;

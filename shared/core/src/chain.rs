@@ -2086,6 +2086,10 @@ mod tests {
             .as_str()
             .map(|s| s.chars().count());
         assert_eq!(cut_len, Some(EXPLAIN_VALUE_CHARS));
+        assert_eq!(
+            e["conditions"][1]["actual"],
+            "y".repeat(EXPLAIN_VALUE_CHARS)
+        );
     }
 
     #[test]

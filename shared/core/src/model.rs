@@ -491,9 +491,16 @@ pub struct MasterRule {
     /// Free text for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    /// Declared parameters: name -> default value (`null`: the flow must supply it).
-    #[serde(default)]
-    pub params: serde_json::Map<String, Value>,
+    /// Declared parameters: name -> default value (`null`: the flow must supply it), or a list
+    /// of names (each one the flow must supply). A rule that declares none takes whatever
+    /// `params` a flow gives it; one that declares some refuses others (most likely typos).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "declared_params"
+    )]
+    #[schemars(with = "Option<ParamsDecl>")]
+    pub params: Option<serde_json::Map<String, Value>>,
     /// `cel`: the expression.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expression: Option<String>,
@@ -506,6 +513,28 @@ pub struct MasterRule {
     /// `lambda`/`http`: how long to wait for the answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+}
+
+/// How a catalog rule declares its parameters (see [`MasterRule::params`]).
+#[derive(Deserialize, JsonSchema)]
+#[serde(untagged)]
+enum ParamsDecl {
+    /// Name -> default value (`null`: the flow must supply it).
+    Defaults(serde_json::Map<String, Value>),
+    /// Names the flow must supply.
+    Names(Vec<String>),
+}
+
+fn declared_params<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<serde_json::Map<String, Value>>, D::Error> {
+    Ok(match Option::<ParamsDecl>::deserialize(d)? {
+        None => None,
+        Some(ParamsDecl::Defaults(m)) => Some(m),
+        Some(ParamsDecl::Names(names)) => {
+            Some(names.into_iter().map(|n| (n, Value::Null)).collect())
+        }
+    })
 }
 
 /// The JSON Schema of a flow file, derived from [`Flow`].

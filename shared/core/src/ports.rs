@@ -98,6 +98,24 @@ pub struct Mocked {
     pub mocks: serde_json::Map<String, Value>,
 }
 
+impl Mocked {
+    /// Answers for `flow`'s rules from `mocks` keyed by the flow's rule id or, for a rule that
+    /// uses a master rule and has no answer of its own, by that master rule's `rule_id` (the
+    /// SPEC's "rule id" reads either way; the flow's own id wins).
+    pub fn for_flow(mut mocks: serde_json::Map<String, Value>, flow: &crate::model::Flow) -> Self {
+        for r in &flow.rules {
+            if mocks.contains_key(&r.id) {
+                continue;
+            }
+            if let Some(answer) = r.use_rule.as_deref().and_then(|m| mocks.get(m)) {
+                let answer = answer.clone();
+                mocks.insert(r.id.clone(), answer);
+            }
+        }
+        Self { mocks }
+    }
+}
+
 impl Effects for Mocked {
     async fn take_token(
         &self,

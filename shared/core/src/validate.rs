@@ -16,7 +16,7 @@ use std::fmt;
 use std::sync::OnceLock;
 
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::catalog::Catalog;
 use crate::checks::json_type;
@@ -174,24 +174,38 @@ pub fn validate_value(doc: &Value, catalog: &Catalog) -> Validation {
                 f
             })),
         }
-        // Rules that failed the structural layer stand in as placeholders: drop what they caused.
+        // Rules that failed the structural layer stand in with the parts of them that fit:
+        // drop what the parts left out caused (the structural layer reported those).
         let rules_missing = !doc.get("rules").is_some_and(Value::is_array);
         semantic.retain(|f| {
-            let placeholder_rule = bad_rules.iter().any(|i| {
-                f.path == format!("$.rules[{i}]") || f.path.starts_with(&format!("$.rules[{i}]."))
+            let left_out = bad_rules.iter().any(|b| {
+                let base = format!("$.rules[{}]", b.index);
+                let Some(rest) = f.path.strip_prefix(&base) else {
+                    return false;
+                };
+                if rest.is_empty() {
+                    return b.ways_dropped || b.dropped.iter().any(String::is_empty);
+                }
+                b.dropped.iter().any(|d| {
+                    let d = format!(".{d}");
+                    d == "."
+                        || rest == d
+                        || rest.starts_with(&format!("{d}."))
+                        || rest.starts_with(&format!("{d}["))
+                })
             });
             let placeholder_rules = rules_missing && f.path == "$.rules";
-            !(placeholder_rule || placeholder_rules)
+            !(left_out || placeholder_rules)
         });
         findings.extend(semantic);
-        // A rule that failed the structural layer still has its CEL checked (one pass: a
-        // wrong type elsewhere in the rule hides no syntax error).
-        if let Some(Value::Array(rules)) = doc.get("rules") {
-            for i in &bad_rules {
-                if let Some(r) = rules.get(*i) {
-                    cel_of_raw_rule(r, &format!("$.rules[{i}]"), &mut findings);
-                }
-            }
+        // The parts left out still have their CEL checked (one pass: a wrong type elsewhere
+        // in the rule hides no syntax error).
+        for b in &bad_rules {
+            cel_of_raw_rule(
+                &Value::Object(b.raw.clone()),
+                &format!("$.rules[{}]", b.index),
+                &mut findings,
+            );
         }
     }
     dedup(&mut findings);
@@ -372,7 +386,7 @@ pub fn pointer_to_path(doc: &Value, pointer: &str) -> String {
 /// A flow for the semantic layer even when some rules are malformed: each rule that does not
 /// deserialize is replaced by a placeholder keeping its id; the indexes of those rules are
 /// returned so their findings can be dropped. `None` when the document's top level is unusable.
-fn best_effort_flow(doc: &Value) -> (Option<Flow>, Vec<usize>) {
+fn best_effort_flow(doc: &Value) -> (Option<Flow>, Vec<Salvaged>) {
     let Value::Object(top) = doc else {
         return (None, vec![]);
     };
@@ -412,18 +426,126 @@ fn best_effort_flow(doc: &Value) -> (Option<Flow>, Vec<usize>) {
                 if serde_json::from_value::<Rule>(r.clone()).is_ok() {
                     r.clone()
                 } else {
-                    bad.push(i);
-                    let id = r
-                        .get("id")
-                        .and_then(Value::as_str)
-                        .map_or_else(|| format!("#{i}"), str::to_string);
-                    serde_json::json!({"id": id, "when": "true"})
+                    let (kept, dropped) = salvage_rule(r, i);
+                    bad.push(dropped);
+                    kept
                 }
             })
             .collect();
         cleaned.insert("rules".into(), Value::Array(fixed));
     }
     (serde_json::from_value(Value::Object(cleaned)).ok(), bad)
+}
+
+/// What of a rule the structural layer refused was left out of its stand-in.
+#[derive(Debug)]
+struct Salvaged {
+    /// The rule's index.
+    index: usize,
+    /// Paths under the rule (`when`, `on.approve`, …) left out: their findings are the
+    /// structural layer's.
+    dropped: Vec<String>,
+    /// The parts left out, as written (their CEL is still checked).
+    raw: Map<String, Value>,
+    /// Whether a way out of the rule (`on`, `default`, `on_error` or an entry of `on`) was left
+    /// out, so findings about its reachability are not sure.
+    ways_dropped: bool,
+}
+
+/// A stand-in for a rule that does not deserialise: every part of it that does (its decision,
+/// each entry of `on`, `default`, `on_error`, `gray`, …), so those are still checked in the same
+/// pass; a decision that does not is replaced by `"when": "true"`.
+fn salvage_rule(r: &Value, index: usize) -> (Value, Salvaged) {
+    let mut out = Salvaged {
+        index,
+        dropped: Vec::new(),
+        raw: Map::new(),
+        ways_dropped: false,
+    };
+    let Value::Object(rule) = r else {
+        out.dropped.push(String::new());
+        out.ways_dropped = true;
+        return (
+            serde_json::json!({"id": format!("#{index}"), "when": "true"}),
+            out,
+        );
+    };
+    let fits =
+        |m: &Map<String, Value>| serde_json::from_value::<Rule>(Value::Object(m.clone())).is_ok();
+    let mut kept = Map::new();
+    match rule.get("id").and_then(Value::as_str) {
+        Some(id) => kept.insert("id".into(), Value::from(id)),
+        None => kept.insert("id".into(), Value::from(format!("#{index}"))),
+    };
+    kept.insert("when".into(), Value::from("true"));
+    let drop = |out: &mut Salvaged, key: &str, v: &Value| {
+        out.dropped.push(key.to_string());
+        out.raw.insert(key.to_string(), v.clone());
+        if matches!(key, "on" | "default" | "on_error") {
+            out.ways_dropped = true;
+        }
+    };
+    // The decision first: `when`, `conditions` or `use` (with its `use_version` and `params`).
+    let decision: Vec<&str> = ["when", "conditions", "use"]
+        .into_iter()
+        .filter(|k| rule.contains_key(*k))
+        .collect();
+    let mut decided = false;
+    for k in &decision {
+        let mut trial = kept.clone();
+        trial.remove("when");
+        trial.insert((*k).to_string(), rule[*k].clone());
+        if !decided && fits(&trial) {
+            kept = trial;
+            decided = true;
+        } else {
+            drop(&mut out, k, &rule[*k]);
+        }
+    }
+    for (k, v) in rule {
+        if matches!(k.as_str(), "id" | "when" | "conditions" | "use") {
+            continue;
+        }
+        if matches!(k.as_str(), "use_version" | "params") && !kept.contains_key("use") {
+            drop(&mut out, k, v);
+            continue;
+        }
+        let mut trial = kept.clone();
+        trial.insert(k.clone(), v.clone());
+        if fits(&trial) {
+            kept = trial;
+            continue;
+        }
+        // `on` entry by entry: one transition of the wrong shape hides none of the others.
+        if let (Some("on"), Value::Object(entries)) = (Some(k.as_str()), v) {
+            let mut on = Map::new();
+            for (label, t) in entries {
+                let mut with = on.clone();
+                with.insert(label.clone(), t.clone());
+                let mut trial = kept.clone();
+                trial.insert("on".into(), Value::Object(with.clone()));
+                if fits(&trial) {
+                    on = with;
+                } else {
+                    let path = format!("on{}", crate::checks::key_path(label));
+                    out.dropped.push(path);
+                    out.raw
+                        .entry("on")
+                        .or_insert_with(|| Value::Object(Map::new()))
+                        .as_object_mut()
+                        .map(|m| m.insert(label.clone(), t.clone()));
+                    out.ways_dropped = true;
+                }
+            }
+            kept.insert("on".into(), Value::Object(on));
+            continue;
+        }
+        drop(&mut out, k, v);
+    }
+    if rule.get("id").and_then(Value::as_str).is_none() {
+        out.dropped.push("id".into());
+    }
+    (Value::Object(kept), out)
 }
 
 /// A rule without the fields a rule, its transitions and its actions do not have (the

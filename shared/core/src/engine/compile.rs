@@ -510,16 +510,22 @@ fn compile_master(
         issues.push(issue(&format!("{base}.use"), what));
         return None;
     };
-    // Declared params with their defaults, overridden by the flow's.
-    let mut params = master.params.clone();
+    // Declared params with their defaults, overridden by the flow's. A master rule that
+    // declares none takes any.
+    let mut params = master.params.clone().unwrap_or_default();
     if let Some(given) = &rule.params {
         for (k, v) in given {
-            if !master.params.contains_key(k) {
+            if let Some(declared) = &master.params
+                && !declared.contains_key(k)
+            {
                 issues.push(issue(
                     &format!("{base}.params.{k}"),
                     format!(
                         "`{k}` is not a parameter of `{id}` (it takes: {})",
-                        master.params.keys().cloned().collect::<Vec<_>>().join(", ")
+                        match declared.len() {
+                            0 => "none".to_string(),
+                            _ => declared.keys().cloned().collect::<Vec<_>>().join(", "),
+                        }
                     ),
                 ));
             }

@@ -7,7 +7,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::conditions::ConditionResult;
-use crate::execution::cut;
 use crate::model::MasterKind;
 
 /// An explain value longer than this is cut (SPEC section 1, Trace).
@@ -312,6 +311,11 @@ pub fn sanitize_explain(explain: &mut Value) {
     }
 }
 
+/// The first `n` characters of `s`.
+fn first_chars(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}
+
 /// A value as a trace shows it: cut to 256 characters (see below).
 pub fn shown_value(v: &Value) -> Value {
     let mut v = v.clone();
@@ -319,17 +323,18 @@ pub fn shown_value(v: &Value) -> Value {
     v
 }
 
-/// A value over 256 characters becomes its first 255 and `…`: 256 in all (a list or an object
-/// counts the characters of its JSON text, and is shown as that text once cut).
+/// A value over 256 characters becomes its first 256 (SPEC section 1, Trace: "cut to 256
+/// characters"); a list or an object counts the characters of its JSON text, and is shown as
+/// the first 256 of that text once cut.
 fn cut_value(v: &mut Value) {
     match v {
         Value::String(s) if s.chars().count() > EXPLAIN_VALUE_CHARS => {
-            *s = cut(s, EXPLAIN_VALUE_CHARS - 1);
+            *s = first_chars(s, EXPLAIN_VALUE_CHARS);
         }
         Value::Array(_) | Value::Object(_) => {
             let text = v.to_string();
             if text.chars().count() > EXPLAIN_VALUE_CHARS {
-                *v = Value::String(cut(&text, EXPLAIN_VALUE_CHARS - 1));
+                *v = Value::String(first_chars(&text, EXPLAIN_VALUE_CHARS));
             }
         }
         _ => {}
