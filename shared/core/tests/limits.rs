@@ -213,6 +213,23 @@ fn a_quadratic_comprehension_is_an_evaluation_error_that_on_error_decides() {
     );
 }
 
+/// The 10 ms budget also bounds an evaluation with no comprehension: a chain of concatenations
+/// of a large input string (quadratic in copies) is an evaluation error, not seconds of work.
+#[test]
+fn a_long_chain_of_concatenations_runs_out_of_time() {
+    let chain = vec!["input.s"; 400].join(" + ");
+    assert!(chain.len() <= 4_096);
+    let when = format!("size({chain}) > 0");
+    let f = json!({"client_id": "c", "flow_id": "f", "version": 1, "terminal_statuses": ["OK", "ERR"],
+        "rules": [{"id": "concat", "when": when, "on": {"true": {"complete": "OK"}},
+                   "on_error": {"complete": "ERR"}}]});
+    let s = "x".repeat(200_000);
+    let r = on_small_stack(move || run_flow(&f, &json!({ "s": s })));
+    assert_eq!(r.status, "ERR", "{:?}", r.reason);
+    let explain = serde_json::to_string(&r.steps).expect("json");
+    assert!(explain.contains("ms of evaluation time"), "{explain}");
+}
+
 /// The same expression over a small list stays well inside the budget.
 #[test]
 fn a_comprehension_within_the_budget_evaluates() {

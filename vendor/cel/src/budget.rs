@@ -3,7 +3,7 @@
 //! Upstream `cel` 0.15 has no hook to bound an evaluation and compiles a `matches` pattern on
 //! every call. [`run`] sets a budget for the current thread (comprehension iterations and wall
 //! time); every comprehension iteration spends one unit through [`tick`], which fails once the
-//! budget is spent. `matches` patterns are compiled once per process through [`regex`].
+//! budget is spent, and every `+` and function call checks the time through [`check_time`]. `matches` patterns are compiled once per process through [`regex`].
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -108,6 +108,23 @@ pub(crate) fn tick() -> Result<(), ExecutionError> {
             }
         }
         cell.set(Some(b));
+        if b.exhausted { Err(spent(&b)) } else { Ok(()) }
+    })
+}
+
+/// Checks the wall-time budget; called at every `+` and function call, so an evaluation
+/// without comprehensions (e.g. a long chain of concatenations of large values) is bounded by
+/// the same time. Without a budget set (outside [`run`]), always succeeds.
+#[inline]
+pub(crate) fn check_time() -> Result<(), ExecutionError> {
+    BUDGET.with(|cell| {
+        let Some(mut b) = cell.get() else {
+            return Ok(());
+        };
+        if !b.exhausted && Instant::now() >= b.deadline {
+            b.exhausted = true;
+            cell.set(Some(b));
+        }
         if b.exhausted { Err(spent(&b)) } else { Ok(()) }
     })
 }

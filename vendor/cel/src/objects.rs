@@ -1155,6 +1155,9 @@ impl Value {
                         operators::ADD => {
                             let lhs = Value::resolve_val(&call.args[0], ctx)?;
                             let rhs = Value::resolve_val(&call.args[1], ctx)?;
+                            // rulestream patch: the wall-time budget also holds without
+                            // comprehensions (a chain of concatenations of large values).
+                            crate::budget::check_time()?;
                             return Ok(CowVal::Owned(
                                 lhs.as_adder()
                                     .ok_or_else(|| {
@@ -1349,6 +1352,7 @@ impl Value {
                         }
                         let target = Value::resolve_val(target_expr, ctx)?;
                         args.insert(0, target);
+                        crate::budget::check_time()?;
                         if let Some(op) = ctx.env().find_member_overload(&call.func_name, &args) {
                             return op(args);
                         }
@@ -1748,6 +1752,8 @@ fn call_function<'e, 'p, 'v>(
     ftx_name: &'e str,
     args: Vec<CowVal<'e, 'v>>,
 ) -> Result<CowVal<'e, 'v>, ExecutionError> {
+    // rulestream patch: the wall-time budget holds at every function call.
+    crate::budget::check_time()?;
     if let Some(op) = ctx.env().find_overload(name, &args) {
         return op(args);
     }
