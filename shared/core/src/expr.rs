@@ -56,7 +56,9 @@ const MACROS: [&str; 6] = ["has", "all", "exists", "exists_one", "map", "filter"
 pub fn env() -> &'static Arc<Env> {
     static ENV: OnceLock<Arc<Env>> = OnceLock::new();
     ENV.get_or_init(|| {
-        let mut env = Env::stdlib();
+        // Any nesting that fits in the length limit parses; `check_limits` bounds the brackets.
+        let depth = u16::try_from(MAX_EXPR_CHARS).unwrap_or(u16::MAX);
+        let mut env = Env::stdlib().with_max_recursion_depth(depth);
         // The string extension only adds functions; if it ever failed to load, the standard
         // library alone still serves every flow that does not call them.
         let _ = env.add_extension(cel::extensions::strings);
@@ -108,8 +110,10 @@ pub enum CompileError {
 
 /// The longest CEL expression, in characters (SPEC section 1, Limits).
 pub const MAX_EXPR_CHARS: usize = 4096;
-/// The deepest nesting of parentheses, brackets, braces, calls and conditionals (`? :`, which
-/// nests its `else` branch as deep as a call would).
+/// The deepest nesting of parentheses, brackets, braces and calls (SPEC section 1, Limits).
+/// Conditionals (`a ? b : c ? d : e`) do not count: any chain of them that fits in
+/// [`MAX_EXPR_CHARS`] compiles and evaluates (the parser's own depth limit is set to that length,
+/// and both run on a stack that grows, see [`with_stack`]).
 pub const MAX_NESTING: usize = 64;
 
 /// Checks the size limits before the parser sees the text, so no expression can exhaust the
@@ -127,7 +131,7 @@ pub fn check_limits(source: &str) -> Result<(), CompileError> {
     if depth > MAX_NESTING {
         return Err(CompileError::TooLarge {
             message: format!(
-                "the expression nests parentheses, brackets, braces, calls and conditionals (`? :`) {depth} deep; the limit is {MAX_NESTING}"
+                "the expression nests parentheses, brackets, braces and calls {depth} deep; the limit is {MAX_NESTING}"
             ),
         });
     }
@@ -146,14 +150,10 @@ fn with_stack<R>(f: impl FnOnce() -> R) -> R {
     stacker::maybe_grow(STACK_RED_ZONE, STACK_SEGMENT, f)
 }
 
-/// How deep `(`, `[`, `{` and conditionals nest in `src`, outside string literals. A `?` (not
-/// the `.?`/`[?` of optional selection) opens a level that lasts to the end of the group it is
-/// in: `a ? b : c ? d : e` nests two deep, as the parser sees it.
+/// How deep `(`, `[` and `{` nest in `src`, outside string literals.
 pub fn nesting(src: &str) -> usize {
     let b = src.as_bytes();
     let (mut i, mut depth, mut max) = (0usize, 0usize, 0usize);
-    // Conditionals opened in each group that is open (the outermost is the whole text).
-    let mut ternaries: Vec<usize> = vec![0];
     while i < b.len() {
         match b[i] {
             q @ (b'"' | b'\'') => {
@@ -181,23 +181,8 @@ pub fn nesting(src: &str) -> usize {
             b'(' | b'[' | b'{' => {
                 depth += 1;
                 max = max.max(depth);
-                ternaries.push(0);
             }
-            b')' | b']' | b'}' => {
-                let opened = if ternaries.len() > 1 {
-                    ternaries.pop().unwrap_or(0)
-                } else {
-                    0
-                };
-                depth = depth.saturating_sub(1 + opened);
-            }
-            b'?' if i == 0 || !matches!(b[i - 1], b'.' | b'[') => {
-                depth += 1;
-                max = max.max(depth);
-                if let Some(n) = ternaries.last_mut() {
-                    *n += 1;
-                }
-            }
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
         }
         i += 1;

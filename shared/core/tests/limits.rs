@@ -42,18 +42,19 @@ fn shapes() -> Vec<(&'static str, String)> {
                 "]".repeat(MAX_NESTING - 1)
             ),
         ),
-        // A conditional nests its `else` branch: 64 of them are the limit, like brackets.
+        // Conditionals are not brackets: a chain of them as long as the length limit allows
+        // (each nests its `else` branch one level deeper, for the parser and the evaluator).
         (
             "ternary chain",
-            format!("{}true", "true ? false : ".repeat(MAX_NESTING)),
+            format!("{}0 == 0", "1?1:".repeat((MAX_EXPR_CHARS - 6) / 4)),
         ),
         (
             "ternaries in brackets",
             format!(
                 "{}{}true{}",
-                "(".repeat(MAX_NESTING / 2),
-                "false ? false : ".repeat(MAX_NESTING / 2),
-                ")".repeat(MAX_NESTING / 2)
+                "(".repeat(MAX_NESTING),
+                "false ? false : ".repeat((MAX_EXPR_CHARS - 2 * MAX_NESTING - 4) / 16),
+                ")".repeat(MAX_NESTING)
             ),
         ),
         (
@@ -136,17 +137,21 @@ fn beyond_the_limits_is_a_validation_error_never_a_crash() {
         });
         assert!(err.contains(why), "{err}");
     }
-    // Conditionals count as nesting: past the limit, the limit's error (never the parser's own
-    // recursion limit, which 96 of them reached, with an unreadable message).
-    for n in [MAX_NESTING + 1, 96, 200] {
-        let ternaries = format!("{}true", "true ? false : ".repeat(n));
-        let err = on_small_stack(move || Expr::compile(&ternaries).err().map(|e| e[0].to_string()));
-        assert!(
-            err.as_deref()
-                .is_some_and(|e| e.contains("nests") && e.contains("conditionals")),
-            "{n}: {err:?}"
-        );
-    }
+    // Conditionals do not count as nesting: 200 chained are no error, and a 65th bracket
+    // around them still is.
+    let ternaries = format!("{}true", "true ? false : ".repeat(200));
+    assert!(on_small_stack(move || Expr::compile(&ternaries).is_ok()));
+    let deep = format!(
+        "{}{}true{}",
+        "(".repeat(MAX_NESTING + 1),
+        "true ? false : ".repeat(10),
+        ")".repeat(MAX_NESTING + 1)
+    );
+    let err = on_small_stack(move || Expr::compile(&deep).err().map(|e| e[0].to_string()));
+    assert!(
+        err.as_deref().is_some_and(|e| e.contains("65 deep")),
+        "{err:?}"
+    );
     // Brackets inside strings do not count.
     assert!(Expr::compile(&format!("'{}' == ''", "(".repeat(200))).is_ok());
 }

@@ -59,6 +59,9 @@ pub struct Env {
     error_on_duplicate_map_keys: bool,
     optional: bool,
     container: Container,
+    /// rulestream patch: how deep the parser lets expressions nest (see
+    /// [`Env::with_max_recursion_depth`]).
+    max_recursion_depth: u16,
 }
 
 impl Default for Env {
@@ -71,6 +74,7 @@ impl Default for Env {
             error_on_duplicate_map_keys: true,
             optional: true,
             container: Container::default(),
+            max_recursion_depth: 96,
         }
     }
 }
@@ -171,6 +175,14 @@ impl Env {
         self
     }
 
+    /// rulestream patch: how deep the parsers of this environment let expressions nest
+    /// (parenthesised expressions and `? :` branches; 96 by default). An embedder that bounds
+    /// the length of expressions, and evaluates them on a stack that grows, may raise it.
+    pub fn with_max_recursion_depth(mut self, depth: u16) -> Self {
+        self.max_recursion_depth = depth;
+        self
+    }
+
     /// Returns a parser that expands the macros of this environment.
     ///
     /// [`Env::stdlib`] has the standard macros (`has`, `all`, `exists`,
@@ -189,6 +201,7 @@ impl Env {
     pub fn parser(&self) -> Parser {
         Parser::new()
             .enable_optional_syntax(self.optional)
+            .max_recursion_depth(self.max_recursion_depth)
             .with_macros(Arc::clone(&self.macros))
     }
 
