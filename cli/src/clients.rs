@@ -50,7 +50,7 @@ fn refuse(line: &str) -> anyhow::Result<Outcome> {
 /// Bad usage (a malformed argument or option): an error, which `main` prints on one line and
 /// turns into exit 2, like every other usage error.
 fn usage(line: String) -> anyhow::Result<Outcome> {
-    Err(anyhow!(line))
+    Err(crate::output::usage(line))
 }
 
 /// The usage error of a client id that SPEC section 3 does not allow.
@@ -58,9 +58,9 @@ fn check_client_arg(client: &str) -> anyhow::Result<()> {
     if valid_client_id(client) {
         return Ok(());
     }
-    Err(anyhow!(
+    Err(crate::output::usage(format!(
         "client id `{client}`: use 1-63 of a-z, 0-9 and `-`, starting with a letter or digit"
-    ))
+    )))
 }
 
 fn ddb_err<

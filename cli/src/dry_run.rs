@@ -4,7 +4,7 @@
 use std::io::Read;
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use chrono::{DateTime, Utc};
 use rulestream_core::model::FAILED;
 use rulestream_core::{ExecutionMeta, Finding, Mocked, validate_str};
@@ -47,15 +47,23 @@ pub fn read_object(what: &str, arg: &str) -> anyhow::Result<Value> {
             Ok(s) => (s, arg.to_string()),
             // JSON, but not an object (`5`, `null`, `"x"`): say that, not "no such file".
             Err(_) if serde_json::from_str::<Value>(arg).is_ok() => {
-                bail!("{what} {arg}: must be a JSON object (`{{...}}`)")
+                return Err(crate::output::usage(format!(
+                    "{what} {arg}: must be a JSON object (`{{...}}`)"
+                )));
             }
-            Err(e) => bail!("{what} {arg}: not JSON and not a readable file ({e})"),
+            Err(e) => {
+                return Err(crate::output::usage(format!(
+                    "{what} {arg}: not JSON and not a readable file ({e})"
+                )));
+            }
         }
     };
-    let v: Value =
-        serde_json::from_str(&text).with_context(|| format!("{from} is not valid JSON"))?;
+    let v: Value = serde_json::from_str(&text)
+        .map_err(|e| crate::output::usage(format!("{from} is not valid JSON: {e}")))?;
     if !v.is_object() {
-        bail!("{from} must be a JSON object");
+        return Err(crate::output::usage(format!(
+            "{from} must be a JSON object"
+        )));
     }
     Ok(v)
 }
@@ -63,12 +71,16 @@ pub fn read_object(what: &str, arg: &str) -> anyhow::Result<Value> {
 /// Runs the command.
 pub fn run(a: &Args) -> anyhow::Result<Outcome> {
     let text = std::fs::read_to_string(&a.flow)
-        .with_context(|| format!("cannot read flow {}", a.flow.display()))?;
+        .map_err(|e| crate::output::usage(format!("cannot read flow {}: {e}", a.flow.display())))?;
     let input = read_input(&a.input)?;
     let mocks = match &a.mock {
         Some(m) => match read_object("--mock", m)? {
             Value::Object(map) => map,
-            _ => bail!("--mock must be a JSON object of answers by rule id"),
+            _ => {
+                return Err(crate::output::usage(
+                    "--mock must be a JSON object of answers by rule id",
+                ));
+            }
         },
         None => serde_json::Map::new(),
     };
@@ -78,9 +90,9 @@ pub fn run(a: &Args) -> anyhow::Result<Outcome> {
             .get("outcome")
             .is_some_and(|o| o.is_boolean() || o.as_str().is_some_and(|s| !s.is_empty()))
         {
-            bail!(
+            return Err(crate::output::usage(format!(
                 "--mock: the answer for rule `{rule}` needs an `outcome` (a bool or a non-empty string) and optionally `set`"
-            );
+            )));
         }
     }
     let client = a
@@ -144,7 +156,9 @@ pub fn run(a: &Args) -> anyhow::Result<Outcome> {
     });
     if subset.as_ref().is_some_and(Vec::is_empty) {
         // As a trigger row's `rules` that names no rule (its execution ends FAILED).
-        bail!("--rules names no rule (leave it out to run every rule)");
+        return Err(crate::output::usage(
+            "--rules names no rule (leave it out to run every rule)",
+        ));
     }
     // A mock for a rule the flow does not have, or one that calls nothing out, is never used:
     // most likely a typo in the rule id.

@@ -639,7 +639,12 @@ fn main() -> ExitCode {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::UserFix) => ExitCode::from(1),
         Err(e) => {
-            output::fail("error", &one_line(&e));
+            let code = if e.chain().any(|c| c.is::<output::Usage>()) {
+                "usage"
+            } else {
+                "error"
+            };
+            output::fail(code, &one_line(&e));
             ExitCode::from(2)
         }
     }

@@ -334,7 +334,7 @@ pub fn run(a: &RunArgs) -> anyhow::Result<Waited> {
         None => format!("{}:{}", a.client, uuid::Uuid::new_v4()),
     };
     if let Err(why) = rulestream_core::execution::check_execution_id(&a.client, &id) {
-        bail!("--execution-id: {why}");
+        return Err(crate::output::usage(format!("--execution-id: {why}")));
     }
     let b = Backend::connect()?;
     let rt = runtime()?;
@@ -747,7 +747,8 @@ pub struct LogsArgs {
 
 /// `15m`, `2h`, `7d`, `30s` -> seconds (as the sync API's `since` reads them).
 pub fn parse_duration(d: &str) -> anyhow::Result<i64> {
-    rulestream_core::execution::duration_secs(d).map_err(|why| anyhow!("--since {why}"))
+    rulestream_core::execution::duration_secs(d)
+        .map_err(|why| crate::output::usage(format!("--since {why}")))
 }
 
 /// Runs `logs`.

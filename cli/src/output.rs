@@ -12,6 +12,24 @@ pub fn set_json(on: bool) {
     JSON.store(on, Ordering::Relaxed);
 }
 
+/// Bad usage (a malformed argument or option, named in the message): an error that `main`
+/// prints on one line and turns into exit 2, with code `usage` under `--json`.
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// A [`Usage`] error.
+pub fn usage(line: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Usage(line.into()))
+}
+
 /// A failure that has nothing else to print: its one-line reason on stderr, as every exit 1, 2
 /// or 3 has. Under `--json`, stdout also gets `{"error": {"code", "message"}}` (the API's
 /// error shape), so a script that parses stdout gets a document rather than nothing. `code` is

@@ -89,7 +89,7 @@ fn refuse(line: &str) -> anyhow::Result<Outcome> {
 /// Bad usage (a malformed option or argument): an error, which `main` prints on one line and
 /// turns into exit 2, like every other usage error.
 fn usage<T>(line: String) -> anyhow::Result<T> {
-    Err(anyhow!(line))
+    Err(crate::output::usage(line))
 }
 
 /// Sends `msg` and waits until the bridge applied it or recorded why not.
@@ -392,7 +392,7 @@ pub fn change(
         let who = actor(&c.sdk).await?;
         let mut msg = message(&c, op, client, flow, release.generation, &who);
         msg.percent = percent;
-        if let Err(e) = rulestream_core::release::apply(Some(release), &msg) {
+        if let Err(e) = rulestream_core::release::apply(Some(release), &msg, &now()) {
             return refuse(&format!(
                 "{client}/{flow} ({}): {e}",
                 describe(Some(release))

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use rulestream_core::{Catalog, Finding, validate_str};
 use serde_json::json;
 
@@ -22,7 +22,10 @@ pub fn load_catalog(dir: &Path) -> anyhow::Result<Result<Catalog, String>> {
             );
             return Ok(Ok(Catalog::new()));
         }
-        bail!("catalog directory {} does not exist", dir.display());
+        return Err(crate::output::usage(format!(
+            "catalog directory {} does not exist",
+            dir.display()
+        )));
     }
     Ok(Catalog::load_dir(dir).map_err(|e| e.to_string()))
 }
@@ -52,7 +55,10 @@ fn collect(path: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
         out.push(path.to_path_buf());
         Ok(())
     } else {
-        bail!("{} does not exist", path.display())
+        Err(crate::output::usage(format!(
+            "{} does not exist",
+            path.display()
+        )))
     }
 }
 
@@ -63,7 +69,10 @@ pub fn run(paths: &[PathBuf], catalog_dir: &Path, json: bool) -> anyhow::Result<
         collect(p, &mut files)?;
     }
     if files.is_empty() {
-        bail!("no flow files (*.json) found in {}", display_list(paths));
+        return Err(crate::output::usage(format!(
+            "no flow files (*.json) found in {}",
+            display_list(paths)
+        )));
     }
     let catalog = match load_catalog(catalog_dir)? {
         Ok(c) => c,

@@ -178,6 +178,17 @@ fn bad_usage_and_missing_paths_exit_2_with_one_line() {
         "{doc}"
     );
     assert_eq!(String::from_utf8_lossy(&o.stderr).trim().lines().count(), 1);
+    // A malformed option value the parser itself cannot see is bad usage too.
+    let flow = tmp_file(
+        "usage.json",
+        &json!({"client_id": "c", "flow_id": "f", "version": 1,
+            "rules": [{"id": "r", "when": "true"}]})
+        .to_string(),
+    );
+    let flow = flow.to_str().expect("utf-8 path");
+    let o = rulestream(&["dry-run", "--flow", flow, "--input", "{bad", "--json"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(stdout_json(&o)["error"]["code"], "usage");
 }
 
 #[test]

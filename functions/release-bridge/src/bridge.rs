@@ -62,37 +62,55 @@ impl Bridge {
     }
 
     async fn record(&self, r: &KafkaRecord) -> Result<Fate, StoreError> {
+        // The audit's "when" is when the topic got the record, never the message's own `at`
+        // (a sender's claim, which could be anything); the same record redelivered keeps it, so
+        // its audit entries are written once.
+        let received = received_at(r);
         let msg = match decode(r) {
             Ok(m) => m,
             Err(why) => {
                 let subject = key_of(r).unwrap_or_else(|| "unknown".into());
-                let at = chrono::DateTime::from_timestamp_millis(r.timestamp.0.timestamp_millis())
-                    .unwrap_or_default()
-                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
                 let place = format!(
                     "{}-{}-{}",
                     r.topic.as_deref().unwrap_or("?"),
                     r.partition,
                     r.offset
                 );
-                let mut e =
-                    AuditEntry::new(&subject, &at, "unknown", "message", "rejected", &place);
-                e.message_id = None;
+                // What can be read of it still says who sent what (SPEC section 3: the audit
+                // holds who and what of every rejected release message).
+                let readable = readable_fields(r);
+                let field = |k: &str| {
+                    readable
+                        .get(k)
+                        .and_then(Value::as_str)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| rulestream_core::execution::cut(s, 200))
+                };
+                let actor = field("actor").unwrap_or_else(|| "unknown".into());
+                let op = field("op")
+                    .filter(|o| {
+                        ["publish", "promote", "rollback", "set_percent"].contains(&o.as_str())
+                    })
+                    .unwrap_or_else(|| "message".into());
+                let mut e = AuditEntry::new(&subject, &received, &actor, &op, "rejected", &place);
+                e.message_id = field("message_id");
+                e.generation = readable.get("generation").and_then(Value::as_u64);
+                e.requested_at = field("at");
                 e.reason = Some(format!("{why} (at {place})"));
                 tracing::warn!(subject, reason = %why, "release message rejected");
                 self.store.audit(&e).await?;
                 return Ok(Fate::Rejected);
             }
         };
-        self.message(&msg).await
+        self.message(&msg, &received).await
     }
 
-    async fn message(&self, msg: &ReleaseMessage) -> Result<Fate, StoreError> {
+    async fn message(&self, msg: &ReleaseMessage, received: &str) -> Result<Fate, StoreError> {
         let subject = msg.key();
         let entry = |outcome: &str| {
             let mut e = AuditEntry::new(
                 &subject,
-                &msg.at,
+                received,
                 &msg.actor,
                 msg.op.as_str(),
                 outcome,
@@ -100,6 +118,7 @@ impl Bridge {
             );
             e.generation = Some(msg.generation);
             e.reason = msg.reason.clone();
+            e.requested_at = Some(msg.at.clone());
             e
         };
         let reject = |why: String| {
@@ -143,9 +162,12 @@ impl Bridge {
             }
             return Ok(Fate::AlreadyApplied);
         }
-        let next = match apply(release, msg) {
-            Ok(n) => n,
-            Err(Refusal::Stale { .. }) if self.applied_before(msg).await? => {
+        // An id applied before is that message again (or a new one that reuses its id, which
+        // message ids must not): never applied twice, whatever its generation.
+        let applied_before = self.applied_before(msg).await?;
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let next = match apply(release, msg, &now) {
+            Ok(_) | Err(Refusal::Stale { .. }) if applied_before => {
                 self.store.audit(&duplicate()).await?;
                 tracing::info!(
                     subject,
@@ -154,6 +176,7 @@ impl Bridge {
                 );
                 return Ok(Fate::AlreadyApplied);
             }
+            Ok(n) => n,
             Err(r @ Refusal::Stale { .. }) => {
                 let mut e = entry("ignored");
                 e.reason = Some(r.to_string());
@@ -241,6 +264,32 @@ fn b64(s: &str) -> Result<Vec<u8>, String> {
         .map_err(|e| format!("not base64: {e}"))
 }
 
+/// When the topic got `r` (its timestamp), or now when the record carries none.
+fn received_at(r: &KafkaRecord) -> String {
+    let ms = r.timestamp.0.timestamp_millis();
+    // Before 2020: no real timestamp (a broker that sets none gives 0 or -1).
+    let t = if ms > 1_577_836_800_000 {
+        chrono::DateTime::from_timestamp_millis(ms)
+    } else {
+        None
+    };
+    t.unwrap_or_else(chrono::Utc::now)
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// The fields of a record's value that parse as JSON (an empty map otherwise).
+fn readable_fields(r: &KafkaRecord) -> serde_json::Map<String, Value> {
+    r.value
+        .as_deref()
+        .and_then(|v| b64(v).ok())
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|v| match v {
+            Value::Object(m) => Some(m),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
 fn key_of(r: &KafkaRecord) -> Option<String> {
     let k = b64(r.key.as_deref()?).ok()?;
     let k = String::from_utf8(k).ok()?;
@@ -286,7 +335,7 @@ mod tests {
 
     #[test]
     fn records_decode_or_say_why_not() {
-        let ok = r#"{"op":"promote","client_id":"c","flow_id":"f","message_id":"m","actor":"a","at":"t","generation":3}"#;
+        let ok = r#"{"op":"promote","client_id":"c","flow_id":"f","message_id":"m","actor":"a","at":"2026-11-30T00:00:00Z","generation":3}"#;
         assert_eq!(decode(&record("c/f", ok)).expect("ok").generation, 3);
         for (key, value, want) in [
             ("c/f", "{not json", "not a release message"),
@@ -294,7 +343,7 @@ mod tests {
             ("x/y", ok, "is not the message's"),
             (
                 "c/f",
-                r#"{"op":"publish","client_id":"c","flow_id":"f","message_id":"m","actor":"a","at":"t","generation":3}"#,
+                r#"{"op":"publish","client_id":"c","flow_id":"f","message_id":"m","actor":"a","at":"2026-11-30T00:00:00Z","generation":3}"#,
                 "needs `version`",
             ),
         ] {
@@ -303,6 +352,25 @@ mod tests {
         }
         assert_eq!(key_of(&record("c/f", "")), Some("c/f".into()));
         assert_eq!(key_of(&record("no slash", "")), None);
+        // A message whose `at` is not a time is refused (its guard would never count), and
+        // what can be read of it still names who sent what.
+        let bad_at = r#"{"op":"set_percent","client_id":"c","flow_id":"f","message_id":"m7","actor":"alice","at":"yesterday","generation":4,"percent":5}"#;
+        let e = decode(&record("c/f", bad_at)).expect_err("refused");
+        assert!(e.contains("RFC 3339"), "{e}");
+        let r = readable_fields(&record("c/f", bad_at));
+        assert_eq!(
+            (
+                r["actor"].as_str(),
+                r["message_id"].as_str(),
+                r["generation"].as_u64()
+            ),
+            (Some("alice"), Some("m7"), Some(4))
+        );
+        // The audit's time is the record's (2025-11-30 here), not the message's.
+        assert_eq!(
+            received_at(&record("c/f", bad_at)),
+            "2025-11-30T00:00:00.000Z"
+        );
     }
 
     #[test]

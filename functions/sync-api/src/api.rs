@@ -869,7 +869,31 @@ impl App {
         let start = match q.first("cursor") {
             None => None,
             Some(c) => {
-                Some(decode_cursor(c).ok_or_else(|| ApiError::bad("`cursor` is not valid"))?)
+                // A cursor this route gave: a position in this client's listing (the keys of
+                // the item a page ended at).
+                let k = decode_cursor(c)
+                    .filter(|k| {
+                        k.len() == 3
+                            && k.get("client_id").and_then(|v| v.as_s().ok()) == Some(&client)
+                            && k.get("execution_id").is_some_and(|v| v.as_s().is_ok())
+                            && k.get("started_at").is_some_and(|v| v.as_s().is_ok())
+                    })
+                    .ok_or_else(|| ApiError::bad("`cursor` is not valid"))?;
+                // Past the start of the window (a look-back `since` moves on between pages):
+                // nothing older is in it, so this is the last page.
+                if let (Some(AttributeValue::S(t)), Some(AttributeValue::S(at))) =
+                    (values.get(":t"), k.get("started_at"))
+                    && at < t
+                {
+                    return Ok((
+                        200,
+                        answer(&api::ExecutionList {
+                            executions: Vec::new(),
+                            cursor: None,
+                        }),
+                    ));
+                }
+                Some(k)
             }
         };
         // A filter applies after DynamoDB reads a page, so a filtered page can come back short

@@ -696,4 +696,34 @@ async fn listing_pages_through_every_execution_once_and_filters_fill_their_pages
 
     // A status no execution has: one empty page, and no cursor to follow.
     assert_eq!(pages("status=NOPE"), vec![Vec::<String>::new()]);
+
+    // A cursor past the start of the window (a look-back `since` moves on between pages) is
+    // the end of the listing, not an error.
+    let (_, first) = call("GET", "/v1/executions", k, None);
+    let cursor = first["cursor"].as_str().expect("a cursor").to_string();
+    let since =
+        (t0 + chrono::Duration::seconds(100)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let (s, v) = call(
+        "GET",
+        &format!(
+            "/v1/executions?since={}&cursor={cursor}",
+            since.replace('+', "%2B")
+        ),
+        k,
+        None,
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["executions"], json!([]), "{v}");
+    assert!(v["cursor"].is_null(), "{v}");
+    // A cursor that is not this listing's: 400, never a 500.
+    use base64::Engine;
+    let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    for bad in [
+        b64(json!({})),
+        b64(json!({"execution_id": format!("{client}:x")})),
+        b64(json!({"execution_id": "other:x", "client_id": "other", "started_at": since})),
+    ] {
+        let (s, v) = call("GET", &format!("/v1/executions?cursor={bad}"), k, None);
+        assert_eq!((s, error_code(&v)), (400, "bad_request"), "{v}");
+    }
 }

@@ -55,6 +55,10 @@ pub struct AuditEntry {
     /// Why (rejections, automatic rollbacks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// A release message's own `at` (when its sender made it), beside `at` (when the bridge
+    /// received it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_at: Option<String>,
 }
 
 impl AuditEntry {
@@ -79,6 +83,7 @@ impl AuditEntry {
             generation: None,
             message_id: Some(message_id.to_string()),
             reason: None,
+            requested_at: None,
         }
     }
 }

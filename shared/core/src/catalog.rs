@@ -101,6 +101,16 @@ impl Catalog {
                 serde_json::from_value(item).map_err(|e| invalid(format!("rule #{i}: {e}")))?;
             crate::checks::check_master_rule(&rule)
                 .map_err(|m| invalid(format!("rule `{}` v{}: {m}", rule.rule_id, rule.version)))?;
+            // Versions are immutable (SPEC section 2): a second, different definition of one
+            // version is refused rather than one of them silently dropped.
+            if let Some(before) = self.get(&rule.rule_id, Some(rule.version))
+                && *before != rule
+            {
+                return Err(invalid(format!(
+                    "rule #{i}: `{}` v{} is defined twice, differently (versions are immutable: give the new definition a new version)",
+                    rule.rule_id, rule.version
+                )));
+            }
             self.insert(rule);
         }
         Ok(())

@@ -1813,6 +1813,38 @@ pub async fn cancel<J: Journal>(
             .as_ref()
             .and_then(|s| s.get("seq").and_then(Value::as_u64))
             .map_or(0, |n| n + 1);
+        // The last step already ended the execution (its summary is being written): it has no
+        // next step to cancel. Its end stands, and the cancel says so (a 409, not a CANCELLED
+        // that the summary would then contradict).
+        let decided_end = last
+            .as_ref()
+            .filter(|_| stopped.is_none())
+            .and_then(|s| s.get("next"))
+            .and_then(|n| Next::deserialize(n).ok())
+            .and_then(|n| match n {
+                Next::Done {
+                    status,
+                    reason,
+                    error,
+                } => Some((status, reason, error)),
+                Next::Rule { .. } => None,
+            });
+        if let Some((status, reason, error)) = decided_end {
+            let steps = decided(journal.steps(id).await?);
+            let state = replay(&steps, false);
+            finish(
+                journal,
+                settings,
+                &header_of(&summary),
+                &state,
+                &status,
+                reason,
+                error,
+            )
+            .await
+            .map_err(|Retry(e)| StoreError::Transient(e))?;
+            return Ok(Cancel::AlreadyEnded(status));
+        }
         let (status, why, at_seq) = match stopped {
             // Stopped already (its summary write was lost): finish what that marker says.
             Some(s) => {

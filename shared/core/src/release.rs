@@ -82,6 +82,12 @@ impl ReleaseMessage {
         if self.message_id.is_empty() {
             return Err("`message_id` must not be empty".into());
         }
+        if chrono::DateTime::parse_from_rfc3339(&self.at).is_err() {
+            return Err(format!(
+                "`at` must be an RFC 3339 time (got {:?})",
+                crate::execution::cut(&self.at, 64)
+            ));
+        }
         match self.op {
             ReleaseOp::Publish => {
                 match self.version {
@@ -129,8 +135,15 @@ pub enum Refusal {
 }
 
 /// The release `msg` makes of `current` (`None`: the flow has no release yet), or why it changes
-/// nothing. The result's generation is the message's plus one.
-pub fn apply(current: Option<&Release>, msg: &ReleaseMessage) -> Result<Release, Refusal> {
+/// nothing. The result's generation is the message's plus one. `now` (RFC 3339, the applier's
+/// clock) is when a published candidate starts counting for its guard: never the message's own
+/// `at`, which a sender could backdate (SPEC section 4: counted since the candidate was
+/// published).
+pub fn apply(
+    current: Option<&Release>,
+    msg: &ReleaseMessage,
+    now: &str,
+) -> Result<Release, Refusal> {
     let generation = current.map_or(0, |r| r.generation);
     if msg.generation != generation {
         return Err(Refusal::Stale {
@@ -164,7 +177,7 @@ pub fn apply(current: Option<&Release>, msg: &ReleaseMessage) -> Result<Release,
                 candidate: Some(v),
                 percent: msg.percent.unwrap_or(0.0),
                 guard: msg.guard.clone(),
-                candidate_since: Some(msg.at.clone()),
+                candidate_since: Some(now.to_string()),
                 ..cur.clone()
             }))
         }
@@ -247,6 +260,9 @@ pub struct Counts {
 mod tests {
     use super::*;
 
+    /// When the applier applies (the messages below were made at midnight).
+    const NOW: &str = "2026-11-30T08:00:00.000Z";
+
     fn msg(op: ReleaseOp, generation: u64) -> ReleaseMessage {
         ReleaseMessage {
             op,
@@ -273,69 +289,79 @@ mod tests {
 
     #[test]
     fn a_release_goes_through_its_life() {
-        let r1 = apply(None, &publish(1, 0.0, 0)).expect("first");
+        let r1 = apply(None, &publish(1, 0.0, 0), NOW).expect("first");
         assert_eq!((r1.stable, r1.candidate, r1.generation), (1, None, 1));
-        let r2 = apply(Some(&r1), &publish(2, 10.0, 1)).expect("publish");
+        let r2 = apply(Some(&r1), &publish(2, 10.0, 1), NOW).expect("publish");
         assert_eq!((r2.stable, r2.candidate, r2.percent), (1, Some(2), 10.0));
+        // The guard counts from when the candidate was applied, not the message's own `at`.
+        assert_eq!(r2.candidate_since.as_deref(), Some(NOW));
         let r3 = apply(
             Some(&r2),
             &ReleaseMessage {
                 percent: Some(50.0),
                 ..msg(ReleaseOp::SetPercent, 2)
             },
+            NOW,
         )
         .expect("raise");
         assert_eq!(
             (r3.candidate, r3.percent, r3.generation),
             (Some(2), 50.0, 3)
         );
-        let r4 = apply(Some(&r3), &msg(ReleaseOp::Promote, 3)).expect("promote");
+        let r4 = apply(Some(&r3), &msg(ReleaseOp::Promote, 3), NOW).expect("promote");
         assert_eq!((r4.stable, r4.candidate, r4.previous), (2, None, Some(1)));
-        let r5 = apply(Some(&r4), &msg(ReleaseOp::Rollback, 4)).expect("back to v1");
+        let r5 = apply(Some(&r4), &msg(ReleaseOp::Rollback, 4), NOW).expect("back to v1");
         assert_eq!((r5.stable, r5.candidate, r5.generation), (1, None, 5));
         assert_eq!(r5.last_message_id.as_deref(), Some("m4"));
     }
 
     #[test]
     fn rollback_of_a_candidate_keeps_stable() {
-        let r1 = apply(None, &publish(1, 0.0, 0)).expect("first");
-        let r2 = apply(Some(&r1), &publish(2, 10.0, 1)).expect("publish");
-        let r3 = apply(Some(&r2), &msg(ReleaseOp::Rollback, 2)).expect("rollback");
+        let r1 = apply(None, &publish(1, 0.0, 0), NOW).expect("first");
+        let r2 = apply(Some(&r1), &publish(2, 10.0, 1), NOW).expect("publish");
+        let r3 = apply(Some(&r2), &msg(ReleaseOp::Rollback, 2), NOW).expect("rollback");
         assert_eq!((r3.stable, r3.candidate, r3.percent), (1, None, 0.0));
     }
 
     #[test]
     fn a_stale_or_duplicate_message_changes_nothing() {
-        let r1 = apply(None, &publish(1, 0.0, 0)).expect("first");
-        let r2 = apply(Some(&r1), &publish(2, 10.0, 1)).expect("publish");
+        let r1 = apply(None, &publish(1, 0.0, 0), NOW).expect("first");
+        let r2 = apply(Some(&r1), &publish(2, 10.0, 1), NOW).expect("publish");
         // The same message again, and one made from an older generation.
         assert!(matches!(
-            apply(Some(&r2), &publish(2, 10.0, 1)),
+            apply(Some(&r2), &publish(2, 10.0, 1), NOW),
             Err(Refusal::Stale {
                 message: 1,
                 current: 2
             })
         ));
         assert!(matches!(
-            apply(Some(&r2), &msg(ReleaseOp::Promote, 0)),
+            apply(Some(&r2), &msg(ReleaseOp::Promote, 0), NOW),
             Err(Refusal::Stale { .. })
         ));
     }
 
     #[test]
     fn inapplicable_messages_say_why() {
-        let r1 = apply(None, &publish(1, 0.0, 0)).expect("first");
+        let r1 = apply(None, &publish(1, 0.0, 0), NOW).expect("first");
         for (m, want) in [
             (msg(ReleaseOp::Promote, 1), "no candidate"),
             (msg(ReleaseOp::Rollback, 1), "no previous"),
             (publish(1, 5.0, 1), "already released"),
             (publish(2, 101.0, 1), "between 0 and 100"),
             (msg(ReleaseOp::SetPercent, 1), "needs `percent`"),
+            (
+                ReleaseMessage {
+                    at: "yesterday".into(),
+                    ..msg(ReleaseOp::Promote, 1)
+                },
+                "RFC 3339",
+            ),
         ] {
-            let e = apply(Some(&r1), &m).expect_err("refused").to_string();
+            let e = apply(Some(&r1), &m, NOW).expect_err("refused").to_string();
             assert!(e.contains(want), "{e}");
         }
-        assert!(apply(None, &msg(ReleaseOp::Promote, 0)).is_err());
+        assert!(apply(None, &msg(ReleaseOp::Promote, 0), NOW).is_err());
     }
 
     #[test]

@@ -884,6 +884,30 @@ fn a_cancelled_execution_ends_before_its_next_step_and_cancel_is_safe_to_repeat(
         block(cancel(&c.journal, &c.settings, "acme:done", "x")),
         Ok(Cancel::AlreadyEnded("NO".into()))
     );
+    // Its last step decided the end, and the summary still says RUNNING (the orchestrator is
+    // between the two writes): there is no next step to cancel. The end stands, and the cancel
+    // says so rather than answering CANCELLED.
+    block(c.run_row(None, start("acme:late", json!({"n": 0})))).expect("start");
+    c.journal
+        .summaries
+        .lock()
+        .expect("lock")
+        .get_mut("acme:late")
+        .expect("summary")["status"] = json!("RUNNING");
+    assert_eq!(
+        block(cancel(&c.journal, &c.settings, "acme:late", "x")),
+        Ok(Cancel::AlreadyEnded("NO".into()))
+    );
+    assert_eq!(summary(&c, "acme:late")["status"], "NO");
+    assert!(
+        c.journal
+            .steps
+            .lock()
+            .expect("lock")
+            .iter()
+            .all(|((id, _), s)| id != "acme:late" || s.get("stop").is_none()),
+        "no stop marker"
+    );
 }
 
 #[test]
