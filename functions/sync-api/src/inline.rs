@@ -70,12 +70,13 @@ impl Journal for Captured {
             .push((table.to_string(), row.clone()));
         Ok(true)
     }
-    async fn first_row(
+    async fn row(
         &self,
         table: &str,
         execution_id: &str,
+        seq: u64,
     ) -> Result<Option<Value>, StoreError> {
-        self.inner.first_row(table, execution_id).await
+        self.inner.row(table, execution_id, seq).await
     }
     async fn claim_delivery(
         &self,

@@ -253,14 +253,15 @@ impl Journal for DynamoJournal {
         self.put_if_absent(table, row, "execution_id").await
     }
 
-    async fn first_row(
+    async fn row(
         &self,
         table: &str,
         execution_id: &str,
+        seq: u64,
     ) -> Result<Option<Value>, StoreError> {
         let key = HashMap::from([
             ("execution_id".to_string(), s(execution_id)),
-            ("seq".to_string(), n(0)),
+            ("seq".to_string(), n(seq)),
         ]);
         self.get(table, key).await
     }

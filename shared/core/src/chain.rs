@@ -1287,7 +1287,22 @@ where
         };
         let item = serde_json::to_value(&row).map_err(|e| Retry(e.to_string()))?;
         match self.journal.put_row(table, &item).await {
-            Ok(_) => Ok(()),
+            Ok(true) => Ok(()),
+            // The row is there already: this record's earlier handling wrote it (a
+            // redelivery), or someone else did. A row the orchestrator did not write is never
+            // run (SPEC section 3), so this execution could go no further: it ends now, saying
+            // why, rather than waiting for the sweeper's "no progress".
+            Ok(false) => {
+                if self.sealed_by_us(table, &h.execution_id, row.seq).await? {
+                    return Ok(());
+                }
+                let why = format!(
+                    "trigger row {} (before rule `{}`) exists and was not written by rulestream: the chain cannot go on",
+                    row.seq,
+                    next.state.rule.as_deref().unwrap_or("?")
+                );
+                self.end_failed(h, &next.state, why).await
+            }
             Err(StoreError::Transient(e)) => Err(Retry(e)),
             Err(e) => {
                 let why = format!(
@@ -1298,6 +1313,22 @@ where
                 self.end_failed(h, &next.state, why).await
             }
         }
+    }
+
+    /// Whether trigger row `seq` of `id` in `table` is one the orchestrator sealed for that
+    /// execution and seq.
+    async fn sealed_by_us(&self, table: &str, id: &str, seq: u64) -> Result<bool, Retry> {
+        let existing = match self.journal.row(table, id, seq).await {
+            Ok(r) => r,
+            Err(StoreError::Transient(e)) => return Err(Retry(e)),
+            Err(_) => None,
+        };
+        let Some(row) = existing.and_then(|r| serde_json::from_value::<SealedRow>(r).ok()) else {
+            return Ok(false);
+        };
+        Ok(row.execution_id == id
+            && row.seq == seq
+            && self.sealer.open(&row.aad(), &row.sealed).await.is_ok())
     }
 
     async fn end_failed(
@@ -1896,7 +1927,7 @@ pub async fn pending_row<J: Journal>(
     table: &str,
     id: &str,
 ) -> Result<Option<Value>, StoreError> {
-    Ok(journal.first_row(table, id).await?.filter(|r| {
+    Ok(journal.row(table, id, 0).await?.filter(|r| {
         r.get("sealed").is_none()
             && str_of(r, "execution_id") == id
             && check_execution_id(str_of(r, "client_id"), id).is_ok()

@@ -258,12 +258,14 @@ pub trait Journal: Sync {
         row: &Value,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// The seq 0 trigger row of an execution in `table` (consistent read): an execution a client
-    /// has started but the orchestrator has not picked up yet has this row and no summary.
-    fn first_row(
+    /// The trigger row `seq` of an execution in `table` (consistent read). Seq 0: an execution
+    /// a client has started but the orchestrator has not picked up yet has this row and no
+    /// summary.
+    fn row(
         &self,
         table: &str,
         execution_id: &str,
+        seq: u64,
     ) -> impl Future<Output = Result<Option<Value>, StoreError>> + Send;
 
     /// Claims delivery attempt `attempt` (1-based) of a step: on condition that the step's

@@ -140,13 +140,13 @@ impl Journal for Mem {
         rows.push((table.to_string(), row.clone()));
         Ok(true)
     }
-    async fn first_row(&self, table: &str, id: &str) -> Result<Option<Value>, StoreError> {
+    async fn row(&self, table: &str, id: &str, seq: u64) -> Result<Option<Value>, StoreError> {
         Ok(self
             .rows
             .lock()
             .expect("lock")
             .iter()
-            .find(|(t, r)| t == table && r["execution_id"] == id && r["seq"] == 0)
+            .find(|(t, r)| t == table && r["execution_id"] == id && r["seq"] == seq)
             .map(|(_, r)| r.clone()))
     }
     async fn claim_delivery(
@@ -474,6 +474,27 @@ fn rows_after_seq_0_are_sealed_and_forged_ones_never_run() {
             .lock()
             .expect("lock")
             .contains_key("acme:other")
+    );
+}
+
+/// A row the orchestrator did not write, placed where the chain is going next: the chain cannot
+/// write its own row there, and ends `FAILED` saying so at once (not 15 minutes later, as an
+/// execution that made no progress).
+#[test]
+fn a_forged_row_in_the_chains_way_ends_the_execution_at_once() {
+    let c = chain();
+    let table = c.settings.trigger_table.clone();
+    let forged = json!({"execution_id": "acme:ahead", "seq": 1, "sealed": "garbage",
+        "client_id": "acme", "flow_id": "f", "flow_version": 1});
+    assert_eq!(block(c.journal.put_row(&table, &forged)), Ok(true));
+    block(c.run_row(None, start("acme:ahead", json!({"n": 5})))).expect("start");
+    let s = summary(&c, "acme:ahead");
+    assert_eq!(s["status"], "FAILED", "{s}");
+    assert!(
+        s["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("trigger row 1") && r.contains("not written by rulestream")),
+        "{s}"
     );
 }
 
