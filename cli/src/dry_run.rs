@@ -102,7 +102,7 @@ pub fn run(a: &Args) -> anyhow::Result<Outcome> {
         .transpose()?;
     let now: DateTime<Utc> = match &a.now {
         Some(s) => DateTime::parse_from_rfc3339(s)
-            .with_context(|| format!("--now {s} is not an RFC 3339 time"))?
+            .map_err(|e| crate::output::usage(format!("--now {s} is not an RFC 3339 time: {e}")))?
             .with_timezone(&Utc),
         None => Utc::now(),
     };

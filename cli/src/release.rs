@@ -221,8 +221,8 @@ pub fn upload(
     guard: Option<&str>,
     json_out: bool,
 ) -> anyhow::Result<Outcome> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| crate::output::usage(format!("cannot read {}: {e}", file.display())))?;
     let doc: Value = match serde_json::from_str(&text) {
         Ok(v) => v,
         Err(e) => {
@@ -581,8 +581,8 @@ pub fn flow_diff(a: &Value, b: &Value) -> Vec<Value> {
 
 /// `catalog publish FILE`: every rule of the file (an object or an array) as a new version.
 pub fn catalog_publish(file: &Path, json_out: bool) -> anyhow::Result<Outcome> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| crate::output::usage(format!("cannot read {}: {e}", file.display())))?;
     let mut parsed = rulestream_core::Catalog::new();
     if let Err(e) = parsed.add_source(&file.display().to_string(), &text) {
         return refuse(&e.to_string());

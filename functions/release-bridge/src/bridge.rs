@@ -40,6 +40,17 @@ impl Bridge {
                     Ok(Fate::AlreadyApplied) => duplicates += 1,
                     Ok(Fate::Ignored) => ignored += 1,
                     Ok(Fate::Rejected) => rejected += 1,
+                    // A record that can never be recorded (DynamoDB refuses its audit item, for
+                    // instance) must not block the topic: it is dropped, loudly.
+                    Err(e @ (StoreError::Invalid(_) | StoreError::NotFound(_))) => {
+                        tracing::error!(
+                            partition = r.partition,
+                            offset = r.offset,
+                            error = %e,
+                            "release message dropped: it cannot be recorded"
+                        );
+                        rejected += 1;
+                    }
                     Err(e) => {
                         tracing::error!(
                             partition = r.partition,
@@ -63,8 +74,8 @@ impl Bridge {
 
     async fn record(&self, r: &KafkaRecord) -> Result<Fate, StoreError> {
         // The audit's "when" is when the topic got the record, never the message's own `at`
-        // (a sender's claim, which could be anything); the same record redelivered keeps it, so
-        // its audit entries are written once.
+        // (a field a sender writes, which could be anything); the same record redelivered
+        // keeps it, so its audit entries are written once.
         let received = received_at(r);
         let msg = match decode(r) {
             Ok(m) => m,
@@ -96,7 +107,10 @@ impl Bridge {
                 e.message_id = field("message_id");
                 e.generation = readable.get("generation").and_then(Value::as_u64);
                 e.requested_at = field("at");
-                e.reason = Some(format!("{why} (at {place})"));
+                e.reason = Some(format!(
+                    "{} (at {place})",
+                    rulestream_core::execution::cut(&why, 500)
+                ));
                 tracing::warn!(subject, reason = %why, "release message rejected");
                 self.store.audit(&e).await?;
                 return Ok(Fate::Rejected);
@@ -111,13 +125,16 @@ impl Bridge {
             let mut e = AuditEntry::new(
                 &subject,
                 received,
-                &msg.actor,
+                &rulestream_core::execution::cut(&msg.actor, 200),
                 msg.op.as_str(),
                 outcome,
                 &msg.message_id,
             );
             e.generation = Some(msg.generation);
-            e.reason = msg.reason.clone();
+            e.reason = msg
+                .reason
+                .as_deref()
+                .map(|r| rulestream_core::execution::cut(r, 1000));
             e.requested_at = Some(msg.at.clone());
             e
         };
@@ -135,8 +152,9 @@ impl Bridge {
             Err(e) => return Err(e),
         };
         let release = current.release.as_ref();
-        // A duplicate of a message applied before is a recorded no-op (SPEC section 3): one
-        // `ignored` entry per duplicated message, however often it comes again.
+        // A duplicate of a message applied before is a recorded no-op (SPEC section 3): an
+        // `ignored` entry per record that carries it (the same record redelivered writes the
+        // same entry).
         let duplicate = || {
             let mut e = entry("ignored");
             e.reason = Some(format!(
@@ -162,12 +180,9 @@ impl Bridge {
             }
             return Ok(Fate::AlreadyApplied);
         }
-        // An id applied before is that message again (or a new one that reuses its id, which
-        // message ids must not): never applied twice, whatever its generation.
-        let applied_before = self.applied_before(msg).await?;
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let next = match apply(release, msg, &now) {
-            Ok(_) | Err(Refusal::Stale { .. }) if applied_before => {
+            Err(Refusal::Stale { .. }) if self.applied_before(msg).await? => {
                 self.store.audit(&duplicate()).await?;
                 tracing::info!(
                     subject,
@@ -264,16 +279,19 @@ fn b64(s: &str) -> Result<Vec<u8>, String> {
         .map_err(|e| format!("not base64: {e}"))
 }
 
-/// When the topic got `r` (its timestamp), or now when the record carries none.
+/// When the topic got `r`: its timestamp (the broker's append time on a topic with
+/// `message.timestamp.type=LogAppendTime`, as docs/operations.md asks; otherwise the producer's
+/// send time), never later than now; now when the record carries none.
 fn received_at(r: &KafkaRecord) -> String {
+    let now = chrono::Utc::now();
     let ms = r.timestamp.0.timestamp_millis();
     // Before 2020: no real timestamp (a broker that sets none gives 0 or -1).
     let t = if ms > 1_577_836_800_000 {
-        chrono::DateTime::from_timestamp_millis(ms)
+        chrono::DateTime::from_timestamp_millis(ms).map(|t| t.min(now))
     } else {
         None
     };
-    t.unwrap_or_else(chrono::Utc::now)
+    t.unwrap_or(now)
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 

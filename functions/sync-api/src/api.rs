@@ -489,8 +489,8 @@ impl App {
     }
 
     /// Every status an execution of the flow can end with: the terminal statuses and default
-    /// status of the version(s) it may run, `FAILED` and `CANCELLED`; `None` when one of those
-    /// versions is missing or invalid.
+    /// status of the version(s) it may run, `FAILED` and `CANCELLED`; `None` when none of those
+    /// versions can be read (each is missing or invalid).
     async fn statuses(
         &self,
         client: &str,
@@ -499,15 +499,17 @@ impl App {
         release: &rulestream_core::execution::Release,
     ) -> Result<Option<Vec<String>>, ApiError> {
         let mut out = vec!["FAILED".to_string(), "CANCELLED".to_string()];
+        let mut read = 0;
         for v in may_run(pinned, release) {
             let f = match self.chain.flows.flow_version(client, flow, v).await {
                 Ok(f) => f,
-                // A version that is missing or fails validation cannot say which statuses it
-                // has; the execution it would run ends `FAILED` with the reason (SPEC section
-                // 1), which the wait answers like any end. So the list is not checked.
-                Err(StoreError::NotFound(_) | StoreError::Invalid(_)) => return Ok(None),
+                // A version that is missing or fails validation has no statuses to offer: an
+                // execution that picks it ends `FAILED` with the reason (SPEC section 1), which
+                // the wait answers like any end.
+                Err(StoreError::NotFound(_) | StoreError::Invalid(_)) => continue,
                 Err(e) => return Err(store("reading the flow", e)),
             };
+            read += 1;
             let doc = f.flow();
             for s in doc
                 .terminal_statuses
@@ -520,7 +522,8 @@ impl App {
                 }
             }
         }
-        Ok(Some(out))
+        // No version to read the statuses of: the list cannot be checked.
+        Ok((read > 0).then_some(out))
     }
 
     /// Whether the start rule of a version the execution may run (the pinned one, else stable
@@ -873,10 +876,15 @@ impl App {
                 // the item a page ended at).
                 let k = decode_cursor(c)
                     .filter(|k| {
+                        let text = |name: &str| {
+                            k.get(name)
+                                .and_then(|v| v.as_s().ok())
+                                .filter(|s| !s.is_empty())
+                        };
                         k.len() == 3
-                            && k.get("client_id").and_then(|v| v.as_s().ok()) == Some(&client)
-                            && k.get("execution_id").is_some_and(|v| v.as_s().is_ok())
-                            && k.get("started_at").is_some_and(|v| v.as_s().is_ok())
+                            && text("client_id") == Some(&client)
+                            && text("execution_id").is_some()
+                            && text("started_at").is_some()
                     })
                     .ok_or_else(|| ApiError::bad("`cursor` is not valid"))?;
                 // Past the start of the window (a look-back `since` moves on between pages):

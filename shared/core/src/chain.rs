@@ -1326,9 +1326,15 @@ where
         let Some(row) = existing.and_then(|r| serde_json::from_value::<SealedRow>(r).ok()) else {
             return Ok(false);
         };
-        Ok(row.execution_id == id
-            && row.seq == seq
-            && self.sealer.open(&row.aad(), &row.sealed).await.is_ok())
+        if row.execution_id != id || row.seq != seq {
+            return Ok(false);
+        }
+        match self.sealer.open(&row.aad(), &row.sealed).await {
+            Ok(_) => Ok(true),
+            // The key could not be read: that says nothing about the row; try again.
+            Err(StoreError::Transient(e)) => Err(Retry(e)),
+            Err(_) => Ok(false),
+        }
     }
 
     async fn end_failed(
@@ -1853,27 +1859,12 @@ pub async fn cancel<J: Journal>(
             .and_then(|s| s.get("next"))
             .and_then(|n| Next::deserialize(n).ok())
             .and_then(|n| match n {
-                Next::Done {
-                    status,
-                    reason,
-                    error,
-                } => Some((status, reason, error)),
+                Next::Done { status, .. } => Some(status),
                 Next::Rule { .. } => None,
             });
-        if let Some((status, reason, error)) = decided_end {
-            let steps = decided(journal.steps(id).await?);
-            let state = replay(&steps, false);
-            finish(
-                journal,
-                settings,
-                &header_of(&summary),
-                &state,
-                &status,
-                reason,
-                error,
-            )
-            .await
-            .map_err(|Retry(e)| StoreError::Transient(e))?;
+        if let Some(status) = decided_end {
+            // The orchestrator writes that end's summary (it alone holds what a rerun carried
+            // over from the original); if it never does, the sweeper ends the execution.
             return Ok(Cancel::AlreadyEnded(status));
         }
         let (status, why, at_seq) = match stopped {

@@ -492,8 +492,10 @@ pub struct MasterRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     /// Declared parameters: name -> default value (`null`: the flow must supply it), or a list
-    /// of names (each one the flow must supply). A rule that declares none takes whatever
-    /// `params` a flow gives it; one that declares some refuses others (most likely typos).
+    /// of names (each one the flow must supply). A rule that declares none (absent, `{}` or
+    /// `[]`) takes whatever `params` a flow gives it, but a flow must give a `cel` rule every
+    /// `params.<name>` its expression reads; one that declares some refuses others (most likely
+    /// typos).
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -529,7 +531,11 @@ fn declared_params<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Option<serde_json::Map<String, Value>>, D::Error> {
     Ok(match Option::<ParamsDecl>::deserialize(d)? {
+        // `{}` and `[]` declare nothing, as an absent `params` does (rules stored before the
+        // list form existed carry `{}`).
         None => None,
+        Some(ParamsDecl::Defaults(m)) if m.is_empty() => None,
+        Some(ParamsDecl::Names(n)) if n.is_empty() => None,
         Some(ParamsDecl::Defaults(m)) => Some(m),
         Some(ParamsDecl::Names(names)) => {
             Some(names.into_iter().map(|n| (n, Value::Null)).collect())

@@ -79,8 +79,8 @@ impl ReleaseMessage {
         if self.client_id.is_empty() || self.flow_id.is_empty() {
             return Err("`client_id` and `flow_id` must not be empty".into());
         }
-        if self.message_id.is_empty() {
-            return Err("`message_id` must not be empty".into());
+        if self.message_id.is_empty() || self.message_id.chars().count() > 200 {
+            return Err("`message_id` must be 1 to 200 characters".into());
         }
         if chrono::DateTime::parse_from_rfc3339(&self.at).is_err() {
             return Err(format!(

@@ -177,7 +177,13 @@ pub fn validate_value(doc: &Value, catalog: &Catalog) -> Validation {
         // Rules that failed the structural layer stand in with the parts of them that fit:
         // drop what the parts left out caused (the structural layer reported those).
         let rules_missing = !doc.get("rules").is_some_and(Value::is_array);
+        // With a way out of some rule left out, the graph is not the flow's: what it says of
+        // reachability (of any rule) is not sure, and waits for the structural errors' fix.
+        let graph_unsure = bad_rules.iter().any(|b| b.ways_dropped);
         semantic.retain(|f| {
+            if graph_unsure && is_graph_finding(f) {
+                return false;
+            }
             let left_out = bad_rules.iter().any(|b| {
                 let base = format!("$.rules[{}]", b.index);
                 let Some(rest) = f.path.strip_prefix(&base) else {
@@ -437,6 +443,13 @@ fn best_effort_flow(doc: &Value) -> (Option<Flow>, Vec<Salvaged>) {
     (serde_json::from_value(Value::Object(cleaned)).ok(), bad)
 }
 
+/// A finding about reachability, which [`check_graph`] makes.
+fn is_graph_finding(f: &Finding) -> bool {
+    f.message
+        .starts_with("no terminal status can be reached from rule")
+        || (f.message.starts_with("rule `") && f.message.contains("is never reached"))
+}
+
 /// What of a rule the structural layer refused was left out of its stand-in.
 #[derive(Debug)]
 struct Salvaged {
@@ -481,7 +494,9 @@ fn salvage_rule(r: &Value, index: usize) -> (Value, Salvaged) {
     let drop = |out: &mut Salvaged, key: &str, v: &Value| {
         out.dropped.push(key.to_string());
         out.raw.insert(key.to_string(), v.clone());
-        if matches!(key, "on" | "default" | "on_error") {
+        // Each of these decides where the rule can go (a gray or rate-limit gate adds the
+        // `skipped`/`limited` ways).
+        if matches!(key, "on" | "default" | "on_error" | "gray" | "rate_limit") {
             out.ways_dropped = true;
         }
     };
@@ -520,12 +535,13 @@ fn salvage_rule(r: &Value, index: usize) -> (Value, Salvaged) {
         if let (Some("on"), Value::Object(entries)) = (Some(k.as_str()), v) {
             let mut on = Map::new();
             for (label, t) in entries {
-                let mut with = on.clone();
-                with.insert(label.clone(), t.clone());
                 let mut trial = kept.clone();
-                trial.insert("on".into(), Value::Object(with.clone()));
+                trial.insert(
+                    "on".into(),
+                    Value::Object(Map::from_iter([(label.clone(), t.clone())])),
+                );
                 if fits(&trial) {
-                    on = with;
+                    on.insert(label.clone(), t.clone());
                 } else {
                     let path = format!("on{}", crate::checks::key_path(label));
                     out.dropped.push(path);

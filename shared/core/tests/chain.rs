@@ -907,7 +907,7 @@ fn a_cancelled_execution_ends_before_its_next_step_and_cancel_is_safe_to_repeat(
     );
     // Its last step decided the end, and the summary still says RUNNING (the orchestrator is
     // between the two writes): there is no next step to cancel. The end stands, and the cancel
-    // says so rather than answering CANCELLED.
+    // says so rather than answering CANCELLED (the orchestrator writes that summary).
     block(c.run_row(None, start("acme:late", json!({"n": 0})))).expect("start");
     c.journal
         .summaries
@@ -919,7 +919,6 @@ fn a_cancelled_execution_ends_before_its_next_step_and_cancel_is_safe_to_repeat(
         block(cancel(&c.journal, &c.settings, "acme:late", "x")),
         Ok(Cancel::AlreadyEnded("NO".into()))
     );
-    assert_eq!(summary(&c, "acme:late")["status"], "NO");
     assert!(
         c.journal
             .steps

@@ -235,6 +235,20 @@ fn a_long_chain_of_concatenations_runs_out_of_time() {
     assert!(explain.contains("ms of evaluation time"), "{explain}");
 }
 
+/// A chain of conditionals as long as the length limit allows is evaluated to its last branch
+/// (every condition false), on the stack a tokio worker has.
+#[test]
+fn the_longest_chain_of_conditionals_is_evaluated_to_its_end() {
+    let n = (MAX_EXPR_CHARS - 6) / "false?'x':".len();
+    let when = format!("{}'deep'", "false?'x':".repeat(n));
+    assert!(when.len() <= MAX_EXPR_CHARS);
+    let f = json!({"client_id": "c", "flow_id": "f", "version": 1, "terminal_statuses": ["DEEP", "ERR", "NO"],
+        "rules": [{"id": "chain", "when": when, "on": {"deep": {"complete": "DEEP"}},
+                   "default": {"complete": "NO"}, "on_error": {"complete": "ERR"}}]});
+    let r = on_small_stack(move || run_flow(&f, &json!({})));
+    assert_eq!(r.status, "DEEP", "{:?}", r.reason);
+}
+
 /// The same expression over a small list stays well inside the budget.
 #[test]
 fn a_comprehension_within_the_budget_evaluates() {

@@ -522,10 +522,7 @@ fn compile_master(
                     &format!("{base}.params.{k}"),
                     format!(
                         "`{k}` is not a parameter of `{id}` (it takes: {})",
-                        match declared.len() {
-                            0 => "none".to_string(),
-                            _ => declared.keys().cloned().collect::<Vec<_>>().join(", "),
-                        }
+                        declared.keys().cloned().collect::<Vec<_>>().join(", ")
                     ),
                 ));
             }
@@ -556,11 +553,26 @@ fn compile_master(
                     return None;
                 }
             };
+            let mut missing = std::collections::BTreeSet::new();
             for p in e.paths() {
                 // `params` of a master rule are bound per rule, not read from the execution.
                 if p[0] != "params" {
                     add_path(tries, p);
+                } else if master.params.is_none()
+                    && let Some(name) = p.get(1)
+                    && params.get(name).is_none()
+                {
+                    // A rule that declares nothing still needs what its expression reads.
+                    missing.insert(name.clone());
                 }
+            }
+            for name in missing {
+                issues.push(issue(
+                    &format!("{base}.params"),
+                    format!(
+                        "master rule `{id}` reads `params.{name}`, which the rule does not get"
+                    ),
+                ));
             }
             (Some(e), String::new())
         }
