@@ -40,9 +40,10 @@ impl Bridge {
                     Ok(Fate::AlreadyApplied) => duplicates += 1,
                     Ok(Fate::Ignored) => ignored += 1,
                     Ok(Fate::Rejected) => rejected += 1,
-                    // A record that can never be recorded (DynamoDB refuses its audit item, for
-                    // instance) must not block the topic: it is dropped, loudly.
-                    Err(e @ (StoreError::Invalid(_) | StoreError::NotFound(_))) => {
+                    // A record whose audit item DynamoDB refuses as such (a ValidationException:
+                    // it would be refused forever) must not block the topic: it is dropped,
+                    // loudly. Anything else (a missing table, a denied call) waits for a fix.
+                    Err(StoreError::Invalid(e)) if e.contains("ValidationException") => {
                         tracing::error!(
                             partition = r.partition,
                             offset = r.offset,
