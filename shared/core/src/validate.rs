@@ -131,7 +131,31 @@ fn schema_validator() -> Option<&'static jsonschema::Validator> {
 /// Validates a flow document against `catalog`.
 pub fn validate_str(text: &str, catalog: &Catalog) -> Validation {
     match serde_json::from_str::<Value>(text) {
-        Ok(v) => validate_value(&v, catalog),
+        Ok(v) => {
+            let mut out = validate_value(&v, catalog);
+            // JSON keeps the last of two equal keys, where a person reading the file sees the
+            // first: the flow would not run as it reads.
+            let dups = duplicate_keys(text);
+            if !dups.is_empty() {
+                let mut errs: Vec<Finding> = dups
+                    .into_iter()
+                    .map(|(path, key)| {
+                        error(
+                            path,
+                            format!(
+                                "`{key}` is written twice in one object (JSON keeps only the last): remove one"
+                            ),
+                        )
+                    })
+                    .collect();
+                errs.append(&mut out.findings);
+                out.findings = errs;
+                out.findings
+                    .sort_by_key(|f| f.severity == Severity::Warning);
+                out.flow = None;
+            }
+            out
+        }
         Err(e) => Validation {
             findings: vec![Finding {
                 severity: Severity::Error,
@@ -143,6 +167,83 @@ pub fn validate_str(text: &str, catalog: &Catalog) -> Validation {
             flow: None,
         },
     }
+}
+
+/// Every key written twice in one object of the JSON `text`, with the path of the second one.
+fn duplicate_keys(text: &str) -> Vec<(String, String)> {
+    use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
+
+    struct Walk<'a> {
+        path: String,
+        out: &'a mut Vec<(String, String)>,
+    }
+    impl<'de> DeserializeSeed<'de> for Walk<'_> {
+        type Value = ();
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Walk<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            let mut i = 0usize;
+            while seq
+                .next_element_seed(Walk {
+                    path: format!("{}[{i}]", self.path),
+                    out: &mut *self.out,
+                })?
+                .is_some()
+            {
+                i += 1;
+            }
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut seen = BTreeSet::new();
+            while let Some(k) = map.next_key::<String>()? {
+                let path = format!("{}{}", self.path, crate::checks::key_path(&k));
+                if !seen.insert(k.clone()) {
+                    self.out.push((path.clone(), k));
+                }
+                map.next_value_seed(Walk {
+                    path,
+                    out: &mut *self.out,
+                })?;
+            }
+            Ok(())
+        }
+    }
+
+    let mut out = Vec::new();
+    let mut de = serde_json::Deserializer::from_str(text);
+    // The text parsed as JSON already: an error here only stops the search.
+    let _ = Walk {
+        path: "$".into(),
+        out: &mut out,
+    }
+    .deserialize(&mut de);
+    out
 }
 
 fn strip_position(msg: &str) -> String {
