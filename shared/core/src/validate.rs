@@ -761,9 +761,7 @@ fn check_flow(flow: &Flow, out: &mut Vec<Finding>) {
             ),
         ));
     }
-    if flow.version == 0 {
-        out.push(error("$.version", "version must be 1 or more"));
-    }
+    // `version` 0: the schema says so (its minimum is 1).
     if flow.max_steps == Some(0) {
         out.push(error("$.max_steps", "max_steps must be 1 or more"));
     }
