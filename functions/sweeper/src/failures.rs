@@ -178,19 +178,53 @@ impl FailureQueue {
                 let Ok(seq) = seq.parse::<u64>() else {
                     continue;
                 };
-                // The rule that never ran: where the step before it said to go.
-                let before = match seq.checked_sub(1) {
-                    Some(prev) => journal.step(id, prev).await.ok().flatten(),
-                    None => None,
+                // A batch that failed as a whole lands every record of it here, also those
+                // whose step was decided. A decided step says whether the chain went on.
+                let decided = journal
+                    .step(id, seq)
+                    .await
+                    .map_err(|e| format!("reading step {seq} of {id}: {e}"))?
+                    .filter(|s| s.get("stop").is_none());
+                let why = if let Some(step) = &decided {
+                    let last = journal
+                        .last_step(id)
+                        .await
+                        .map_err(|e| format!("reading the steps of {id}: {e}"))?
+                        .and_then(|l| l.get("seq").and_then(Value::as_u64));
+                    let next_row = journal
+                        .row(&settings.trigger_table, id, seq + 1)
+                        .await
+                        .map_err(|e| format!("reading row {} of {id}: {e}", seq + 1))?;
+                    let ended = step.pointer("/next/kind").and_then(Value::as_str) == Some("done");
+                    if last.is_some_and(|l| l > seq) || next_row.is_some() || ended {
+                        // It ran, and the chain went on (or the step ended the execution:
+                        // the stall sweep finishes one whose summary was never written).
+                        tracing::info!(execution_id = %id, seq, "on-failure record of a step that ran: nothing to end");
+                        continue;
+                    }
+                    let next = match step.pointer("/next/rule") {
+                        Some(Value::String(rule)) => format!(" (rule `{rule}`)"),
+                        _ => String::new(),
+                    };
+                    format!(
+                        "the record of step {seq} (rule `{}`) reached the on-failure destination ({condition}, {attempts} invocations) after its step was decided: the next step{next} never ran",
+                        step.get("rule").and_then(Value::as_str).unwrap_or("?")
+                    )
+                } else {
+                    // The rule that never ran: where the step before it said to go.
+                    let before = match seq.checked_sub(1) {
+                        Some(prev) => journal.step(id, prev).await.ok().flatten(),
+                        None => None,
+                    };
+                    let what = match before.as_ref().and_then(|s| s.pointer("/next/rule")) {
+                        Some(Value::String(rule)) => format!("rule `{rule}` (step {seq})"),
+                        _ if seq == 0 => "the start rule (step 0)".to_string(),
+                        _ => format!("step {seq}"),
+                    };
+                    format!(
+                        "the record of {what} reached the on-failure destination ({condition}, {attempts} invocations): it never ran"
+                    )
                 };
-                let what = match before.as_ref().and_then(|s| s.pointer("/next/rule")) {
-                    Some(Value::String(rule)) => format!("rule `{rule}` (step {seq})"),
-                    _ if seq == 0 => "the start rule (step 0)".to_string(),
-                    _ => format!("step {seq}"),
-                };
-                let why = format!(
-                    "the record of {what} reached the on-failure destination ({condition}, {attempts} invocations): it never ran"
-                );
                 match end_at(journal, settings, id, seq, &why).await {
                     Ok(true) => ended += 1,
                     Ok(false) => {}

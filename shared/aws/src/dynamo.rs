@@ -331,9 +331,10 @@ impl Journal for DynamoJournal {
                 .update_expression("SET #a = :actions, #pd = :due")
                 .expression_attribute_values(":due", n(due)),
             None => req
-                .update_expression("SET #a = :actions REMOVE #pd, #ps, #ob")
+                .update_expression("SET #a = :actions REMOVE #pd, #ps, #ob, #wb")
                 .expression_attribute_names("#ps", "pending_shard")
-                .expression_attribute_names("#ob", "outbox"),
+                .expression_attribute_names("#ob", "outbox")
+                .expression_attribute_names("#wb", "webhook_body"),
         };
         req = if attempt == 0 {
             req.condition_expression("attribute_exists(execution_id)")

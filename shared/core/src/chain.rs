@@ -380,8 +380,9 @@ fn advance(before: &RunState, step: &StepView, reads_steps: bool) -> RunState {
 }
 
 /// Fields of a step item that are bookkeeping, not trace.
-const NOT_TRACE: [&str; 11] = [
+const NOT_TRACE: [&str; 12] = [
     "execution_id",
+    "webhook_body",
     "client_set",
     "client_keys",
     "client_id",
@@ -1009,6 +1010,7 @@ where
         let mut doc =
             serde_json::to_value(record).map_err(|e| Retry(format!("cannot encode step: {e}")))?;
         let mut outbox = Vec::new();
+        let mut webhook_body: Option<String> = None;
         let own_secrets = format!("rulestream/{}/", header.client_id);
         if let Some(actions) = doc.get_mut("actions").and_then(Value::as_array_mut) {
             for (i, (a, planned)) in actions.iter_mut().zip(&record.actions).enumerate() {
@@ -1062,17 +1064,23 @@ where
                         "last": format!("signing secret `{secret}` is not one of client `{}` ({own_secrets}…)", header.client_id)});
                     continue;
                 }
-                let body = json!({
-                    "idempotency_key": planned.idempotency_key,
-                    "execution": {"id": id, "client_id": header.client_id, "flow_id": header.flow_id,
-                                  "flow_version": header.flow_version, "seq": record.seq},
-                    "rule": record.rule,
-                    "outcome": record.outcome,
-                    "status": status,
-                    "reason": reason,
-                    "output": after.shown_ctx(),
-                    "tags": after.tags,
-                });
+                // Every webhook of the step sends the same context (all but its idempotency
+                // key): kept once in the item, so several webhooks cost one copy of `output`.
+                if webhook_body.is_none() {
+                    webhook_body = Some(
+                        json!({
+                            "execution": {"id": id, "client_id": header.client_id, "flow_id": header.flow_id,
+                                          "flow_version": header.flow_version, "seq": record.seq},
+                            "rule": record.rule,
+                            "outcome": record.outcome,
+                            "status": status,
+                            "reason": reason,
+                            "output": after.shown_ctx(),
+                            "tags": after.tags,
+                        })
+                        .to_string(),
+                    );
+                }
                 a["delivery"] = json!({"status": "pending", "attempts": 0});
                 outbox.push(json!({
                     "index": i,
@@ -1080,7 +1088,6 @@ where
                     "url": url,
                     "secret_id": planned.action.secret_id,
                     "timeout_ms": planned.action.timeout_ms,
-                    "body": body.to_string(),
                 }));
             }
         }
@@ -1094,6 +1101,9 @@ where
         doc["decided_at"] = json!(rfc3339(now));
         doc["next"] = serde_json::to_value(next).unwrap_or(Value::Null);
         doc["expires_at"] = json!(now.timestamp() + self.settings.retention_secs);
+        if let Some(body) = webhook_body {
+            doc["webhook_body"] = json!(body);
+        }
         if !outbox.is_empty() {
             doc["outbox"] = Value::Array(outbox);
             doc["pending_shard"] = json!(shard_of(id));
@@ -1427,20 +1437,61 @@ pub async fn finish<J: Journal>(
         }
         Err(StoreError::Transient(e)) => Err(Retry(e)),
         Err(e) => {
-            let why = format!("cannot record the end ({status}): {e}");
+            // Too big for DynamoDB as a whole (its tags, most likely): a small summary keeps
+            // why it ended, the first and last steps of its trace and the count, and is counted
+            // like any end.
+            let cause = format!("cannot record the end ({status}): {e}");
+            let why = match &reason {
+                Some(r) if status == FAILED => {
+                    format!("{}; and {cause}", crate::execution::cut(r, 1000))
+                }
+                _ => cause,
+            };
             tracing::error!(execution_id = %h.execution_id, error = %why, "summary refused; recording a small FAILED one");
             doc["status"] = json!(FAILED);
             doc["reason"] = json!(why);
             doc["error"] = json!(why);
             doc["output"] = json!({});
-            doc["trace"] = json!([]);
-            journal
-                .finish(&h.execution_id, &doc)
-                .await
-                .map(|_| ())
-                .map_err(|e| Retry(e.to_string()))
+            doc["tags"] = json!([]);
+            let ends: Vec<Value> = match doc["trace"].as_array() {
+                Some(t) if t.len() > 2 => vec![t[0].clone(), t[t.len() - 1].clone()],
+                Some(t) => t.clone(),
+                None => Vec::new(),
+            };
+            doc["trace"] = Value::Array(ends);
+            let written = match journal.finish(&h.execution_id, &doc).await {
+                Ok(w) => w,
+                // Even the ends of the trace are too big: without them.
+                Err(StoreError::Invalid(_)) => {
+                    doc["trace"] = json!([]);
+                    journal
+                        .finish(&h.execution_id, &doc)
+                        .await
+                        .map_err(|e| Retry(e.to_string()))?
+                }
+                Err(e) => return Err(Retry(e.to_string())),
+            };
+            if written {
+                emit::ended(&h.client_id, &h.flow_id, FAILED, emit::since(&h.started_at));
+            }
+            Ok(())
         }
     }
+}
+
+/// The body of a webhook of `step`: its idempotency key, then the context every webhook of the
+/// step shares (`webhook_body`).
+fn webhook_body(step: &Value, key: &str) -> String {
+    let mut body = Map::new();
+    body.insert("idempotency_key".into(), json!(key));
+    if let Some(Value::Object(shared)) = step
+        .get("webhook_body")
+        .and_then(Value::as_str)
+        .and_then(|b| serde_json::from_str(b).ok())
+    {
+        body.extend(shared);
+    }
+    Value::Object(body).to_string()
 }
 
 /// Sends what is pending in a step's outbox: one claimed attempt, all pending deliveries of the
@@ -1533,7 +1584,10 @@ pub async fn deliver_pending<J: Journal, D: Deliveries>(
                     None => own,
                 }
             },
-            body: str_of(o, "body").to_string(),
+            body: match o.get("body").and_then(Value::as_str) {
+                Some(b) => b.to_string(),
+                None => webhook_body(step, str_of(o, "key")),
+            },
         };
         async move { (o, deliveries.deliver(&d).await) }
     });

@@ -83,6 +83,13 @@ impl Journal for Mem {
         if e["status"] != "RUNNING" {
             return Ok(false);
         }
+        // As DynamoDB: an item over 400 KB is refused, for good.
+        if finish.to_string().len() > 400_000 {
+            return Err(StoreError::Invalid(
+                "executions: ValidationException: Item size has exceeded the maximum allowed size"
+                    .into(),
+            ));
+        }
         for (k, v) in finish.as_object().expect("object") {
             e[k] = v.clone();
         }
@@ -94,6 +101,13 @@ impl Journal for Mem {
     async fn put_step(&self, step: &Value) -> Result<bool, StoreError> {
         if std::mem::take(&mut *self.fail_next_step_put.lock().expect("lock")) {
             return Err(StoreError::Transient("throttled".into()));
+        }
+        // As DynamoDB: an item over 400 KB is refused, for good.
+        if step.to_string().len() > 400_000 {
+            return Err(StoreError::Invalid(
+                "steps: ValidationException: Item size has exceeded the maximum allowed size"
+                    .into(),
+            ));
         }
         let key = (
             step["execution_id"]
@@ -193,7 +207,7 @@ impl Journal for Mem {
             Some(d) => step["pending_due"] = json!(d),
             None => {
                 let o = step.as_object_mut().expect("object");
-                for k in ["pending_due", "pending_shard", "outbox"] {
+                for k in ["pending_due", "pending_shard", "outbox", "webhook_body"] {
                     o.remove(k);
                 }
             }
@@ -397,6 +411,13 @@ fn a_chain_runs_to_its_end_once_even_when_every_record_comes_twice() {
         let sent = c.deliveries.sent.lock().expect("lock").clone();
         assert_eq!(sent.len(), 1, "times={times}");
         assert_eq!(sent[0].0, "acme:x1:1:0");
+        let body: Value = serde_json::from_str(&sent[0].1).expect("a JSON body");
+        assert_eq!(body["idempotency_key"], "acme:x1:1:0");
+        assert_eq!(body["execution"]["id"], "acme:x1");
+        assert_eq!(
+            (&body["rule"], &body["status"]),
+            (&json!("b"), &json!("OK"))
+        );
         // The summary is written before the last step's deliveries go out (a slow receiver never
         // delays the end); the step item records what happened.
         let action = &s["trace"][1]["actions"][0];
@@ -496,6 +517,66 @@ fn a_forged_row_in_the_chains_way_ends_the_execution_at_once() {
             .is_some_and(|r| r.contains("trigger row 1") && r.contains("not written by rulestream")),
         "{s}"
     );
+}
+
+/// Several webhooks of one step keep one copy of the context they send (a step item must stay
+/// under 400 KB with an output near its bound), each body with its own idempotency key.
+#[test]
+fn the_webhooks_of_a_step_share_one_copy_of_their_body() {
+    let mut c = chain();
+    let hooks: Vec<Value> = (0..7)
+        .map(|i| json!({"type": "call_webhook", "url": format!("http://127.0.0.1:1/h{i}")}))
+        .collect();
+    c.flows.versions.insert(4, json!({"client_id": "acme", "flow_id": "f", "version": 4,
+        "terminal_statuses": ["OK"],
+        "rules": [{"id": "hook", "when": "true",
+                   "on": {"true": {"complete": "OK", "set": {"big": "input.blob"}, "actions": hooks}}}]}));
+    let mut row = start("acme:hooks", json!({"blob": "b".repeat(60_000)}));
+    row["flow_version"] = json!(4);
+    block(c.run_row(None, row)).expect("start");
+    assert_eq!(summary(&c, "acme:hooks")["status"], "OK");
+    let sent = c.deliveries.sent.lock().expect("lock").clone();
+    assert_eq!(sent.len(), 7);
+    for (i, (key, body)) in sent.iter().enumerate() {
+        let body: Value = serde_json::from_str(body).expect("JSON");
+        assert_eq!(key, &format!("acme:hooks:0:{i}"));
+        assert_eq!(body["idempotency_key"], json!(key));
+        assert_eq!(body["output"]["big"].as_str().map(str::len), Some(60_000));
+    }
+}
+
+/// A summary too big for DynamoDB (here, its tags) is replaced by a small `FAILED` one that
+/// keeps the ends of the trace and says why.
+#[test]
+fn a_summary_too_big_to_record_ends_as_a_small_failed_one() {
+    let mut c = chain();
+    // Each step (its actions) fits in 400 KB; the summary (the tags of both) does not.
+    let tags = |from: usize| -> Vec<Value> {
+        (from..from + 50)
+            .map(|i| json!({"type": "add_tag", "tag": format!("{i}-{}", "x".repeat(4500))}))
+            .collect()
+    };
+    c.flows.versions.insert(3, json!({"client_id": "acme", "flow_id": "f", "version": 3,
+        "terminal_statuses": ["OK"],
+        "rules": [{"id": "one", "when": "true", "on": {"true": {"next": true, "actions": tags(0)}}},
+                  {"id": "two", "when": "true", "on": {"true": {"complete": "OK", "actions": tags(50)}}}]}));
+    let mut row = start("acme:huge", json!({}));
+    row["flow_version"] = json!(3);
+    block(c.run_row(None, row)).expect("start");
+    drain(&c, 1);
+    let s = summary(&c, "acme:huge");
+    assert_eq!(s["status"], "FAILED", "{s}");
+    assert!(
+        s["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("cannot record the end (OK)")),
+        "{s}"
+    );
+    assert_eq!(s["tags"], json!([]));
+    // Each of its two steps carries its 50 tags in its actions: the trace's ends, the two of
+    // them, do not fit either, and it is left empty (the steps table keeps both).
+    assert_eq!(s["trace"], json!([]), "{s}");
+    assert_eq!(s["steps_total"], 2);
 }
 
 #[test]
