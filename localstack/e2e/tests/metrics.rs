@@ -213,3 +213,58 @@ async fn emf_lines_are_valid_and_add_up_to_the_tables() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// An EMF line holds at most 100 values of a histogram: an invocation that decides more steps
+/// (a batch of fused hops here) writes more lines, and no `StepDuration` is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_than_100_steps_in_one_invocation_keep_every_step_duration() {
+    let stack = Stack::from_env().await;
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let flow_id = format!("emf-many-{}", &tag[..12]);
+    let mut rules: Vec<Value> = (0..24)
+        .map(|i| json!({"id": format!("r{i}"), "when": "true", "on": {"true": {"next": true}}}))
+        .collect();
+    rules.push(json!({"id": "end", "when": "true", "on": {"true": {"complete": "DONE"}}}));
+    stack
+        .register_flow(
+            &json!({"client_id": "e2e", "flow_id": flow_id, "version": 1, "fuse": true,
+            "terminal_statuses": ["DONE"], "rules": rules}),
+        )
+        .await;
+    let rows: Vec<Value> = (0..8)
+        .map(|i| {
+            json!({"execution_id": format!("e2e:{flow_id}-{i}"), "seq": 0, "client_id": "e2e",
+                        "flow_id": flow_id, "input": {}})
+        })
+        .collect();
+    let ids: Vec<String> = rows
+        .iter()
+        .map(|r| r["execution_id"].as_str().expect("id").to_string())
+        .collect();
+    stack.trigger_all(&stack.table("trigger"), &rows).await;
+    let done = stack.wait_all(&ids, Duration::from_secs(120)).await;
+    assert!(done.values().all(|e| e["status"] == "DONE"));
+    let steps_in_table: u64 = done
+        .values()
+        .map(|e| e["steps_total"].as_u64().expect("steps_total"))
+        .sum();
+    assert_eq!(steps_in_table, 200);
+    let start = Instant::now();
+    loop {
+        let docs = emf_lines();
+        let (steps, _) = total(&docs, &flow_id, "Steps", None);
+        let (_, durations) = total(&docs, &flow_id, "StepDuration", None);
+        if steps as u64 == steps_in_table {
+            assert_eq!(
+                durations as u64, steps_in_table,
+                "one StepDuration per step"
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "EMF Steps for {flow_id}: {steps} (table {steps_in_table})"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

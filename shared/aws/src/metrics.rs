@@ -41,17 +41,26 @@ impl Metrics {
             Unit::Count,
             "rollbacks sent by a release guard"
         );
+        if let Some(c) = collector {
+            // Also in the middle of an invocation, before a histogram outgrows its line.
+            rulestream_core::chain::emit::on_full(move || write_out(c));
+        }
         Metrics(collector)
     }
 
     /// Writes what was recorded since the last flush to stdout (EMF lines) and resets it.
     pub fn flush(&self) {
         if let Some(c) = self.0 {
-            let out = std::io::stdout();
-            let mut lock = out.lock();
-            if let Err(e) = c.flush(&mut lock) {
-                tracing::warn!(error = %e, "metrics not written");
-            }
+            write_out(c);
         }
     }
+}
+
+fn write_out(c: &metrics_cloudwatch_embedded::Collector) {
+    let out = std::io::stdout();
+    let mut lock = out.lock();
+    if let Err(e) = c.flush(&mut lock) {
+        tracing::warn!(error = %e, "metrics not written");
+    }
+    rulestream_core::chain::emit::flushed();
 }

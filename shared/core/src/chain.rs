@@ -147,6 +147,36 @@ pub const MAX_FUSED: u32 = 25;
 /// Each function installs the CloudWatch EMF recorder and flushes it after every invocation
 /// (`rulestream_aws::metrics`); without a recorder (unit tests, the CLI) these are no-ops.
 pub mod emit {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Histogram values recorded since the last flush (of every series together).
+    static UNFLUSHED: AtomicUsize = AtomicUsize::new(0);
+    /// What writes the recorded metrics out (set by the function's recorder).
+    static FLUSH: OnceLock<Box<dyn Fn() + Send + Sync>> = OnceLock::new();
+    /// An EMF line holds at most 100 values of a histogram, and the recorder drops the rest:
+    /// past this many unflushed values, they are written out at once (a batch of 100 records,
+    /// or a fused hop, records more than 100 steps in one invocation).
+    const FLUSH_AT: usize = 90;
+
+    /// Sets what writes the recorded metrics out when they would overflow a line.
+    pub fn on_full(flush: impl Fn() + Send + Sync + 'static) {
+        let _ = FLUSH.set(Box::new(flush));
+    }
+
+    /// The recorded metrics were written out.
+    pub fn flushed() {
+        UNFLUSHED.store(0, Ordering::Relaxed);
+    }
+
+    fn recorded(values: usize) {
+        if UNFLUSHED.fetch_add(values, Ordering::Relaxed) + values >= FLUSH_AT
+            && let Some(flush) = FLUSH.get()
+        {
+            flush();
+        }
+    }
+
     /// A step was decided (not a redelivery): `Steps`, `StepDuration`, and `HopLatency` when the
     /// row's write time is known (rows the orchestrator wrote).
     pub fn step(client: &str, flow: &str, duration_ms: f64, hop_ms: Option<f64>) {
@@ -159,6 +189,7 @@ pub mod emit {
         if let Some(h) = hop_ms {
             metrics::histogram!("HopLatency", &labels).record(h.max(0.0));
         }
+        recorded(1 + usize::from(hop_ms.is_some()));
     }
 
     /// An execution ended (its summary was written once): `Executions` by status and
@@ -177,6 +208,7 @@ pub mod emit {
         .increment(1);
         if let Some(d) = duration_ms {
             metrics::histogram!("ExecutionDuration", &labels).record(d.max(0.0));
+            recorded(1);
         }
     }
 
